@@ -1,0 +1,24 @@
+// out[t, d] = table[ids[t], d]. Ids were range-checked on the host.
+
+struct Params {
+    rows: u32,
+    dim: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> ids: array<u32>;
+@group(0) @binding(2) var<storage, read> table: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(256)
+fn embedding(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let i = (wg.x + wg.y * nwg.x) * 256u + li;
+    if (i >= p.rows * p.dim) {
+        return;
+    }
+    let row = i / p.dim;
+    let d = i - row * p.dim;
+    out[i] = table[ids[row] * p.dim + d];
+}

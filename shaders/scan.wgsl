@@ -1,0 +1,138 @@
+// Mamba-1 selective scan, as mamba_ssm's selective_scan_ref computes it, per (sequence, channel):
+//   dt  = softplus(delta[t] + dt_bias)                (softplus when flagged)
+//   h_n = exp(dt * A_n) * h_n + dt * B[t, n] * u[t]   (n < nstate <= 16)
+//   y   = sum_n C[t, n] * h_n + D * u[t]
+//   y  *= silu(z[t])                                  (when flagged)
+// The 16 states live in four vec4 registers; B and C are shared by all channels, so their
+// loads are the same address on every invocation of a workgroup. The optional carried state
+// makes the same kernel a decode step (len 1), and `reverse` walks the tokens backwards
+// without copying them (Vim's backward branch).
+
+struct Params {
+    batch: u32,
+    len: u32,
+    channels: u32,
+    nstate: u32,
+    u_offset: u32,
+    u_stride: u32,
+    dt_offset: u32,
+    dt_stride: u32,
+    b_offset: u32,
+    c_offset: u32,
+    bc_stride: u32,
+    z_offset: u32,
+    z_stride: u32,
+    flags: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+const HAS_Z: u32 = 1u;
+const SOFTPLUS: u32 = 2u;
+const USE_STATE: u32 = 4u;
+const WRITE_STATE: u32 = 8u;
+const REVERSE: u32 = 16u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> u: array<f32>;
+@group(0) @binding(2) var<storage, read> delta: array<f32>;
+@group(0) @binding(3) var<storage, read> bc: array<f32>;
+// [A (channels x nstate) | D (channels) | dt_bias (channels)]
+@group(0) @binding(4) var<storage, read> ssm: array<f32>;
+@group(0) @binding(5) var<storage, read> z: array<f32>;
+@group(0) @binding(6) var<storage, read_write> state: array<f32>;
+@group(0) @binding(7) var<storage, read_write> out: array<f32>;
+
+fn bc4(base: u32, n0: u32) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    for (var j = 0u; j < 4u; j++) {
+        let n = n0 + j;
+        v[j] = select(0.0, bc[base + min(n, p.nstate - 1u)], n < p.nstate);
+    }
+    return v;
+}
+
+fn ssm4(base: u32, n0: u32) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    for (var j = 0u; j < 4u; j++) {
+        let n = n0 + j;
+        v[j] = select(0.0, ssm[base + min(n, p.nstate - 1u)], n < p.nstate);
+    }
+    return v;
+}
+
+fn state4(base: u32, n0: u32) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    for (var j = 0u; j < 4u; j++) {
+        let n = n0 + j;
+        v[j] = select(0.0, state[base + min(n, p.nstate - 1u)], n < p.nstate);
+    }
+    return v;
+}
+
+fn store_state4(base: u32, n0: u32, v: vec4<f32>) {
+    for (var j = 0u; j < 4u; j++) {
+        if (n0 + j < p.nstate) {
+            state[base + n0 + j] = v[j];
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn selective_scan(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let idx = (wg.x + wg.y * nwg.x) * 64u + li;
+    if (idx >= p.batch * p.channels) {
+        return;
+    }
+    let b = idx / p.channels;
+    let e = idx - b * p.channels;
+    let ns = p.nstate;
+    let abase = e * ns;
+    let a0 = ssm4(abase, 0u);
+    let a1 = ssm4(abase, 4u);
+    let a2 = ssm4(abase, 8u);
+    let a3 = ssm4(abase, 12u);
+    let d_skip = ssm[p.channels * ns + e];
+    let dt_bias = ssm[p.channels * ns + p.channels + e];
+    let sbase = idx * ns;
+    var h0 = vec4<f32>(0.0);
+    var h1 = vec4<f32>(0.0);
+    var h2 = vec4<f32>(0.0);
+    var h3 = vec4<f32>(0.0);
+    if ((p.flags & USE_STATE) != 0u) {
+        h0 = state4(sbase, 0u);
+        h1 = state4(sbase, 4u);
+        h2 = state4(sbase, 8u);
+        h3 = state4(sbase, 12u);
+    }
+    let reverse = (p.flags & REVERSE) != 0u;
+    for (var s = 0u; s < p.len; s++) {
+        let t = select(s, p.len - 1u - s, reverse);
+        let row = b * p.len + t;
+        let ut = u[p.u_offset + row * p.u_stride + e];
+        var dt = delta[p.dt_offset + row * p.dt_stride + e] + dt_bias;
+        if ((p.flags & SOFTPLUS) != 0u) {
+            dt = select(log(1.0 + exp(dt)), dt, dt > 20.0);
+        }
+        let du = dt * ut;
+        let bb = p.b_offset + row * p.bc_stride;
+        let cb = p.c_offset + row * p.bc_stride;
+        h0 = fma(exp(dt * a0), h0, du * bc4(bb, 0u));
+        h1 = fma(exp(dt * a1), h1, du * bc4(bb, 4u));
+        h2 = fma(exp(dt * a2), h2, du * bc4(bb, 8u));
+        h3 = fma(exp(dt * a3), h3, du * bc4(bb, 12u));
+        var y = dot(h0, bc4(cb, 0u)) + dot(h1, bc4(cb, 4u)) + dot(h2, bc4(cb, 8u)) + dot(h3, bc4(cb, 12u));
+        y = fma(d_skip, ut, y);
+        if ((p.flags & HAS_Z) != 0u) {
+            let zt = z[p.z_offset + row * p.z_stride + e];
+            y = y * zt / (1.0 + exp(-zt));
+        }
+        out[row * p.channels + e] = y;
+    }
+    if ((p.flags & WRITE_STATE) != 0u) {
+        store_state4(sbase, 0u, h0);
+        store_state4(sbase, 4u, h1);
+        store_state4(sbase, 8u, h2);
+        store_state4(sbase, 12u, h3);
+    }
+}

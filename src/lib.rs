@@ -1,0 +1,14 @@
+//! ssmgpu: state space model inference on any GPU through WebGPU (wgpu).
+//!
+//! Layers: [`runtime`] (device, tensors, pipeline cache, buffer pool, recorder), [`ops`] (one
+//! WGSL kernel each, with a CPU reference), [`models`] (models as plain code over ops) and
+//! [`loader`] (safetensors checkpoints).
+
+pub mod error;
+pub mod loader;
+pub mod models;
+pub mod ops;
+pub mod runtime;
+
+pub use error::{Error, Result};
+pub use runtime::{Context, ContextOptions, Recorder, Tensor};

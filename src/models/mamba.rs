@@ -1,0 +1,406 @@
+//! The Mamba-1 causal language model (mamba_ssm `MambaLMHeadModel` / transformers
+//! `MambaForCausalLM`), loaded from either checkpoint layout.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::models::ModelDir;
+use crate::ops::argmax::argmax;
+use crate::ops::conv1d::{conv1d_silu, CONV_WIDTH};
+use crate::ops::embedding::embedding;
+use crate::ops::matmul::matmul;
+use crate::ops::rmsnorm::add_rmsnorm;
+use crate::ops::scan::{pack_ssm_params, selective_scan, ScanArgs, MAX_STATE};
+use crate::ops::Carry;
+use crate::runtime::{Context, MatView, Recorder, Tensor};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MambaConfig {
+    pub d_model: usize,
+    pub n_layer: usize,
+    /// Rows of the embedding (state-spaces' vocabulary is padded to a multiple).
+    pub vocab_size: usize,
+    pub d_inner: usize,
+    pub d_state: usize,
+    pub dt_rank: usize,
+    pub eps: f32,
+    /// Bias on in_proj and out_proj (`use_bias` / `ssm_cfg.bias`).
+    pub proj_bias: bool,
+    pub conv_bias: bool,
+    pub tie_embeddings: bool,
+    pub eos_token_id: Option<u32>,
+}
+
+impl MambaConfig {
+    /// Reads transformers' keys (`hidden_size`, ...) or state-spaces' (`d_model`, `ssm_cfg`, ...).
+    pub fn from_model_dir(dir: &ModelDir) -> Result<Self> {
+        let hf = dir.config.get("hidden_size").is_some();
+        let cfg = if hf {
+            let d_model = dir.usize_field(&["hidden_size"], None)?;
+            let expand = dir.usize_field(&["expand"], Some(2))?;
+            MambaConfig {
+                d_model,
+                n_layer: dir.usize_field(&["num_hidden_layers"], None)?,
+                vocab_size: dir.usize_field(&["vocab_size"], None)?,
+                d_inner: dir.usize_field(&["intermediate_size"], Some(expand * d_model))?,
+                d_state: dir.usize_field(&["state_size"], Some(16))?,
+                dt_rank: dt_rank(dir, "time_step_rank", d_model)?,
+                eps: dir.f64_field(&["layer_norm_epsilon"], 1e-5)? as f32,
+                proj_bias: dir.bool_field(&["use_bias"], false)?,
+                conv_bias: dir.bool_field(&["use_conv_bias"], true)?,
+                tie_embeddings: dir.bool_field(&["tie_word_embeddings"], true)?,
+                eos_token_id: eos(dir),
+            }
+        } else {
+            if let Some(layer) = dir.config.pointer("/ssm_cfg/layer").and_then(|v| v.as_str()) {
+                if layer != "Mamba1" {
+                    return Err(dir.config_error(format!("ssm_cfg.layer `{layer}` is not Mamba-1")));
+                }
+            }
+            if !dir.bool_field(&["rms_norm"], true)? {
+                return Err(dir.config_error("only rms_norm = true is supported"));
+            }
+            let d_model = dir.usize_field(&["d_model"], None)?;
+            let vocab = dir.usize_field(&["vocab_size"], None)?;
+            let pad = dir.usize_field(&["pad_vocab_size_multiple"], Some(8))?.max(1);
+            let expand = dir.usize_field(&["ssm_cfg.expand"], Some(2))?;
+            if dir.usize_field(&["ssm_cfg.d_conv"], Some(CONV_WIDTH))? != CONV_WIDTH {
+                return Err(dir.config_error(format!("only d_conv = {CONV_WIDTH} is supported")));
+            }
+            MambaConfig {
+                d_model,
+                n_layer: dir.usize_field(&["n_layer"], None)?,
+                vocab_size: vocab.next_multiple_of(pad),
+                d_inner: expand * d_model,
+                d_state: dir.usize_field(&["ssm_cfg.d_state"], Some(16))?,
+                dt_rank: dt_rank(dir, "ssm_cfg.dt_rank", d_model)?,
+                eps: dir.f64_field(&["norm_epsilon"], 1e-5)? as f32,
+                proj_bias: dir.bool_field(&["ssm_cfg.bias"], false)?,
+                conv_bias: dir.bool_field(&["ssm_cfg.conv_bias"], true)?,
+                tie_embeddings: dir.bool_field(&["tie_embeddings"], true)?,
+                eos_token_id: eos(dir),
+            }
+        };
+        if hf && dir.usize_field(&["conv_kernel"], Some(CONV_WIDTH))? != CONV_WIDTH {
+            return Err(dir.config_error(format!("only conv_kernel = {CONV_WIDTH} is supported")));
+        }
+        if cfg.d_state == 0 || cfg.d_state > MAX_STATE {
+            return Err(dir.config_error(format!(
+                "state size {} is not supported (1..={MAX_STATE})",
+                cfg.d_state
+            )));
+        }
+        if [cfg.d_model, cfg.n_layer, cfg.vocab_size, cfg.d_inner, cfg.dt_rank].contains(&0) {
+            return Err(dir.config_error("model sizes must be positive"));
+        }
+        Ok(cfg)
+    }
+}
+
+fn dt_rank(dir: &ModelDir, key: &str, d_model: usize) -> Result<usize> {
+    let auto = d_model.div_ceil(16);
+    match key.split_once('.').map_or(dir.config.get(key), |(a, b)| {
+        dir.config.get(a).and_then(|v| v.get(b))
+    }) {
+        None => Ok(auto),
+        Some(v) if v.as_str() == Some("auto") || v.is_null() => Ok(auto),
+        Some(_) => dir.usize_field(&[key], None),
+    }
+}
+
+fn eos(dir: &ModelDir) -> Option<u32> {
+    dir.config
+        .get("eos_token_id")
+        .and_then(|v| v.as_u64())
+        .map(|v| v as u32)
+}
+
+struct MambaLayer {
+    norm: Tensor,
+    in_proj: Tensor,
+    in_proj_bias: Option<Tensor>,
+    conv_weight: Tensor,
+    conv_bias: Tensor,
+    x_proj: Tensor,
+    dt_proj: Tensor,
+    /// `[A = -exp(A_log) | D | dt_proj.bias]`, the scan's per-channel parameters.
+    ssm: Tensor,
+    out_proj: Tensor,
+    out_proj_bias: Option<Tensor>,
+}
+
+pub struct MambaLm {
+    pub config: MambaConfig,
+    embedding: Tensor,
+    lm_head: Option<Tensor>,
+    layers: Vec<MambaLayer>,
+    norm_f: Tensor,
+}
+
+/// Per-layer recurrent state for generation: conv windows `[batch, E, 4]` and SSM states
+/// `[batch, E, N]`.
+pub struct MambaCache {
+    conv: Vec<Tensor>,
+    ssm: Vec<Tensor>,
+}
+
+/// Which logits a forward pass computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    All,
+    /// Only each sequence's last token (prefill for generation).
+    Last,
+    None,
+}
+
+pub struct ForwardOutput {
+    /// `[batch * len, vocab]` or `[batch, vocab]` for [`Logits::Last`].
+    pub logits: Option<Tensor>,
+    /// transformers' `hidden_states`: 0 = embeddings, i = after layer i-1, last = after norm_f.
+    pub hidden_states: Vec<Tensor>,
+}
+
+impl MambaLm {
+    pub fn load(ctx: &Context, dir: &Path) -> Result<Self> {
+        let dir = ModelDir::open(dir)?;
+        let config = MambaConfig::from_model_dir(&dir)?;
+        Self::from_model_dir(ctx, &dir, config)
+    }
+
+    pub fn from_model_dir(ctx: &Context, dir: &ModelDir, config: MambaConfig) -> Result<Self> {
+        let c = &config;
+        let w = &dir.weights;
+        let embedding_name = ["backbone.embeddings.weight", "backbone.embedding.weight"]
+            .into_iter()
+            .find(|n| w.contains(n))
+            .ok_or_else(|| Error::MissingTensor {
+                path: w.path().to_path_buf(),
+                name: "backbone.embeddings.weight (or backbone.embedding.weight)".into(),
+            })?;
+        let (d, e, n, r) = (c.d_model, c.d_inner, c.d_state, c.dt_rank);
+        let embedding = dir.upload(ctx, embedding_name, &[c.vocab_size, d])?;
+        let lm_head = if c.tie_embeddings {
+            None
+        } else {
+            Some(dir.upload(ctx, "lm_head.weight", &[c.vocab_size, d])?)
+        };
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for i in 0..c.n_layer {
+            let p = format!("backbone.layers.{i}.");
+            let m = format!("{p}mixer.");
+            let bias = |name: &str, len: usize, present: bool| -> Result<Option<Tensor>> {
+                present.then(|| dir.upload(ctx, &format!("{m}{name}"), &[len])).transpose()
+            };
+            let a_name = format!("{m}A_log");
+            let a: Vec<f32> = w
+                .f32_shaped(&a_name, &[e, n])?
+                .iter()
+                .map(|v| -v.exp())
+                .collect();
+            let d_skip = w.f32_shaped(&format!("{m}D"), &[e])?;
+            let dt_bias = w.f32_shaped(&format!("{m}dt_proj.bias"), &[e])?;
+            let conv_w = w.f32_shaped(&format!("{m}conv1d.weight"), &[e, 1, CONV_WIDTH])?;
+            let conv_b = if c.conv_bias {
+                w.f32_shaped(&format!("{m}conv1d.bias"), &[e])?
+            } else {
+                vec![0.0; e]
+            };
+            layers.push(MambaLayer {
+                norm: dir.upload(ctx, &format!("{p}norm.weight"), &[d])?,
+                in_proj: dir.upload(ctx, &format!("{m}in_proj.weight"), &[2 * e, d])?,
+                in_proj_bias: bias("in_proj.bias", 2 * e, c.proj_bias)?,
+                conv_weight: ctx.upload_f32(&format!("{m}conv1d.weight"), &[e, CONV_WIDTH], &conv_w)?,
+                conv_bias: ctx.upload_f32(&format!("{m}conv1d.bias"), &[e], &conv_b)?,
+                x_proj: dir.upload(ctx, &format!("{m}x_proj.weight"), &[r + 2 * n, e])?,
+                dt_proj: dir.upload(ctx, &format!("{m}dt_proj.weight"), &[e, r])?,
+                ssm: ctx.upload_f32(
+                    &format!("{m}A_log"),
+                    &[a.len() + 2 * e],
+                    &pack_ssm_params(&a, Some(&d_skip), Some(&dt_bias), e),
+                )?,
+                out_proj: dir.upload(ctx, &format!("{m}out_proj.weight"), &[d, e])?,
+                out_proj_bias: bias("out_proj.bias", d, c.proj_bias)?,
+            });
+        }
+        let norm_f = dir.upload(ctx, "backbone.norm_f.weight", &[d])?;
+        Ok(MambaLm {
+            config,
+            embedding,
+            lm_head,
+            layers,
+            norm_f,
+        })
+    }
+
+    /// Check token ids against the vocabulary and convert them for upload.
+    pub fn check_ids(&self, ids: &[i64]) -> Result<Vec<u32>> {
+        if ids.is_empty() {
+            return Err(Error::InvalidInput("no tokens".into()));
+        }
+        ids.iter()
+            .enumerate()
+            .map(|(position, &id)| {
+                if id < 0 || id as usize >= self.config.vocab_size {
+                    Err(Error::TokenOutOfRange {
+                        id,
+                        position,
+                        vocab: self.config.vocab_size,
+                    })
+                } else {
+                    Ok(id as u32)
+                }
+            })
+            .collect()
+    }
+
+    pub fn new_cache(&self, ctx: &Context, batch: usize) -> Result<MambaCache> {
+        let (e, n) = (self.config.d_inner, self.config.d_state);
+        let mut cache = MambaCache {
+            conv: Vec::new(),
+            ssm: Vec::new(),
+        };
+        for _ in 0..self.config.n_layer {
+            cache.conv.push(ctx.upload_f32("conv_state", &[batch, e, CONV_WIDTH], &vec![0.0; batch * e * CONV_WIDTH])?);
+            cache.ssm.push(ctx.upload_f32("ssm_state", &[batch, e, n], &vec![0.0; batch * e * n])?);
+        }
+        Ok(cache)
+    }
+
+    /// Record a forward pass over `ids` (u32 `[batch * len]`). With a cache, `continue_cache`
+    /// false starts from zero state (prefill) and true continues it (decode); both leave the
+    /// final state in the cache.
+    pub fn forward(
+        &self,
+        rec: &mut Recorder,
+        ids: &Tensor,
+        batch: usize,
+        logits: Logits,
+        hidden_states: bool,
+        cache: Option<(&MambaCache, bool)>,
+    ) -> Result<ForwardOutput> {
+        let c = &self.config;
+        let len = ids.numel() / batch;
+        let residual = embedding(rec, ids, &self.embedding)?; // [B·L, D]
+        let mut states = Vec::new();
+        if hidden_states {
+            states.push(rec.snapshot("hidden_states.0", &residual)?);
+        }
+        let mut hidden: Option<Tensor> = None;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let x = add_rmsnorm(rec, &residual, hidden.as_ref(), &layer.norm, c.eps)?; // residual += hidden; [B·L, D]
+            if hidden_states && i > 0 {
+                states.push(rec.snapshot(&format!("hidden_states.{i}"), &residual)?);
+            }
+            let carry = cache.map(|(cache, cont)| (&cache.conv[i], &cache.ssm[i], cont));
+            hidden = Some(self.mixer(rec, layer, &x, batch, carry)?); // [B·L, D]
+        }
+        let normed = add_rmsnorm(rec, &residual, hidden.as_ref(), &self.norm_f, c.eps)?; // [B·L, D]
+        let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
+        let logits = match logits {
+            Logits::All => Some(matmul(rec, "logits", normed.mat(), head, None)?),
+            Logits::Last => {
+                let last_rows = MatView {
+                    tensor: &normed,
+                    rows: batch,
+                    cols: c.d_model,
+                    offset: (len - 1) * c.d_model,
+                    stride: len * c.d_model,
+                };
+                Some(matmul(rec, "logits", last_rows, head, None)?)
+            }
+            Logits::None => None,
+        };
+        if hidden_states {
+            states.push(normed);
+        }
+        Ok(ForwardOutput {
+            logits,
+            hidden_states: states,
+        })
+    }
+
+    /// One Mamba block's mixer (mamba_ssm `Mamba.forward`), `x` `[B·L, D]` -> `[B·L, D]`.
+    fn mixer(
+        &self,
+        rec: &mut Recorder,
+        l: &MambaLayer,
+        x: &Tensor,
+        batch: usize,
+        carry: Option<(&Tensor, &Tensor, bool)>,
+    ) -> Result<Tensor> {
+        let (e, n, r) = (self.config.d_inner, self.config.d_state, self.config.dt_rank);
+        let (conv_carry, ssm_carry) = match carry {
+            None => (Carry::None, Carry::None),
+            Some((conv, ssm, false)) => (Carry::Capture(conv), Carry::Capture(ssm)),
+            Some((conv, ssm, true)) => (Carry::Continue(conv), Carry::Continue(ssm)),
+        };
+        let xz = matmul(rec, "in_proj", x.mat(), &l.in_proj, l.in_proj_bias.as_ref())?; // [B·L, 2E] = [x | z]
+        let xc = conv1d_silu(rec, xz.cols(0, e), batch, &l.conv_weight, &l.conv_bias, conv_carry)?; // [B·L, E]
+        let q = matmul(rec, "x_proj", xc.mat(), &l.x_proj, None)?; // [B·L, R + 2N] = [dt | B | C]
+        let dt = matmul(rec, "dt_proj", q.cols(0, r), &l.dt_proj, None)?; // [B·L, E]; bias in the scan
+        let y = selective_scan(
+            rec,
+            ScanArgs {
+                u: xc.mat(),
+                delta: dt.mat(),
+                b: q.cols(r, n),
+                c: q.cols(r + n, n),
+                params: &l.ssm,
+                z: Some(xz.cols(e, e)),
+                batch,
+                softplus: true,
+                reverse: false,
+                state: ssm_carry,
+            },
+        )?; // [B·L, E] = scan(...) * silu(z)
+        matmul(rec, "out_proj", y.mat(), &l.out_proj, l.out_proj_bias.as_ref()) // [B·L, D]
+    }
+
+    /// Logits `[batch, len, vocab]` (flat) and, when asked, the hidden states (flat each).
+    pub async fn run(
+        &self,
+        ctx: &Context,
+        ids: &[i64],
+        batch: usize,
+        hidden_states: bool,
+    ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+        if batch == 0 || ids.len() % batch != 0 {
+            return Err(Error::InvalidInput(format!(
+                "{} token ids do not split into {batch} sequences",
+                ids.len()
+            )));
+        }
+        let ids = self.check_ids(ids)?;
+        let ids = ctx.upload_u32("input_ids", &[ids.len()], &ids)?;
+        let mut rec = ctx.recorder();
+        let out = self.forward(&mut rec, &ids, batch, Logits::All, hidden_states, None)?;
+        let logits = out.logits.expect("requested");
+        let mut wanted = vec![&logits];
+        wanted.extend(out.hidden_states.iter());
+        let mut data = rec.submit_and_read(&wanted).await?;
+        let logits = data.remove(0);
+        Ok((logits, data))
+    }
+
+    /// Greedy decoding: one prefill over the prompt, then one recurrent step per new token
+    /// (the prefix is never re-run). Each step feeds the GPU's argmax straight back as the
+    /// next input and reads back only that id. Stops early at `eos`.
+    pub async fn generate(&self, ctx: &Context, prompt: &[i64], max_new_tokens: usize, eos: Option<u32>) -> Result<Vec<u32>> {
+        let prompt = self.check_ids(prompt)?;
+        let cache = self.new_cache(ctx, 1)?;
+        let mut input = ctx.upload_u32("prompt_ids", &[prompt.len()], &prompt)?;
+        let mut generated = Vec::with_capacity(max_new_tokens);
+        for step in 0..max_new_tokens {
+            let mut rec = ctx.recorder();
+            let out = self.forward(&mut rec, &input, 1, Logits::Last, false, Some((&cache, step > 0)))?;
+            let next = argmax(&mut rec, &out.logits.expect("requested"))?;
+            let id = rec.submit_and_read(&[&next]).await?[0][0].to_bits();
+            generated.push(id);
+            if Some(id) == eos {
+                break;
+            }
+            input = next;
+        }
+        Ok(generated)
+    }
+}

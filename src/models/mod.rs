@@ -1,0 +1,98 @@
+//! Models as plain code over ops. A model folder holds `config.json` and `model.safetensors`.
+
+pub mod mamba;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::loader::SafetensorsFile;
+use crate::runtime::{Context, Tensor};
+
+/// A model folder: its parsed `config.json` and its weights.
+pub struct ModelDir {
+    pub config_path: PathBuf,
+    pub config: Value,
+    pub weights: SafetensorsFile,
+}
+
+impl ModelDir {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let config: Value = serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: config_path.clone(),
+            message: e.to_string(),
+        })?;
+        if !config.is_object() {
+            return Err(Error::Config {
+                path: config_path,
+                message: "expected a JSON object".into(),
+            });
+        }
+        let weights = SafetensorsFile::open(dir.join("model.safetensors"))?;
+        Ok(ModelDir {
+            config_path,
+            config,
+            weights,
+        })
+    }
+
+    pub fn config_error(&self, message: impl Into<String>) -> Error {
+        Error::Config {
+            path: self.config_path.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// An integer config field (the first of `keys` present), or `default`.
+    pub fn usize_field(&self, keys: &[&str], default: Option<usize>) -> Result<usize> {
+        for key in keys {
+            if let Some(v) = lookup(&self.config, key) {
+                return v
+                    .as_u64()
+                    .map(|v| v as usize)
+                    .ok_or_else(|| self.config_error(format!("`{key}` must be a non-negative integer, got {v}")));
+            }
+        }
+        default.ok_or_else(|| self.config_error(format!("missing `{}`", keys.join("` or `"))))
+    }
+
+    pub fn f64_field(&self, keys: &[&str], default: f64) -> Result<f64> {
+        for key in keys {
+            if let Some(v) = lookup(&self.config, key) {
+                return v
+                    .as_f64()
+                    .ok_or_else(|| self.config_error(format!("`{key}` must be a number, got {v}")));
+            }
+        }
+        Ok(default)
+    }
+
+    pub fn bool_field(&self, keys: &[&str], default: bool) -> Result<bool> {
+        for key in keys {
+            if let Some(v) = lookup(&self.config, key) {
+                return v
+                    .as_bool()
+                    .ok_or_else(|| self.config_error(format!("`{key}` must be true or false, got {v}")));
+            }
+        }
+        Ok(default)
+    }
+
+    /// Upload a float tensor after checking its shape.
+    pub fn upload(&self, ctx: &Context, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let data = self.weights.f32_shaped(name, shape)?;
+        ctx.upload_f32(name, shape, &data)
+    }
+}
+
+/// `key` at the top level, or `a.b` one level down (state-spaces' `ssm_cfg.d_state`).
+fn lookup<'a>(config: &'a Value, key: &str) -> Option<&'a Value> {
+    match key.split_once('.') {
+        Some((outer, inner)) => config.get(outer)?.get(inner),
+        None => config.get(key),
+    }
+    .filter(|v| !v.is_null())
+}

@@ -1,0 +1,86 @@
+//! Causal depthwise conv1d (width 4) + SiLU, with mamba_ssm's rolling conv state for decoding.
+
+use crate::error::Result;
+use crate::ops::{kernel, silu, Carry};
+use crate::runtime::{grid, MatView, Recorder, Tensor};
+
+/// Only Mamba's width is supported; checked when a model's config is read.
+pub const CONV_WIDTH: usize = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    batch: u32,
+    len: u32,
+    channels: u32,
+    x_offset: u32,
+    x_stride: u32,
+    use_state: u32,
+    write_state: u32,
+    _pad: u32,
+}
+
+/// `x` is `[batch * len, channels]` (any row stride), `weight` `[channels, 4]`, `bias`
+/// `[channels]`, state `[batch, channels, 4]`. Returns `[batch * len, channels]`.
+pub fn conv1d_silu(
+    rec: &mut Recorder,
+    x: MatView,
+    batch: usize,
+    weight: &Tensor,
+    bias: &Tensor,
+    state: Carry,
+) -> Result<Tensor> {
+    let channels = x.cols;
+    let len = x.rows / batch;
+    let out = rec.alloc("conv_out", &[x.rows, channels])?;
+    let (state_buf, use_state, write_state) = state.binding(rec);
+    let params = Params {
+        batch: batch as u32,
+        len: len as u32,
+        channels: channels as u32,
+        x_offset: x.offset as u32,
+        x_stride: x.stride as u32,
+        use_state,
+        write_state,
+        _pad: 0,
+    };
+    rec.dispatch(
+        &kernel!("conv1d", "conv1d_silu"),
+        &params,
+        &[x.buffer(), weight.buffer(), bias.buffer(), &state_buf, out.buffer()],
+        grid((batch * channels).div_ceil(64) as u32),
+    );
+    Ok(out)
+}
+
+/// CPU reference on dense `[batch, len, channels]`; `state` (`[batch, channels, 4]`) is read
+/// when `use_state` and always updated.
+pub fn conv1d_silu_ref(
+    x: &[f32],
+    batch: usize,
+    len: usize,
+    channels: usize,
+    weight: &[f32],
+    bias: &[f32],
+    state: &mut [f32],
+    use_state: bool,
+) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for b in 0..batch {
+        for e in 0..channels {
+            let s = &mut state[(b * channels + e) * CONV_WIDTH..][..CONV_WIDTH];
+            let mut window = if use_state { [s[0], s[1], s[2], s[3]] } else { [0.0; 4] };
+            for t in 0..len {
+                let i = (b * len + t) * channels + e;
+                window = [window[1], window[2], window[3], x[i]];
+                let c = bias[e]
+                    + (0..CONV_WIDTH)
+                        .map(|k| weight[e * CONV_WIDTH + k] * window[k])
+                        .sum::<f32>();
+                out[i] = silu(c);
+            }
+            s.copy_from_slice(&window);
+        }
+    }
+    out
+}

@@ -1,0 +1,62 @@
+//! Linear layer: `y = x · wᵀ (+ bias)` with the PyTorch `[out, in]` weight layout.
+
+use crate::error::Result;
+use crate::ops::kernel;
+use crate::runtime::{MatView, Recorder, Tensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    x_offset: u32,
+    x_stride: u32,
+    y_offset: u32,
+    y_stride: u32,
+    has_bias: u32,
+}
+
+/// `x` is `[m, k]` (any row stride), `w` is `[n, k]`, `bias` is `[n]`; returns `[m, n]`.
+pub fn matmul(rec: &mut Recorder, name: &str, x: MatView, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (m, k) = (x.rows, x.cols);
+    let n = w.shape()[0];
+    debug_assert_eq!(w.shape(), [n, k]);
+    let y = rec.alloc(name, &[m, n])?;
+    let vec4 = k % 4 == 0 && x.stride % 4 == 0 && x.offset % 4 == 0;
+    let params = Params {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        x_offset: x.offset as u32,
+        x_stride: x.stride as u32,
+        y_offset: 0,
+        y_stride: n as u32,
+        has_bias: bias.is_some() as u32,
+    };
+    let kernel = if vec4 {
+        kernel!("matmul", "matmul_vec4")
+    } else {
+        kernel!("matmul", "matmul_scalar")
+    };
+    let dummy = rec.context().inner.dummy.clone();
+    let bias_buf = bias.map(Tensor::buffer).unwrap_or(&dummy);
+    // 8 x 8 invocations of 4 x 4 outputs: 32 x 32 outputs per workgroup.
+    let groups = [n.div_ceil(32) as u32, m.div_ceil(32) as u32, 1];
+    rec.dispatch(&kernel, &params, &[x.buffer(), w.buffer(), bias_buf, y.buffer()], groups);
+    Ok(y)
+}
+
+/// CPU reference: `x` `[m, k]` dense, `w` `[n, k]`.
+pub fn matmul_ref(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    let mut y = vec![0.0f32; m * n];
+    for i in 0..m {
+        let xr = &x[i * k..(i + 1) * k];
+        for j in 0..n {
+            let wr = &w[j * k..(j + 1) * k];
+            let dot: f32 = xr.iter().zip(wr).map(|(a, b)| a * b).sum();
+            y[i * n + j] = dot + bias.map_or(0.0, |b| b[j]);
+        }
+    }
+    y
+}

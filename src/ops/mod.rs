@@ -1,0 +1,65 @@
+//! Ops: each is one WGSL file in `shaders/` and one launcher here, with a plain CPU reference
+//! beside the launcher that the tests hold it to.
+
+pub mod argmax;
+pub mod conv1d;
+pub mod embedding;
+pub mod matmul;
+pub mod rmsnorm;
+pub mod scan;
+
+/// A kernel entry point of `shaders/<file>.wgsl`, embedded in the binary.
+macro_rules! kernel {
+    ($file:literal, $entry:literal) => {
+        $crate::runtime::Kernel {
+            name: $file,
+            source: include_str!(concat!("../../shaders/", $file, ".wgsl")),
+            entry: $entry,
+        }
+    };
+}
+pub(crate) use kernel;
+
+/// Every shader source, for validation tests and tools.
+pub const SHADERS: &[(&str, &str)] = &[
+    ("argmax", include_str!("../../shaders/argmax.wgsl")),
+    ("conv1d", include_str!("../../shaders/conv1d.wgsl")),
+    ("embedding", include_str!("../../shaders/embedding.wgsl")),
+    ("matmul", include_str!("../../shaders/matmul.wgsl")),
+    ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),
+    ("scan", include_str!("../../shaders/scan.wgsl")),
+];
+
+/// A recurrent state carried across calls (conv window or SSM state), for generation.
+#[derive(Clone, Copy)]
+pub enum Carry<'a> {
+    None,
+    /// Start from zeros and store the final state (a prefill that will be continued).
+    Capture(&'a crate::runtime::Tensor),
+    /// Start from the state and store the new one (a decode step).
+    Continue(&'a crate::runtime::Tensor),
+}
+
+impl Carry<'_> {
+    /// The buffer to bind and the (read, write) flags.
+    pub(crate) fn binding(self, rec: &crate::runtime::Recorder) -> (wgpu::Buffer, u32, u32) {
+        match self {
+            Carry::None => (rec.context().inner.dummy_rw.clone(), 0, 0),
+            Carry::Capture(s) => (s.buffer().clone(), 0, 1),
+            Carry::Continue(s) => (s.buffer().clone(), 1, 1),
+        }
+    }
+}
+
+pub(crate) fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// PyTorch's softplus (threshold 20).
+pub(crate) fn softplus(x: f32) -> f32 {
+    if x > 20.0 {
+        x
+    } else {
+        x.exp().ln_1p()
+    }
+}

@@ -1,0 +1,179 @@
+//! The Mamba-1 selective scan (mamba_ssm `selective_scan_ref` semantics), prefill and decode.
+
+use crate::error::Result;
+use crate::ops::{kernel, silu, softplus, Carry};
+use crate::runtime::{grid, MatView, Recorder, Tensor};
+
+/// The kernel keeps the state in four vec4 registers.
+pub const MAX_STATE: usize = 16;
+
+const HAS_Z: u32 = 1;
+const SOFTPLUS: u32 = 2;
+const USE_STATE: u32 = 4;
+const WRITE_STATE: u32 = 8;
+const REVERSE: u32 = 16;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    batch: u32,
+    len: u32,
+    channels: u32,
+    nstate: u32,
+    u_offset: u32,
+    u_stride: u32,
+    dt_offset: u32,
+    dt_stride: u32,
+    b_offset: u32,
+    c_offset: u32,
+    bc_stride: u32,
+    z_offset: u32,
+    z_stride: u32,
+    flags: u32,
+    _pad: [u32; 2],
+}
+
+/// Per-channel parameters in the layout the kernel binds: `[A (channels x nstate) | D | dt_bias]`,
+/// with `A` already negative (`-exp(A_log)`). Missing `D` or bias are zeros.
+pub fn pack_ssm_params(a: &[f32], d: Option<&[f32]>, dt_bias: Option<&[f32]>, channels: usize) -> Vec<f32> {
+    let zeros = vec![0.0; channels];
+    let mut v = Vec::with_capacity(a.len() + 2 * channels);
+    v.extend_from_slice(a);
+    v.extend_from_slice(d.unwrap_or(&zeros));
+    v.extend_from_slice(dt_bias.unwrap_or(&zeros));
+    v
+}
+
+pub struct ScanArgs<'a> {
+    /// `[batch * len, channels]`: the (conv'd) input.
+    pub u: MatView<'a>,
+    /// `[batch * len, channels]`: dt before bias and softplus.
+    pub delta: MatView<'a>,
+    /// `[batch * len, nstate]` each; B and C must be column slices of one tensor.
+    pub b: MatView<'a>,
+    pub c: MatView<'a>,
+    /// From [`pack_ssm_params`].
+    pub params: &'a Tensor,
+    /// `[batch * len, channels]`: the gate, when the output is `y * silu(z)`.
+    pub z: Option<MatView<'a>>,
+    pub batch: usize,
+    pub softplus: bool,
+    /// Walk the tokens from last to first.
+    pub reverse: bool,
+    /// `[batch, channels, nstate]`.
+    pub state: Carry<'a>,
+}
+
+/// Returns `y` `[batch * len, channels]`.
+pub fn selective_scan(rec: &mut Recorder, args: ScanArgs) -> Result<Tensor> {
+    let ScanArgs {
+        u,
+        delta,
+        b,
+        c,
+        params,
+        z,
+        batch,
+        softplus,
+        reverse,
+        state,
+    } = args;
+    debug_assert!(std::ptr::eq(b.tensor.buffer(), c.tensor.buffer()) && b.stride == c.stride);
+    let channels = u.cols;
+    let nstate = b.cols;
+    debug_assert!(nstate <= MAX_STATE);
+    let out = rec.alloc("scan_out", &[u.rows, channels])?;
+    let (state_buf, read_state, write_state) = state.binding(rec);
+    let flags = if z.is_some() { HAS_Z } else { 0 }
+        | if softplus { SOFTPLUS } else { 0 }
+        | if read_state != 0 { USE_STATE } else { 0 }
+        | if write_state != 0 { WRITE_STATE } else { 0 }
+        | if reverse { REVERSE } else { 0 };
+    let dummy = rec.context().inner.dummy.clone();
+    let z_buf = z.map(|z| z.buffer().clone()).unwrap_or(dummy);
+    let p = Params {
+        batch: batch as u32,
+        len: (u.rows / batch) as u32,
+        channels: channels as u32,
+        nstate: nstate as u32,
+        u_offset: u.offset as u32,
+        u_stride: u.stride as u32,
+        dt_offset: delta.offset as u32,
+        dt_stride: delta.stride as u32,
+        b_offset: b.offset as u32,
+        c_offset: c.offset as u32,
+        bc_stride: b.stride as u32,
+        z_offset: z.map_or(0, |z| z.offset) as u32,
+        z_stride: z.map_or(0, |z| z.stride) as u32,
+        flags,
+        _pad: [0; 2],
+    };
+    rec.dispatch(
+        &kernel!("scan", "selective_scan"),
+        &p,
+        &[
+            u.buffer(),
+            delta.buffer(),
+            b.buffer(),
+            params.buffer(),
+            &z_buf,
+            &state_buf,
+            out.buffer(),
+        ],
+        grid((batch * channels).div_ceil(64) as u32),
+    );
+    Ok(out)
+}
+
+/// Dense host inputs for [`selective_scan_ref`], token-major like the kernel.
+pub struct ScanRef<'a> {
+    pub batch: usize,
+    pub len: usize,
+    pub channels: usize,
+    pub nstate: usize,
+    /// `[batch, len, channels]`
+    pub u: &'a [f32],
+    pub delta: &'a [f32],
+    /// `[batch, len, nstate]`
+    pub b: &'a [f32],
+    pub c: &'a [f32],
+    /// `[channels, nstate]` (negative)
+    pub a: &'a [f32],
+    pub d: Option<&'a [f32]>,
+    pub dt_bias: Option<&'a [f32]>,
+    pub z: Option<&'a [f32]>,
+    pub softplus: bool,
+    pub reverse: bool,
+}
+
+/// CPU reference. `state` (`[batch, channels, nstate]`) is the initial state and receives the
+/// final one. Returns `y` `[batch, len, channels]`.
+pub fn selective_scan_ref(r: &ScanRef, state: &mut [f32]) -> Vec<f32> {
+    let (l, e_n, n_n) = (r.len, r.channels, r.nstate);
+    let mut out = vec![0.0; r.batch * l * e_n];
+    for b in 0..r.batch {
+        for e in 0..e_n {
+            let h = &mut state[(b * e_n + e) * n_n..][..n_n];
+            for s in 0..l {
+                let t = if r.reverse { l - 1 - s } else { s };
+                let row = b * l + t;
+                let u = r.u[row * e_n + e];
+                let mut dt = r.delta[row * e_n + e] + r.dt_bias.map_or(0.0, |v| v[e]);
+                if r.softplus {
+                    dt = softplus(dt);
+                }
+                let mut y = 0.0;
+                for n in 0..n_n {
+                    h[n] = (dt * r.a[e * n_n + n]).exp() * h[n] + dt * r.b[row * n_n + n] * u;
+                    y += r.c[row * n_n + n] * h[n];
+                }
+                y += r.d.map_or(0.0, |d| d[e]) * u;
+                if let Some(z) = r.z {
+                    y *= silu(z[row * e_n + e]);
+                }
+                out[row * e_n + e] = y;
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,323 @@
+//! The GPU context: a device and queue (our own, or a host engine's), the pipeline cache and
+//! the buffer pool. Cheap to clone; every clone shares the same caches.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::{Error, Result};
+use crate::runtime::pool::BufferPool;
+use crate::runtime::tensor::{DType, Tensor};
+use crate::runtime::Recorder;
+
+/// One compute entry point of one WGSL file; `name` keys the pipeline cache.
+#[derive(Clone, Copy, Debug)]
+pub struct Kernel {
+    pub name: &'static str,
+    pub source: &'static str,
+    pub entry: &'static str,
+}
+
+/// How to pick an adapter when the engine creates its own device. `Default` honours the
+/// `WGPU_BACKEND` and `WGPU_ADAPTER_NAME` environment variables.
+#[derive(Clone, Debug, Default)]
+pub struct ContextOptions {
+    /// Backends to consider (e.g. `wgpu::Backends::VULKAN`); `None`: `WGPU_BACKEND` or all.
+    pub backends: Option<wgpu::Backends>,
+    /// Case-insensitive substring of the adapter name; `None`: `WGPU_ADAPTER_NAME` or the default.
+    pub adapter_name: Option<String>,
+}
+
+pub(crate) struct Inner {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub adapter_info: Option<wgpu::AdapterInfo>,
+    pub limits: wgpu::Limits,
+    pipelines: Mutex<HashMap<(&'static str, &'static str), wgpu::ComputePipeline>>,
+    /// Uniform buffers keyed by their bytes: the same shapes reuse the same parameter buffers.
+    uniforms: Mutex<HashMap<Vec<u8>, wgpu::Buffer>>,
+    pub pool: Arc<Mutex<BufferPool>>,
+    lost: Arc<Mutex<Option<String>>>,
+    /// Tiny buffers bound where a kernel's optional input (read-only) or carried state
+    /// (read-write) is absent; two, because one buffer cannot be both in one dispatch.
+    pub dummy: wgpu::Buffer,
+    pub dummy_rw: wgpu::Buffer,
+}
+
+#[derive(Clone)]
+pub struct Context {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// Lock a mutex, recovering from poisoning: the protected caches stay valid after a panic.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Context {
+    /// Create an instance, pick an adapter (environment variables honoured) and a device with
+    /// the adapter's real limits.
+    pub async fn new() -> Result<Self> {
+        Self::with_options(ContextOptions::default()).await
+    }
+
+    pub async fn with_options(options: ContextOptions) -> Result<Self> {
+        let adapter = select_adapter(&options).await?;
+        let info = adapter.get_info();
+        let wanted = wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::SHADER_F16
+            | wgpu::Features::SUBGROUP;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("ssmgpu"),
+                required_features: adapter.features() & wanted,
+                required_limits: adapter.limits(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::RequestDevice(format!("{} ({:?}): {e}", info.name, info.backend)))?;
+        let ctx = Self::build(device, queue, Some(info));
+        let lost = ctx.inner.lost.clone();
+        ctx.inner
+            .device
+            .set_device_lost_callback(move |reason, message| {
+                *lock(&lost) = Some(format!("{reason:?}: {message}"));
+            });
+        Ok(ctx)
+    }
+
+    /// Run on a device a host application (a game or graphics engine) already owns. The engine
+    /// leaves the host's error and device-lost handlers alone.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        Self::build(device, queue, None)
+    }
+
+    /// Blocking [`Context::new`] for native callers.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new_blocking() -> Result<Self> {
+        pollster::block_on(Self::new())
+    }
+
+    fn build(device: wgpu::Device, queue: wgpu::Queue, adapter_info: Option<wgpu::AdapterInfo>) -> Self {
+        let limits = device.limits();
+        let dummy_buffer = |label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        let dummy = dummy_buffer("ssmgpu.dummy");
+        let dummy_rw = dummy_buffer("ssmgpu.dummy_rw");
+        Context {
+            inner: Arc::new(Inner {
+                device,
+                queue,
+                adapter_info,
+                limits,
+                pipelines: Mutex::new(HashMap::new()),
+                uniforms: Mutex::new(HashMap::new()),
+                pool: Arc::new(Mutex::new(BufferPool::default())),
+                lost: Arc::new(Mutex::new(None)),
+                dummy,
+                dummy_rw,
+            }),
+        }
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.limits
+    }
+
+    /// The adapter, when the engine created the device itself.
+    pub fn adapter_info(&self) -> Option<&wgpu::AdapterInfo> {
+        self.inner.adapter_info.as_ref()
+    }
+
+    /// Bytes currently held by pooled buffers (live and free) and the peak of live bytes.
+    pub fn memory_stats(&self) -> crate::runtime::pool::PoolStats {
+        lock(&self.inner.pool).stats()
+    }
+
+    pub(crate) fn check_alive(&self) -> Result<()> {
+        match lock(&self.inner.lost).as_ref() {
+            Some(why) => Err(Error::DeviceLost(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuse a buffer the device cannot bind, naming the tensor and the limit.
+    pub(crate) fn check_size(&self, name: &str, bytes: u64) -> Result<()> {
+        let l = &self.inner.limits;
+        let checks = [
+            ("max_storage_buffer_binding_size", l.max_storage_buffer_binding_size),
+            ("max_buffer_size", l.max_buffer_size),
+        ];
+        for (limit_name, limit) in checks {
+            if bytes > limit {
+                return Err(Error::TooLarge {
+                    name: name.to_string(),
+                    bytes,
+                    limit_name,
+                    limit,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// An uninitialised tensor from the pool.
+    pub fn alloc(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let bytes = (shape.iter().product::<usize>() * dtype.size()) as u64;
+        self.check_size(name, bytes)?;
+        let buffer = BufferPool::acquire(&self.inner.pool, &self.inner.device, bytes);
+        Ok(Tensor::new(buffer, shape.to_vec(), dtype))
+    }
+
+    /// Upload host data into a fresh buffer, written at creation: never through
+    /// `queue.write_buffer`, whose copy would run before commands already recorded.
+    pub fn upload<T: bytemuck::Pod>(&self, name: &str, shape: &[usize], dtype: DType, data: &[T]) -> Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        let bytes = bytemuck::cast_slice::<T, u8>(data);
+        if bytes.len() != numel * dtype.size() {
+            return Err(Error::InvalidInput(format!(
+                "`{name}`: {} bytes of data for shape {shape:?} of {dtype:?}",
+                bytes.len()
+            )));
+        }
+        self.check_size(name, bytes.len() as u64)?;
+        let buffer = BufferPool::create_init(&self.inner.pool, &self.inner.device, bytes);
+        Ok(Tensor::new(buffer, shape.to_vec(), dtype))
+    }
+
+    pub fn upload_f32(&self, name: &str, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        self.upload(name, shape, DType::F32, data)
+    }
+
+    pub fn upload_u32(&self, name: &str, shape: &[usize], data: &[u32]) -> Result<Tensor> {
+        self.upload(name, shape, DType::U32, data)
+    }
+
+    /// Start recording a batch of GPU work, submitted once by [`Recorder::submit`].
+    pub fn recorder(&self) -> Recorder {
+        Recorder::new(self.clone())
+    }
+
+    /// Read tensors back (one submission, one staging buffer each).
+    pub async fn read(&self, tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
+        self.recorder().submit_and_read(tensors).await
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_blocking(&self, tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
+        pollster::block_on(self.read(tensors))
+    }
+
+    pub(crate) fn pipeline(&self, kernel: &Kernel) -> wgpu::ComputePipeline {
+        let key = (kernel.name, kernel.entry);
+        let mut cache = lock(&self.inner.pipelines);
+        if let Some(p) = cache.get(&key) {
+            return p.clone();
+        }
+        let device = &self.inner.device;
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(kernel.name),
+            source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(kernel.entry),
+            layout: None,
+            module: &module,
+            entry_point: Some(kernel.entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        cache.insert(key, pipeline.clone());
+        pipeline
+    }
+
+    pub(crate) fn uniform(&self, bytes: &[u8]) -> wgpu::Buffer {
+        let mut cache = lock(&self.inner.uniforms);
+        if let Some(b) = cache.get(bytes) {
+            return b.clone();
+        }
+        // Shapes are few in practice; a runaway cache (many distinct lengths) is simply reset.
+        if cache.len() > 8192 {
+            cache.clear();
+        }
+        let size = (bytes.len().max(16) as u64).next_multiple_of(16);
+        let buffer = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("ssmgpu.params"),
+            size,
+            usage: wgpu::BufferUsages::UNIFORM,
+            mapped_at_creation: true,
+        });
+        buffer
+            .slice(..)
+            .get_mapped_range_mut()
+            .expect("a buffer mapped at creation is mapped")
+            .slice(..bytes.len())
+            .copy_from_slice(bytes);
+        buffer.unmap();
+        cache.insert(bytes.to_vec(), buffer.clone());
+        buffer
+    }
+}
+
+async fn select_adapter(options: &ContextOptions) -> Result<wgpu::Adapter> {
+    let backends = options
+        .backends
+        .or_else(wgpu::Backends::from_env)
+        .unwrap_or(wgpu::Backends::all());
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = backends;
+    let instance = wgpu::Instance::new(desc);
+    let wanted_name = options
+        .adapter_name
+        .clone()
+        .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
+        .filter(|s| !s.is_empty());
+    match wanted_name {
+        Some(name) => {
+            let needle = name.to_lowercase();
+            let adapters = instance.enumerate_adapters(backends).await;
+            let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+            adapters
+                .into_iter()
+                .find(|a| a.get_info().name.to_lowercase().contains(&needle))
+                .ok_or_else(|| {
+                    Error::NoAdapter(format!(" whose name contains `{name}` (found: {names:?})"))
+                })
+        }
+        None => instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::from_env()
+                    .unwrap_or(wgpu::PowerPreference::HighPerformance),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::NoAdapter(format!(" for backends {backends:?}: {e}"))),
+    }
+}
+
+/// Every adapter the instance can see, for `ssmgpu info`.
+pub async fn list_adapters() -> Vec<(wgpu::AdapterInfo, wgpu::Features, wgpu::Limits)> {
+    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = backends;
+    let instance = wgpu::Instance::new(desc);
+    instance
+        .enumerate_adapters(backends)
+        .await
+        .into_iter()
+        .map(|a| (a.get_info(), a.features(), a.limits()))
+        .collect()
+}

@@ -1,0 +1,154 @@
+//! Buffer pool: intermediate tensors return their buffers here when dropped, and the next
+//! tensor of the same size class takes one instead of allocating. Reuse is safe without
+//! fences: GPU work runs in recording order, and buffers are only written by recorded
+//! commands or at creation.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::runtime::context::lock;
+
+const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Bytes of every buffer the pool has created and still holds (live or free).
+    pub allocated_bytes: u64,
+    /// Bytes held by live tensors now.
+    pub live_bytes: u64,
+    /// The most bytes live at once since the last [`BufferPool::reset_peak`].
+    pub peak_live_bytes: u64,
+}
+
+#[derive(Default)]
+pub struct BufferPool {
+    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    stats: PoolStats,
+}
+
+/// A buffer on loan from the pool; goes back on drop.
+pub struct PooledBuffer {
+    buffer: Option<wgpu::Buffer>,
+    class: u64,
+    pool: Arc<Mutex<BufferPool>>,
+}
+
+/// Round up to a size class (four per octave, at most 19% slack) so that buffers of nearby
+/// sizes share a class.
+fn size_class(bytes: u64) -> u64 {
+    let bytes = bytes.max(256).next_multiple_of(256);
+    let octave = 1u64 << (63 - bytes.leading_zeros());
+    let step = (octave / 4).max(256);
+    bytes.next_multiple_of(step)
+}
+
+impl BufferPool {
+    pub fn acquire(pool: &Arc<Mutex<BufferPool>>, device: &wgpu::Device, bytes: u64) -> PooledBuffer {
+        let class = size_class(bytes);
+        let reused = {
+            let mut p = lock(pool);
+            let b = p.free.get_mut(&class).and_then(Vec::pop);
+            p.note_live(class as i64);
+            b
+        };
+        let buffer = reused.unwrap_or_else(|| {
+            lock(pool).stats.allocated_bytes += class;
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("ssmgpu.tensor"),
+                size: class,
+                usage: USAGE,
+                mapped_at_creation: false,
+            })
+        });
+        PooledBuffer {
+            buffer: Some(buffer),
+            class,
+            pool: pool.clone(),
+        }
+    }
+
+    /// A new buffer holding `data`, written while mapped at creation.
+    pub fn create_init(pool: &Arc<Mutex<BufferPool>>, device: &wgpu::Device, data: &[u8]) -> PooledBuffer {
+        let class = size_class(data.len() as u64);
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("ssmgpu.upload"),
+            size: class,
+            usage: USAGE,
+            mapped_at_creation: true,
+        });
+        buffer
+            .slice(..)
+            .get_mapped_range_mut()
+            .expect("a buffer mapped at creation is mapped")
+            .slice(..data.len())
+            .copy_from_slice(data);
+        buffer.unmap();
+        {
+            let mut p = lock(pool);
+            p.stats.allocated_bytes += class;
+            p.note_live(class as i64);
+        }
+        PooledBuffer {
+            buffer: Some(buffer),
+            class,
+            pool: pool.clone(),
+        }
+    }
+
+    fn note_live(&mut self, delta: i64) {
+        self.stats.live_bytes = (self.stats.live_bytes as i64 + delta) as u64;
+        self.stats.peak_live_bytes = self.stats.peak_live_bytes.max(self.stats.live_bytes);
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        self.stats
+    }
+
+    pub fn reset_peak(&mut self) {
+        self.stats.peak_live_bytes = self.stats.live_bytes;
+    }
+
+    /// Drop every free buffer (e.g. after a large run, to give memory back).
+    pub fn trim(&mut self) {
+        let freed: u64 = self
+            .free
+            .iter()
+            .map(|(class, v)| class * v.len() as u64)
+            .sum();
+        self.free.clear();
+        self.stats.allocated_bytes -= freed;
+    }
+}
+
+impl PooledBuffer {
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        self.buffer.as_ref().expect("buffer present until drop")
+    }
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        if let Some(buffer) = self.buffer.take() {
+            let mut p = lock(&self.pool);
+            p.note_live(-(self.class as i64));
+            p.free.entry(self.class).or_default().push(buffer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size_class;
+
+    #[test]
+    fn size_classes_cover_and_bound_slack() {
+        for bytes in [1u64, 255, 256, 257, 1000, 4096, 5000, 1 << 20, (1 << 20) + 1, 123_456_789] {
+            let c = size_class(bytes);
+            assert!(c >= bytes, "{bytes} -> {c}");
+            assert!(c % 256 == 0);
+            assert!((c as f64) <= (bytes.max(256) as f64) * 1.25 + 256.0, "{bytes} -> {c}");
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Shared test helpers: one GPU context per test binary, golden-data lookup, comparisons.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use rand::{Rng, SeedableRng};
+use ssmgpu::loader::SafetensorsFile;
+use ssmgpu::Context;
+
+/// The GPU context; a machine without an adapter fails here, loudly (never a silent skip).
+pub fn ctx() -> &'static Context {
+    static CTX: OnceLock<Context> = OnceLock::new();
+    CTX.get_or_init(|| {
+        Context::new_blocking().unwrap_or_else(|e| {
+            panic!("GPU tests need an adapter (on Debian: apt-get install mesa-vulkan-drivers libvulkan1): {e}")
+        })
+    })
+}
+
+/// `../shared/golden` when this checkout sits beside it, else the copy in `tests/data/golden`.
+pub fn golden_dir() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let shared = root.join("../shared/golden");
+    if shared.join("README.md").exists() {
+        shared
+    } else {
+        root.join("tests/data/golden")
+    }
+}
+
+pub fn golden(rel: &str) -> SafetensorsFile {
+    SafetensorsFile::open(golden_dir().join(rel)).unwrap_or_else(|e| panic!("golden file {rel}: {e}"))
+}
+
+pub fn f32s(file: &SafetensorsFile, name: &str) -> (Vec<usize>, Vec<f32>) {
+    file.f32(name, None).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Max |got - want| <= atol + rtol * max|want|; prints the figure either way.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> f32 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let mut worst = (0.0f32, 0usize);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let d = (g - w).abs();
+        assert!(!g.is_nan(), "{what}: NaN at {i}");
+        if d > worst.0 {
+            worst = (d, i);
+        }
+    }
+    let tol = atol + rtol * scale;
+    eprintln!("{what}: max abs err {:.3e} (at {}), tolerance {tol:.3e}", worst.0, worst.1);
+    assert!(
+        worst.0 <= tol,
+        "{what}: max abs err {} at {} (got {}, want {}) > {tol}",
+        worst.0,
+        worst.1,
+        got[worst.1],
+        want[worst.1]
+    );
+    worst.0
+}
+
+pub fn rng(seed: u64) -> rand::rngs::StdRng {
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+pub fn randn(rng: &mut impl Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect()
+}
+
+/// `[b, c, l]` (mamba_ssm's layout) to `[b, l, c]` (the engine's token-major layout).
+pub fn bcl_to_blc(x: &[f32], b: usize, c: usize, l: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for bi in 0..b {
+        for ci in 0..c {
+            for li in 0..l {
+                out[(bi * l + li) * c + ci] = x[(bi * c + ci) * l + li];
+            }
+        }
+    }
+    out
+}

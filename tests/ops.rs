@@ -1,0 +1,265 @@
+//! Every op on the GPU against its CPU reference, on random shapes (odd sizes, length 1,
+//! batch > 1, strided views).
+
+mod common;
+
+use common::{assert_close, ctx, randn, rng};
+use rand::Rng;
+use ssmgpu::ops::argmax::{argmax, argmax_ref};
+use ssmgpu::ops::conv1d::{conv1d_silu, conv1d_silu_ref, CONV_WIDTH};
+use ssmgpu::ops::embedding::{embedding, embedding_ref};
+use ssmgpu::ops::matmul::{matmul, matmul_ref};
+use ssmgpu::ops::rmsnorm::{add_rmsnorm, add_rmsnorm_ref};
+use ssmgpu::ops::scan::{pack_ssm_params, selective_scan, selective_scan_ref, ScanArgs, ScanRef};
+use ssmgpu::ops::Carry;
+use ssmgpu::runtime::MatView;
+
+#[test]
+fn matmul_matches_reference() {
+    let ctx = ctx();
+    let mut r = rng(1);
+    // (m, k, n, bias, extra columns around x): vec4 and scalar paths, ragged edges, views.
+    let cases = [
+        (1, 4, 4, false, 0),
+        (1, 1, 1, true, 0),
+        (3, 5, 7, true, 0),
+        (4, 8, 33, false, 0),
+        (37, 64, 100, true, 0),
+        (197, 384, 96, false, 0),
+        (65, 48, 70, false, 36),
+        (9, 7, 13, true, 3),
+    ];
+    for (m, k, n, with_bias, extra) in cases {
+        let stride = k + extra;
+        let x = randn(&mut r, m * stride, 1.0);
+        let w = randn(&mut r, n * k, 1.0);
+        let b = randn(&mut r, n, 1.0);
+        let xt = ctx.upload_f32("x", &[m, stride], &x).unwrap();
+        let wt = ctx.upload_f32("w", &[n, k], &w).unwrap();
+        let bt = ctx.upload_f32("b", &[n], &b).unwrap();
+        let offset = extra / 2 / 4 * 4;
+        let view = MatView { tensor: &xt, rows: m, cols: k, offset, stride };
+        let mut rec = ctx.recorder();
+        let y = matmul(&mut rec, "y", view, &wt, with_bias.then_some(&bt)).unwrap();
+        let got = rec.submit_and_read_blocking(&[&y]).unwrap().remove(0);
+        let dense: Vec<f32> = (0..m).flat_map(|i| x[i * stride + offset..][..k].to_vec()).collect();
+        let want = matmul_ref(&dense, m, k, &w, n, with_bias.then_some(&b[..]));
+        assert_close(&format!("matmul {m}x{k}x{n}"), &got, &want, 1e-5, 1e-5);
+    }
+}
+
+#[test]
+fn embedding_matches_reference() {
+    let ctx = ctx();
+    let mut r = rng(2);
+    for (vocab, dim, rows) in [(1, 1, 1), (50, 7, 13), (256, 64, 34)] {
+        let table = randn(&mut r, vocab * dim, 1.0);
+        let ids: Vec<u32> = (0..rows).map(|_| r.random_range(0..vocab as u32)).collect();
+        let tt = ctx.upload_f32("table", &[vocab, dim], &table).unwrap();
+        let it = ctx.upload_u32("ids", &[rows], &ids).unwrap();
+        let mut rec = ctx.recorder();
+        let out = embedding(&mut rec, &it, &tt).unwrap();
+        let got = rec.submit_and_read_blocking(&[&out]).unwrap().remove(0);
+        assert_eq!(got, embedding_ref(&ids, &table, dim), "embedding {vocab}x{dim}");
+    }
+}
+
+#[test]
+fn add_rmsnorm_matches_reference() {
+    let ctx = ctx();
+    let mut r = rng(3);
+    for (rows, dim, with_hidden) in [(1, 1, false), (3, 7, true), (17, 64, true), (5, 200, false), (2, 1000, true)] {
+        let mut residual = randn(&mut r, rows * dim, 2.0);
+        let hidden = randn(&mut r, rows * dim, 2.0);
+        let weight = randn(&mut r, dim, 1.0);
+        let rt = ctx.upload_f32("residual", &[rows, dim], &residual).unwrap();
+        let ht = ctx.upload_f32("hidden", &[rows, dim], &hidden).unwrap();
+        let wt = ctx.upload_f32("weight", &[dim], &weight).unwrap();
+        let mut rec = ctx.recorder();
+        let out = add_rmsnorm(&mut rec, &rt, with_hidden.then_some(&ht), &wt, 1e-5).unwrap();
+        let got = rec.submit_and_read_blocking(&[&out, &rt]).unwrap();
+        let want = add_rmsnorm_ref(&mut residual, with_hidden.then_some(&hidden[..]), &weight, 1e-5);
+        assert_close(&format!("rmsnorm {rows}x{dim}"), &got[0], &want, 1e-5, 1e-5);
+        assert_close(&format!("residual {rows}x{dim}"), &got[1], &residual, 0.0, 0.0);
+    }
+}
+
+#[test]
+fn conv1d_matches_reference_and_carries_state() {
+    let ctx = ctx();
+    let mut r = rng(4);
+    for (batch, len, channels) in [(1, 1, 1), (2, 5, 3), (1, 33, 64), (3, 17, 130)] {
+        let x = randn(&mut r, batch * len * channels, 1.0);
+        let w = randn(&mut r, channels * CONV_WIDTH, 1.0);
+        let b = randn(&mut r, channels, 1.0);
+        let xt = ctx.upload_f32("x", &[batch * len, channels], &x).unwrap();
+        let wt = ctx.upload_f32("w", &[channels, CONV_WIDTH], &w).unwrap();
+        let bt = ctx.upload_f32("b", &[channels], &b).unwrap();
+        let st = ctx.upload_f32("state", &[batch, channels, CONV_WIDTH], &vec![0.0; batch * channels * CONV_WIDTH]).unwrap();
+        let mut rec = ctx.recorder();
+        let plain = conv1d_silu(&mut rec, xt.mat(), batch, &wt, &bt, Carry::None).unwrap();
+        let captured = conv1d_silu(&mut rec, xt.mat(), batch, &wt, &bt, Carry::Capture(&st)).unwrap();
+        let got = rec.submit_and_read_blocking(&[&plain, &captured, &st]).unwrap();
+        let mut state = vec![0.0; batch * channels * CONV_WIDTH];
+        let want = conv1d_silu_ref(&x, batch, len, channels, &w, &b, &mut state, false);
+        assert_close(&format!("conv1d {batch}x{len}x{channels}"), &got[0], &want, 1e-5, 1e-5);
+        assert_close("conv1d capture", &got[1], &want, 1e-5, 1e-5);
+        assert_close("conv1d state", &got[2], &state, 0.0, 0.0);
+
+        // Continue the captured state over one more token, as a decode step does.
+        let x2 = randn(&mut r, batch * channels, 1.0);
+        let x2t = ctx.upload_f32("x2", &[batch, channels], &x2).unwrap();
+        let mut rec = ctx.recorder();
+        let step = conv1d_silu(&mut rec, x2t.mat(), batch, &wt, &bt, Carry::Continue(&st)).unwrap();
+        let got = rec.submit_and_read_blocking(&[&step, &st]).unwrap();
+        let want = conv1d_silu_ref(&x2, batch, 1, channels, &w, &b, &mut state, true);
+        assert_close("conv1d step", &got[0], &want, 1e-5, 1e-5);
+        assert_close("conv1d step state", &got[1], &state, 0.0, 0.0);
+    }
+}
+
+#[test]
+fn scan_matches_reference_in_every_mode() {
+    let ctx = ctx();
+    let mut r = rng(5);
+    let cases = [
+        // batch, len, channels, nstate, z, bias, softplus, reverse
+        (1, 1, 1, 1, true, true, true, false),
+        (2, 17, 5, 4, true, true, true, false),
+        (3, 9, 70, 16, false, false, false, false),
+        (1, 40, 33, 5, true, false, true, true),
+        (2, 64, 64, 16, true, true, true, true),
+    ];
+    for (batch, len, channels, nstate, with_z, with_bias, softplus, reverse) in cases {
+        let rows = batch * len;
+        let u = randn(&mut r, rows * channels, 1.0);
+        let delta = randn(&mut r, rows * channels, 1.0);
+        let bc = randn(&mut r, rows * 2 * nstate, 1.0);
+        let a: Vec<f32> = randn(&mut r, channels * nstate, 1.0).iter().map(|v| -(v + 1.5)).collect();
+        let d = randn(&mut r, channels, 1.0);
+        let bias = randn(&mut r, channels, 1.0);
+        let z = randn(&mut r, rows * channels, 2.0);
+        let ut = ctx.upload_f32("u", &[rows, channels], &u).unwrap();
+        let dt = ctx.upload_f32("delta", &[rows, channels], &delta).unwrap();
+        let bct = ctx.upload_f32("bc", &[rows, 2 * nstate], &bc).unwrap();
+        let pt = ctx
+            .upload_f32("ssm", &[channels * (nstate + 2)], &pack_ssm_params(&a, Some(&d), with_bias.then_some(&bias[..]), channels))
+            .unwrap();
+        let zt = ctx.upload_f32("z", &[rows, channels], &z).unwrap();
+        let st = ctx.upload_f32("state", &[batch, channels, nstate], &vec![0.0; batch * channels * nstate]).unwrap();
+        let mut rec = ctx.recorder();
+        let y = selective_scan(
+            &mut rec,
+            ScanArgs {
+                u: ut.mat(),
+                delta: dt.mat(),
+                b: bct.cols(0, nstate),
+                c: bct.cols(nstate, nstate),
+                params: &pt,
+                z: with_z.then(|| zt.mat()),
+                batch,
+                softplus,
+                reverse,
+                state: Carry::Capture(&st),
+            },
+        )
+        .unwrap();
+        let got = rec.submit_and_read_blocking(&[&y, &st]).unwrap();
+        let b: Vec<f32> = bc.chunks(2 * nstate).flat_map(|c| c[..nstate].to_vec()).collect();
+        let c: Vec<f32> = bc.chunks(2 * nstate).flat_map(|c| c[nstate..].to_vec()).collect();
+        let mut state = vec![0.0; batch * channels * nstate];
+        let want = selective_scan_ref(
+            &ScanRef {
+                batch,
+                len,
+                channels,
+                nstate,
+                u: &u,
+                delta: &delta,
+                b: &b,
+                c: &c,
+                a: &a,
+                d: Some(&d),
+                dt_bias: with_bias.then_some(&bias[..]),
+                z: with_z.then_some(&z[..]),
+                softplus,
+                reverse,
+            },
+            &mut state,
+        );
+        let what = format!("scan b{batch} l{len} e{channels} n{nstate} rev{reverse}");
+        assert_close(&what, &got[0], &want, 1e-5, 1e-4);
+        assert_close(&format!("{what} state"), &got[1], &state, 1e-5, 1e-4);
+    }
+}
+
+#[test]
+fn scan_split_in_two_with_carried_state_equals_whole() {
+    let ctx = ctx();
+    let mut r = rng(6);
+    let (len, channels, nstate, first) = (20, 24, 16, 13);
+    let u = randn(&mut r, len * channels, 1.0);
+    let delta = randn(&mut r, len * channels, 1.0);
+    let bc = randn(&mut r, len * 2 * nstate, 1.0);
+    let a: Vec<f32> = randn(&mut r, channels * nstate, 1.0).iter().map(|v| -(v + 1.5)).collect();
+    let params = pack_ssm_params(&a, None, None, channels);
+    let pt = ctx.upload_f32("ssm", &[params.len()], &params).unwrap();
+    let st = ctx.upload_f32("state", &[1, channels, nstate], &vec![0.0; channels * nstate]).unwrap();
+    let run = |rows: std::ops::Range<usize>, carry: Carry| {
+        let n = rows.len();
+        let ut = ctx.upload_f32("u", &[n, channels], &u[rows.start * channels..rows.end * channels]).unwrap();
+        let dt = ctx.upload_f32("d", &[n, channels], &delta[rows.start * channels..rows.end * channels]).unwrap();
+        let bct = ctx.upload_f32("bc", &[n, 2 * nstate], &bc[rows.start * 2 * nstate..rows.end * 2 * nstate]).unwrap();
+        let mut rec = ctx.recorder();
+        let y = selective_scan(
+            &mut rec,
+            ScanArgs {
+                u: ut.mat(),
+                delta: dt.mat(),
+                b: bct.cols(0, nstate),
+                c: bct.cols(nstate, nstate),
+                params: &pt,
+                z: None,
+                batch: 1,
+                softplus: true,
+                reverse: false,
+                state: carry,
+            },
+        )
+        .unwrap();
+        rec.submit_and_read_blocking(&[&y]).unwrap().remove(0)
+    };
+    let whole = run(0..len, Carry::None);
+    let mut split = run(0..first, Carry::Capture(&st));
+    split.extend(run(first..len, Carry::Continue(&st)));
+    assert_close("scan split", &split, &whole, 1e-6, 1e-5);
+}
+
+#[test]
+fn argmax_matches_reference_with_ties() {
+    let ctx = ctx();
+    let mut r = rng(7);
+    for (rows, cols) in [(1, 1), (3, 5), (2, 1000), (4, 50280)] {
+        let mut x = randn(&mut r, rows * cols, 1.0);
+        // A tie: the first maximum wins.
+        if cols > 3 {
+            x[cols - 1] = 5.0;
+            x[2] = 5.0;
+        }
+        let xt = ctx.upload_f32("x", &[rows, cols], &x).unwrap();
+        let mut rec = ctx.recorder();
+        let out = argmax(&mut rec, &xt).unwrap();
+        let got: Vec<u32> = rec.submit_and_read_blocking(&[&out]).unwrap()[0].iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got, argmax_ref(&x, cols), "argmax {rows}x{cols}");
+    }
+}
+
+#[test]
+fn every_shader_passes_naga_validation() {
+    for (name, source) in ssmgpu::ops::SHADERS {
+        let module = naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{name}.wgsl: {}", e.emit_to_string(source)));
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default())
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{name}.wgsl: {e:?}"));
+    }
+}
