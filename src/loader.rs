@@ -85,10 +85,12 @@ impl SafetensorsFile {
     }
 
     fn info(&self, name: &str) -> Result<&safetensors::tensor::TensorInfo> {
-        self.metadata.info(name).ok_or_else(|| Error::MissingTensor {
-            path: self.path.clone(),
-            name: name.to_string(),
-        })
+        self.metadata
+            .info(name)
+            .ok_or_else(|| Error::MissingTensor {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })
     }
 
     fn raw(&self, name: &str) -> Result<(Dtype, Vec<usize>, &[u8])> {

@@ -38,11 +38,19 @@ fn matmul_matches_reference() {
         let wt = ctx.upload_f32("w", &[n, k], &w).unwrap();
         let bt = ctx.upload_f32("b", &[n], &b).unwrap();
         let offset = extra / 2 / 4 * 4;
-        let view = MatView { tensor: &xt, rows: m, cols: k, offset, stride };
+        let view = MatView {
+            tensor: &xt,
+            rows: m,
+            cols: k,
+            offset,
+            stride,
+        };
         let mut rec = ctx.recorder();
         let y = matmul(&mut rec, "y", view, &wt, with_bias.then_some(&bt)).unwrap();
         let got = rec.submit_and_read_blocking(&[&y]).unwrap().remove(0);
-        let dense: Vec<f32> = (0..m).flat_map(|i| x[i * stride + offset..][..k].to_vec()).collect();
+        let dense: Vec<f32> = (0..m)
+            .flat_map(|i| x[i * stride + offset..][..k].to_vec())
+            .collect();
         let want = matmul_ref(&dense, m, k, &w, n, with_bias.then_some(&b[..]));
         assert_close(&format!("matmul {m}x{k}x{n}"), &got, &want, 1e-5, 1e-5);
     }
@@ -60,7 +68,11 @@ fn embedding_matches_reference() {
         let mut rec = ctx.recorder();
         let out = embedding(&mut rec, &it, &tt).unwrap();
         let got = rec.submit_and_read_blocking(&[&out]).unwrap().remove(0);
-        assert_eq!(got, embedding_ref(&ids, &table, dim), "embedding {vocab}x{dim}");
+        assert_eq!(
+            got,
+            embedding_ref(&ids, &table, dim),
+            "embedding {vocab}x{dim}"
+        );
     }
 }
 
@@ -68,7 +80,13 @@ fn embedding_matches_reference() {
 fn add_rmsnorm_matches_reference() {
     let ctx = ctx();
     let mut r = rng(3);
-    for (rows, dim, with_hidden) in [(1, 1, false), (3, 7, true), (17, 64, true), (5, 200, false), (2, 1000, true)] {
+    for (rows, dim, with_hidden) in [
+        (1, 1, false),
+        (3, 7, true),
+        (17, 64, true),
+        (5, 200, false),
+        (2, 1000, true),
+    ] {
         let mut residual = randn(&mut r, rows * dim, 2.0);
         let hidden = randn(&mut r, rows * dim, 2.0);
         let weight = randn(&mut r, dim, 1.0);
@@ -78,9 +96,20 @@ fn add_rmsnorm_matches_reference() {
         let mut rec = ctx.recorder();
         let out = add_rmsnorm(&mut rec, &rt, with_hidden.then_some(&ht), &wt, 1e-5).unwrap();
         let got = rec.submit_and_read_blocking(&[&out, &rt]).unwrap();
-        let want = add_rmsnorm_ref(&mut residual, with_hidden.then_some(&hidden[..]), &weight, 1e-5);
+        let want = add_rmsnorm_ref(
+            &mut residual,
+            with_hidden.then_some(&hidden[..]),
+            &weight,
+            1e-5,
+        );
         assert_close(&format!("rmsnorm {rows}x{dim}"), &got[0], &want, 1e-5, 1e-5);
-        assert_close(&format!("residual {rows}x{dim}"), &got[1], &residual, 0.0, 0.0);
+        assert_close(
+            &format!("residual {rows}x{dim}"),
+            &got[1],
+            &residual,
+            0.0,
+            0.0,
+        );
     }
 }
 
@@ -95,14 +124,29 @@ fn conv1d_matches_reference_and_carries_state() {
         let xt = ctx.upload_f32("x", &[batch * len, channels], &x).unwrap();
         let wt = ctx.upload_f32("w", &[channels, CONV_WIDTH], &w).unwrap();
         let bt = ctx.upload_f32("b", &[channels], &b).unwrap();
-        let st = ctx.upload_f32("state", &[batch, channels, CONV_WIDTH], &vec![0.0; batch * channels * CONV_WIDTH]).unwrap();
+        let st = ctx
+            .upload_f32(
+                "state",
+                &[batch, channels, CONV_WIDTH],
+                &vec![0.0; batch * channels * CONV_WIDTH],
+            )
+            .unwrap();
         let mut rec = ctx.recorder();
         let plain = conv1d_silu(&mut rec, xt.mat(), batch, &wt, &bt, Carry::None).unwrap();
-        let captured = conv1d_silu(&mut rec, xt.mat(), batch, &wt, &bt, Carry::Capture(&st)).unwrap();
-        let got = rec.submit_and_read_blocking(&[&plain, &captured, &st]).unwrap();
+        let captured =
+            conv1d_silu(&mut rec, xt.mat(), batch, &wt, &bt, Carry::Capture(&st)).unwrap();
+        let got = rec
+            .submit_and_read_blocking(&[&plain, &captured, &st])
+            .unwrap();
         let mut state = vec![0.0; batch * channels * CONV_WIDTH];
         let want = conv1d_silu_ref(&x, batch, len, channels, &w, &b, &mut state, false);
-        assert_close(&format!("conv1d {batch}x{len}x{channels}"), &got[0], &want, 1e-5, 1e-5);
+        assert_close(
+            &format!("conv1d {batch}x{len}x{channels}"),
+            &got[0],
+            &want,
+            1e-5,
+            1e-5,
+        );
         assert_close("conv1d capture", &got[1], &want, 1e-5, 1e-5);
         assert_close("conv1d state", &got[2], &state, 0.0, 0.0);
 
@@ -135,7 +179,10 @@ fn scan_matches_reference_in_every_mode() {
         let u = randn(&mut r, rows * channels, 1.0);
         let delta = randn(&mut r, rows * channels, 1.0);
         let bc = randn(&mut r, rows * 2 * nstate, 1.0);
-        let a: Vec<f32> = randn(&mut r, channels * nstate, 1.0).iter().map(|v| -(v + 1.5)).collect();
+        let a: Vec<f32> = randn(&mut r, channels * nstate, 1.0)
+            .iter()
+            .map(|v| -(v + 1.5))
+            .collect();
         let d = randn(&mut r, channels, 1.0);
         let bias = randn(&mut r, channels, 1.0);
         let z = randn(&mut r, rows * channels, 2.0);
@@ -143,10 +190,20 @@ fn scan_matches_reference_in_every_mode() {
         let dt = ctx.upload_f32("delta", &[rows, channels], &delta).unwrap();
         let bct = ctx.upload_f32("bc", &[rows, 2 * nstate], &bc).unwrap();
         let pt = ctx
-            .upload_f32("ssm", &[channels * (nstate + 2)], &pack_ssm_params(&a, Some(&d), with_bias.then_some(&bias[..]), channels))
+            .upload_f32(
+                "ssm",
+                &[channels * (nstate + 2)],
+                &pack_ssm_params(&a, Some(&d), with_bias.then_some(&bias[..]), channels),
+            )
             .unwrap();
         let zt = ctx.upload_f32("z", &[rows, channels], &z).unwrap();
-        let st = ctx.upload_f32("state", &[batch, channels, nstate], &vec![0.0; batch * channels * nstate]).unwrap();
+        let st = ctx
+            .upload_f32(
+                "state",
+                &[batch, channels, nstate],
+                &vec![0.0; batch * channels * nstate],
+            )
+            .unwrap();
         let mut rec = ctx.recorder();
         let y = selective_scan(
             &mut rec,
@@ -165,8 +222,14 @@ fn scan_matches_reference_in_every_mode() {
         )
         .unwrap();
         let got = rec.submit_and_read_blocking(&[&y, &st]).unwrap();
-        let b: Vec<f32> = bc.chunks(2 * nstate).flat_map(|c| c[..nstate].to_vec()).collect();
-        let c: Vec<f32> = bc.chunks(2 * nstate).flat_map(|c| c[nstate..].to_vec()).collect();
+        let b: Vec<f32> = bc
+            .chunks(2 * nstate)
+            .flat_map(|c| c[..nstate].to_vec())
+            .collect();
+        let c: Vec<f32> = bc
+            .chunks(2 * nstate)
+            .flat_map(|c| c[nstate..].to_vec())
+            .collect();
         let mut state = vec![0.0; batch * channels * nstate];
         let want = selective_scan_ref(
             &ScanRef {
@@ -201,15 +264,42 @@ fn scan_split_in_two_with_carried_state_equals_whole() {
     let u = randn(&mut r, len * channels, 1.0);
     let delta = randn(&mut r, len * channels, 1.0);
     let bc = randn(&mut r, len * 2 * nstate, 1.0);
-    let a: Vec<f32> = randn(&mut r, channels * nstate, 1.0).iter().map(|v| -(v + 1.5)).collect();
+    let a: Vec<f32> = randn(&mut r, channels * nstate, 1.0)
+        .iter()
+        .map(|v| -(v + 1.5))
+        .collect();
     let params = pack_ssm_params(&a, None, None, channels);
     let pt = ctx.upload_f32("ssm", &[params.len()], &params).unwrap();
-    let st = ctx.upload_f32("state", &[1, channels, nstate], &vec![0.0; channels * nstate]).unwrap();
+    let st = ctx
+        .upload_f32(
+            "state",
+            &[1, channels, nstate],
+            &vec![0.0; channels * nstate],
+        )
+        .unwrap();
     let run = |rows: std::ops::Range<usize>, carry: Carry| {
         let n = rows.len();
-        let ut = ctx.upload_f32("u", &[n, channels], &u[rows.start * channels..rows.end * channels]).unwrap();
-        let dt = ctx.upload_f32("d", &[n, channels], &delta[rows.start * channels..rows.end * channels]).unwrap();
-        let bct = ctx.upload_f32("bc", &[n, 2 * nstate], &bc[rows.start * 2 * nstate..rows.end * 2 * nstate]).unwrap();
+        let ut = ctx
+            .upload_f32(
+                "u",
+                &[n, channels],
+                &u[rows.start * channels..rows.end * channels],
+            )
+            .unwrap();
+        let dt = ctx
+            .upload_f32(
+                "d",
+                &[n, channels],
+                &delta[rows.start * channels..rows.end * channels],
+            )
+            .unwrap();
+        let bct = ctx
+            .upload_f32(
+                "bc",
+                &[n, 2 * nstate],
+                &bc[rows.start * 2 * nstate..rows.end * 2 * nstate],
+            )
+            .unwrap();
         let mut rec = ctx.recorder();
         let y = selective_scan(
             &mut rec,
@@ -249,7 +339,10 @@ fn argmax_matches_reference_with_ties() {
         let xt = ctx.upload_f32("x", &[rows, cols], &x).unwrap();
         let mut rec = ctx.recorder();
         let out = argmax(&mut rec, &xt).unwrap();
-        let got: Vec<u32> = rec.submit_and_read_blocking(&[&out]).unwrap()[0].iter().map(|v| v.to_bits()).collect();
+        let got: Vec<u32> = rec.submit_and_read_blocking(&[&out]).unwrap()[0]
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
         assert_eq!(got, argmax_ref(&x, cols), "argmax {rows}x{cols}");
     }
 }
@@ -257,9 +350,13 @@ fn argmax_matches_reference_with_ties() {
 #[test]
 fn every_shader_passes_naga_validation() {
     for (name, source) in ssmgpu::ops::SHADERS {
-        let module = naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{name}.wgsl: {}", e.emit_to_string(source)));
-        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default())
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{name}.wgsl: {e:?}"));
+        let module = naga::front::wgsl::parse_str(source)
+            .unwrap_or_else(|e| panic!("{name}.wgsl: {}", e.emit_to_string(source)));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::default(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name}.wgsl: {e:?}"));
     }
 }

@@ -52,7 +52,11 @@ impl MambaConfig {
                 eos_token_id: eos(dir),
             }
         } else {
-            if let Some(layer) = dir.config.pointer("/ssm_cfg/layer").and_then(|v| v.as_str()) {
+            if let Some(layer) = dir
+                .config
+                .pointer("/ssm_cfg/layer")
+                .and_then(|v| v.as_str())
+            {
                 if layer != "Mamba1" {
                     return Err(dir.config_error(format!("ssm_cfg.layer `{layer}` is not Mamba-1")));
                 }
@@ -62,7 +66,9 @@ impl MambaConfig {
             }
             let d_model = dir.usize_field(&["d_model"], None)?;
             let vocab = dir.usize_field(&["vocab_size"], None)?;
-            let pad = dir.usize_field(&["pad_vocab_size_multiple"], Some(8))?.max(1);
+            let pad = dir
+                .usize_field(&["pad_vocab_size_multiple"], Some(8))?
+                .max(1);
             let expand = dir.usize_field(&["ssm_cfg.expand"], Some(2))?;
             if dir.usize_field(&["ssm_cfg.d_conv"], Some(CONV_WIDTH))? != CONV_WIDTH {
                 return Err(dir.config_error(format!("only d_conv = {CONV_WIDTH} is supported")));
@@ -90,7 +96,15 @@ impl MambaConfig {
                 cfg.d_state
             )));
         }
-        if [cfg.d_model, cfg.n_layer, cfg.vocab_size, cfg.d_inner, cfg.dt_rank].contains(&0) {
+        if [
+            cfg.d_model,
+            cfg.n_layer,
+            cfg.vocab_size,
+            cfg.d_inner,
+            cfg.dt_rank,
+        ]
+        .contains(&0)
+        {
             return Err(dir.config_error("model sizes must be positive"));
         }
         Ok(cfg)
@@ -156,7 +170,8 @@ pub enum Logits {
 pub struct ForwardOutput {
     /// `[batch * len, vocab]` or `[batch, vocab]` for [`Logits::Last`].
     pub logits: Option<Tensor>,
-    /// transformers' `hidden_states`: 0 = embeddings, i = after layer i-1, last = after norm_f.
+    /// transformers' `hidden_states` as transformers 5 returns them (golden data): index i is
+    /// the residual stream after layer i, and index n_layer is after the final norm.
     pub hidden_states: Vec<Tensor>,
 }
 
@@ -189,7 +204,9 @@ impl MambaLm {
             let p = format!("backbone.layers.{i}.");
             let m = format!("{p}mixer.");
             let bias = |name: &str, len: usize, present: bool| -> Result<Option<Tensor>> {
-                present.then(|| dir.upload(ctx, &format!("{m}{name}"), &[len])).transpose()
+                present
+                    .then(|| dir.upload(ctx, &format!("{m}{name}"), &[len]))
+                    .transpose()
             };
             let a_name = format!("{m}A_log");
             let a: Vec<f32> = w
@@ -209,7 +226,11 @@ impl MambaLm {
                 norm: dir.upload(ctx, &format!("{p}norm.weight"), &[d])?,
                 in_proj: dir.upload(ctx, &format!("{m}in_proj.weight"), &[2 * e, d])?,
                 in_proj_bias: bias("in_proj.bias", 2 * e, c.proj_bias)?,
-                conv_weight: ctx.upload_f32(&format!("{m}conv1d.weight"), &[e, CONV_WIDTH], &conv_w)?,
+                conv_weight: ctx.upload_f32(
+                    &format!("{m}conv1d.weight"),
+                    &[e, CONV_WIDTH],
+                    &conv_w,
+                )?,
                 conv_bias: ctx.upload_f32(&format!("{m}conv1d.bias"), &[e], &conv_b)?,
                 x_proj: dir.upload(ctx, &format!("{m}x_proj.weight"), &[r + 2 * n, e])?,
                 dt_proj: dir.upload(ctx, &format!("{m}dt_proj.weight"), &[e, r])?,
@@ -260,8 +281,16 @@ impl MambaLm {
             ssm: Vec::new(),
         };
         for _ in 0..self.config.n_layer {
-            cache.conv.push(ctx.upload_f32("conv_state", &[batch, e, CONV_WIDTH], &vec![0.0; batch * e * CONV_WIDTH])?);
-            cache.ssm.push(ctx.upload_f32("ssm_state", &[batch, e, n], &vec![0.0; batch * e * n])?);
+            cache.conv.push(ctx.upload_f32(
+                "conv_state",
+                &[batch, e, CONV_WIDTH],
+                &vec![0.0; batch * e * CONV_WIDTH],
+            )?);
+            cache.ssm.push(ctx.upload_f32(
+                "ssm_state",
+                &[batch, e, n],
+                &vec![0.0; batch * e * n],
+            )?);
         }
         Ok(cache)
     }
@@ -282,19 +311,20 @@ impl MambaLm {
         let len = ids.numel() / batch;
         let residual = embedding(rec, ids, &self.embedding)?; // [B·L, D]
         let mut states = Vec::new();
-        if hidden_states {
-            states.push(rec.snapshot("hidden_states.0", &residual)?);
-        }
         let mut hidden: Option<Tensor> = None;
         for (i, layer) in self.layers.iter().enumerate() {
             let x = add_rmsnorm(rec, &residual, hidden.as_ref(), &layer.norm, c.eps)?; // residual += hidden; [B·L, D]
             if hidden_states && i > 0 {
-                states.push(rec.snapshot(&format!("hidden_states.{i}"), &residual)?);
+                states.push(rec.snapshot(&format!("hidden_states.{}", i - 1), &residual)?);
             }
             let carry = cache.map(|(cache, cont)| (&cache.conv[i], &cache.ssm[i], cont));
             hidden = Some(self.mixer(rec, layer, &x, batch, carry)?); // [B·L, D]
         }
         let normed = add_rmsnorm(rec, &residual, hidden.as_ref(), &self.norm_f, c.eps)?; // [B·L, D]
+        if hidden_states {
+            states.push(residual.clone());
+            states.push(normed.clone());
+        }
         let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
         let logits = match logits {
             Logits::All => Some(matmul(rec, "logits", normed.mat(), head, None)?),
@@ -310,9 +340,6 @@ impl MambaLm {
             }
             Logits::None => None,
         };
-        if hidden_states {
-            states.push(normed);
-        }
         Ok(ForwardOutput {
             logits,
             hidden_states: states,
@@ -328,14 +355,25 @@ impl MambaLm {
         batch: usize,
         carry: Option<(&Tensor, &Tensor, bool)>,
     ) -> Result<Tensor> {
-        let (e, n, r) = (self.config.d_inner, self.config.d_state, self.config.dt_rank);
+        let (e, n, r) = (
+            self.config.d_inner,
+            self.config.d_state,
+            self.config.dt_rank,
+        );
         let (conv_carry, ssm_carry) = match carry {
             None => (Carry::None, Carry::None),
             Some((conv, ssm, false)) => (Carry::Capture(conv), Carry::Capture(ssm)),
             Some((conv, ssm, true)) => (Carry::Continue(conv), Carry::Continue(ssm)),
         };
         let xz = matmul(rec, "in_proj", x.mat(), &l.in_proj, l.in_proj_bias.as_ref())?; // [B·L, 2E] = [x | z]
-        let xc = conv1d_silu(rec, xz.cols(0, e), batch, &l.conv_weight, &l.conv_bias, conv_carry)?; // [B·L, E]
+        let xc = conv1d_silu(
+            rec,
+            xz.cols(0, e),
+            batch,
+            &l.conv_weight,
+            &l.conv_bias,
+            conv_carry,
+        )?; // [B·L, E]
         let q = matmul(rec, "x_proj", xc.mat(), &l.x_proj, None)?; // [B·L, R + 2N] = [dt | B | C]
         let dt = matmul(rec, "dt_proj", q.cols(0, r), &l.dt_proj, None)?; // [B·L, E]; bias in the scan
         let y = selective_scan(
@@ -353,7 +391,13 @@ impl MambaLm {
                 state: ssm_carry,
             },
         )?; // [B·L, E] = scan(...) * silu(z)
-        matmul(rec, "out_proj", y.mat(), &l.out_proj, l.out_proj_bias.as_ref()) // [B·L, D]
+        matmul(
+            rec,
+            "out_proj",
+            y.mat(),
+            &l.out_proj,
+            l.out_proj_bias.as_ref(),
+        ) // [B·L, D]
     }
 
     /// Logits `[batch, len, vocab]` (flat) and, when asked, the hidden states (flat each).
@@ -385,14 +429,27 @@ impl MambaLm {
     /// Greedy decoding: one prefill over the prompt, then one recurrent step per new token
     /// (the prefix is never re-run). Each step feeds the GPU's argmax straight back as the
     /// next input and reads back only that id. Stops early at `eos`.
-    pub async fn generate(&self, ctx: &Context, prompt: &[i64], max_new_tokens: usize, eos: Option<u32>) -> Result<Vec<u32>> {
+    pub async fn generate(
+        &self,
+        ctx: &Context,
+        prompt: &[i64],
+        max_new_tokens: usize,
+        eos: Option<u32>,
+    ) -> Result<Vec<u32>> {
         let prompt = self.check_ids(prompt)?;
         let cache = self.new_cache(ctx, 1)?;
         let mut input = ctx.upload_u32("prompt_ids", &[prompt.len()], &prompt)?;
         let mut generated = Vec::with_capacity(max_new_tokens);
         for step in 0..max_new_tokens {
             let mut rec = ctx.recorder();
-            let out = self.forward(&mut rec, &input, 1, Logits::Last, false, Some((&cache, step > 0)))?;
+            let out = self.forward(
+                &mut rec,
+                &input,
+                1,
+                Logits::Last,
+                false,
+                Some((&cache, step > 0)),
+            )?;
             let next = argmax(&mut rec, &out.logits.expect("requested"))?;
             let id = rec.submit_and_read(&[&next]).await?[0][0].to_bits();
             generated.push(id);

@@ -50,10 +50,9 @@ impl ModelDir {
     pub fn usize_field(&self, keys: &[&str], default: Option<usize>) -> Result<usize> {
         for key in keys {
             if let Some(v) = lookup(&self.config, key) {
-                return v
-                    .as_u64()
-                    .map(|v| v as usize)
-                    .ok_or_else(|| self.config_error(format!("`{key}` must be a non-negative integer, got {v}")));
+                return v.as_u64().map(|v| v as usize).ok_or_else(|| {
+                    self.config_error(format!("`{key}` must be a non-negative integer, got {v}"))
+                });
             }
         }
         default.ok_or_else(|| self.config_error(format!("missing `{}`", keys.join("` or `"))))
@@ -62,9 +61,9 @@ impl ModelDir {
     pub fn f64_field(&self, keys: &[&str], default: f64) -> Result<f64> {
         for key in keys {
             if let Some(v) = lookup(&self.config, key) {
-                return v
-                    .as_f64()
-                    .ok_or_else(|| self.config_error(format!("`{key}` must be a number, got {v}")));
+                return v.as_f64().ok_or_else(|| {
+                    self.config_error(format!("`{key}` must be a number, got {v}"))
+                });
             }
         }
         Ok(default)
@@ -73,9 +72,9 @@ impl ModelDir {
     pub fn bool_field(&self, keys: &[&str], default: bool) -> Result<bool> {
         for key in keys {
             if let Some(v) = lookup(&self.config, key) {
-                return v
-                    .as_bool()
-                    .ok_or_else(|| self.config_error(format!("`{key}` must be true or false, got {v}")));
+                return v.as_bool().ok_or_else(|| {
+                    self.config_error(format!("`{key}` must be true or false, got {v}"))
+                });
             }
         }
         Ok(default)

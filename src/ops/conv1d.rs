@@ -47,7 +47,13 @@ pub fn conv1d_silu(
     rec.dispatch(
         &kernel!("conv1d", "conv1d_silu"),
         &params,
-        &[x.buffer(), weight.buffer(), bias.buffer(), &state_buf, out.buffer()],
+        &[
+            x.buffer(),
+            weight.buffer(),
+            bias.buffer(),
+            &state_buf,
+            out.buffer(),
+        ],
         grid((batch * channels).div_ceil(64) as u32),
     );
     Ok(out)
@@ -69,7 +75,11 @@ pub fn conv1d_silu_ref(
     for b in 0..batch {
         for e in 0..channels {
             let s = &mut state[(b * channels + e) * CONV_WIDTH..][..CONV_WIDTH];
-            let mut window = if use_state { [s[0], s[1], s[2], s[3]] } else { [0.0; 4] };
+            let mut window = if use_state {
+                [s[0], s[1], s[2], s[3]]
+            } else {
+                [0.0; 4]
+            };
             for t in 0..len {
                 let i = (b * len + t) * channels + e;
                 window = [window[1], window[2], window[3], x[i]];

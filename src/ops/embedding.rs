@@ -34,6 +34,10 @@ pub fn embedding(rec: &mut Recorder, ids: &Tensor, table: &Tensor) -> Result<Ten
 
 pub fn embedding_ref(ids: &[u32], table: &[f32], dim: usize) -> Vec<f32> {
     ids.iter()
-        .flat_map(|&id| table[id as usize * dim..(id as usize + 1) * dim].iter().copied())
+        .flat_map(|&id| {
+            table[id as usize * dim..(id as usize + 1) * dim]
+                .iter()
+                .copied()
+        })
         .collect()
 }

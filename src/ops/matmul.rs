@@ -18,7 +18,13 @@ struct Params {
 }
 
 /// `x` is `[m, k]` (any row stride), `w` is `[n, k]`, `bias` is `[n]`; returns `[m, n]`.
-pub fn matmul(rec: &mut Recorder, name: &str, x: MatView, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+pub fn matmul(
+    rec: &mut Recorder,
+    name: &str,
+    x: MatView,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
     let (m, k) = (x.rows, x.cols);
     let n = w.shape()[0];
     debug_assert_eq!(w.shape(), [n, k]);
@@ -43,12 +49,24 @@ pub fn matmul(rec: &mut Recorder, name: &str, x: MatView, w: &Tensor, bias: Opti
     let bias_buf = bias.map(Tensor::buffer).unwrap_or(&dummy);
     // 8 x 8 invocations of 4 x 4 outputs: 32 x 32 outputs per workgroup.
     let groups = [n.div_ceil(32) as u32, m.div_ceil(32) as u32, 1];
-    rec.dispatch(&kernel, &params, &[x.buffer(), w.buffer(), bias_buf, y.buffer()], groups);
+    rec.dispatch(
+        &kernel,
+        &params,
+        &[x.buffer(), w.buffer(), bias_buf, y.buffer()],
+        groups,
+    );
     Ok(y)
 }
 
 /// CPU reference: `x` `[m, k]` dense, `w` `[n, k]`.
-pub fn matmul_ref(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
+pub fn matmul_ref(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
     let mut y = vec![0.0f32; m * n];
     for i in 0..m {
         let xr = &x[i * k..(i + 1) * k];

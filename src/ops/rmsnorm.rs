@@ -42,7 +42,12 @@ pub fn add_rmsnorm(
 }
 
 /// CPU reference; updates `residual` in place like the kernel.
-pub fn add_rmsnorm_ref(residual: &mut [f32], hidden: Option<&[f32]>, weight: &[f32], eps: f32) -> Vec<f32> {
+pub fn add_rmsnorm_ref(
+    residual: &mut [f32],
+    hidden: Option<&[f32]>,
+    weight: &[f32],
+    eps: f32,
+) -> Vec<f32> {
     let dim = weight.len();
     if let Some(h) = hidden {
         residual.iter_mut().zip(h).for_each(|(r, h)| *r += h);

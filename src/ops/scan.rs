@@ -35,7 +35,12 @@ struct Params {
 
 /// Per-channel parameters in the layout the kernel binds: `[A (channels x nstate) | D | dt_bias]`,
 /// with `A` already negative (`-exp(A_log)`). Missing `D` or bias are zeros.
-pub fn pack_ssm_params(a: &[f32], d: Option<&[f32]>, dt_bias: Option<&[f32]>, channels: usize) -> Vec<f32> {
+pub fn pack_ssm_params(
+    a: &[f32],
+    d: Option<&[f32]>,
+    dt_bias: Option<&[f32]>,
+    channels: usize,
+) -> Vec<f32> {
     let zeros = vec![0.0; channels];
     let mut v = Vec::with_capacity(a.len() + 2 * channels);
     v.extend_from_slice(a);

@@ -63,9 +63,8 @@ impl Context {
     pub async fn with_options(options: ContextOptions) -> Result<Self> {
         let adapter = select_adapter(&options).await?;
         let info = adapter.get_info();
-        let wanted = wgpu::Features::TIMESTAMP_QUERY
-            | wgpu::Features::SHADER_F16
-            | wgpu::Features::SUBGROUP;
+        let wanted =
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("ssmgpu"),
@@ -74,7 +73,9 @@ impl Context {
                 ..Default::default()
             })
             .await
-            .map_err(|e| Error::RequestDevice(format!("{} ({:?}): {e}", info.name, info.backend)))?;
+            .map_err(|e| {
+                Error::RequestDevice(format!("{} ({:?}): {e}", info.name, info.backend))
+            })?;
         let ctx = Self::build(device, queue, Some(info));
         let lost = ctx.inner.lost.clone();
         ctx.inner
@@ -97,7 +98,11 @@ impl Context {
         pollster::block_on(Self::new())
     }
 
-    fn build(device: wgpu::Device, queue: wgpu::Queue, adapter_info: Option<wgpu::AdapterInfo>) -> Self {
+    fn build(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        adapter_info: Option<wgpu::AdapterInfo>,
+    ) -> Self {
         let limits = device.limits();
         let dummy_buffer = |label| {
             device.create_buffer(&wgpu::BufferDescriptor {
@@ -158,7 +163,10 @@ impl Context {
     pub(crate) fn check_size(&self, name: &str, bytes: u64) -> Result<()> {
         let l = &self.inner.limits;
         let checks = [
-            ("max_storage_buffer_binding_size", l.max_storage_buffer_binding_size),
+            (
+                "max_storage_buffer_binding_size",
+                l.max_storage_buffer_binding_size,
+            ),
             ("max_buffer_size", l.max_buffer_size),
         ];
         for (limit_name, limit) in checks {
@@ -184,7 +192,13 @@ impl Context {
 
     /// Upload host data into a fresh buffer, written at creation: never through
     /// `queue.write_buffer`, whose copy would run before commands already recorded.
-    pub fn upload<T: bytemuck::Pod>(&self, name: &str, shape: &[usize], dtype: DType, data: &[T]) -> Result<Tensor> {
+    pub fn upload<T: bytemuck::Pod>(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        data: &[T],
+    ) -> Result<Tensor> {
         let numel: usize = shape.iter().product();
         let bytes = bytemuck::cast_slice::<T, u8>(data);
         if bytes.len() != numel * dtype.size() {

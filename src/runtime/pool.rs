@@ -45,7 +45,11 @@ fn size_class(bytes: u64) -> u64 {
 }
 
 impl BufferPool {
-    pub fn acquire(pool: &Arc<Mutex<BufferPool>>, device: &wgpu::Device, bytes: u64) -> PooledBuffer {
+    pub fn acquire(
+        pool: &Arc<Mutex<BufferPool>>,
+        device: &wgpu::Device,
+        bytes: u64,
+    ) -> PooledBuffer {
         let class = size_class(bytes);
         let reused = {
             let mut p = lock(pool);
@@ -70,7 +74,11 @@ impl BufferPool {
     }
 
     /// A new buffer holding `data`, written while mapped at creation.
-    pub fn create_init(pool: &Arc<Mutex<BufferPool>>, device: &wgpu::Device, data: &[u8]) -> PooledBuffer {
+    pub fn create_init(
+        pool: &Arc<Mutex<BufferPool>>,
+        device: &wgpu::Device,
+        data: &[u8],
+    ) -> PooledBuffer {
         let class = size_class(data.len() as u64);
         let buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("ssmgpu.upload"),
@@ -144,11 +152,25 @@ mod tests {
 
     #[test]
     fn size_classes_cover_and_bound_slack() {
-        for bytes in [1u64, 255, 256, 257, 1000, 4096, 5000, 1 << 20, (1 << 20) + 1, 123_456_789] {
+        for bytes in [
+            1u64,
+            255,
+            256,
+            257,
+            1000,
+            4096,
+            5000,
+            1 << 20,
+            (1 << 20) + 1,
+            123_456_789,
+        ] {
             let c = size_class(bytes);
             assert!(c >= bytes, "{bytes} -> {c}");
             assert!(c % 256 == 0);
-            assert!((c as f64) <= (bytes.max(256) as f64) * 1.25 + 256.0, "{bytes} -> {c}");
+            assert!(
+                (c as f64) <= (bytes.max(256) as f64) * 1.25 + 256.0,
+                "{bytes} -> {c}"
+            );
         }
     }
 }
