@@ -43,49 +43,48 @@ const REVERSE: u32 = 16u;
 @group(0) @binding(6) var<storage, read_write> state: array<f32>;
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
 
+// Element n of a state-sized row, zero past nstate: states n >= nstate then stay zero.
+fn bc_at(base: u32, n: u32) -> f32 {
+    return select(0.0, bc[base + min(n, p.nstate - 1u)], n < p.nstate);
+}
+
 fn bc4(base: u32, n0: u32) -> vec4<f32> {
-    var v = vec4<f32>(0.0);
-    for (var j = 0u; j < 4u; j++) {
-        let n = n0 + j;
-        v[j] = select(0.0, bc[base + min(n, p.nstate - 1u)], n < p.nstate);
-    }
-    return v;
+    return vec4<f32>(bc_at(base, n0), bc_at(base, n0 + 1u), bc_at(base, n0 + 2u), bc_at(base, n0 + 3u));
+}
+
+fn ssm_at(base: u32, n: u32) -> f32 {
+    return select(0.0, ssm[base + min(n, p.nstate - 1u)], n < p.nstate);
 }
 
 fn ssm4(base: u32, n0: u32) -> vec4<f32> {
-    var v = vec4<f32>(0.0);
-    for (var j = 0u; j < 4u; j++) {
-        let n = n0 + j;
-        v[j] = select(0.0, ssm[base + min(n, p.nstate - 1u)], n < p.nstate);
-    }
-    return v;
+    return vec4<f32>(ssm_at(base, n0), ssm_at(base, n0 + 1u), ssm_at(base, n0 + 2u), ssm_at(base, n0 + 3u));
+}
+
+fn state_at(base: u32, n: u32) -> f32 {
+    return select(0.0, state[base + min(n, p.nstate - 1u)], n < p.nstate);
 }
 
 fn state4(base: u32, n0: u32) -> vec4<f32> {
-    var v = vec4<f32>(0.0);
-    for (var j = 0u; j < 4u; j++) {
-        let n = n0 + j;
-        v[j] = select(0.0, state[base + min(n, p.nstate - 1u)], n < p.nstate);
-    }
-    return v;
+    return vec4<f32>(state_at(base, n0), state_at(base, n0 + 1u), state_at(base, n0 + 2u), state_at(base, n0 + 3u));
 }
 
 fn store_state4(base: u32, n0: u32, v: vec4<f32>) {
-    for (var j = 0u; j < 4u; j++) {
-        if (n0 + j < p.nstate) {
-            state[base + n0 + j] = v[j];
-        }
-    }
+    if (n0 < p.nstate) { state[base + n0] = v.x; }
+    if (n0 + 1u < p.nstate) { state[base + n0 + 1u] = v.y; }
+    if (n0 + 2u < p.nstate) { state[base + n0 + 2u] = v.z; }
+    if (n0 + 3u < p.nstate) { state[base + n0 + 3u] = v.w; }
 }
 
+// Grid: x = channel blocks of 64, y = sequence. The sequence index comes from the workgroup,
+// so B/C addresses are uniform and the driver can load them once for all invocations; no
+// invocation returns early, for the same reason (ragged channels are clamped, not stored).
 @compute @workgroup_size(64)
-fn selective_scan(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let idx = (wg.x + wg.y * nwg.x) * 64u + li;
-    if (idx >= p.batch * p.channels) {
-        return;
-    }
-    let b = idx / p.channels;
-    let e = idx - b * p.channels;
+fn selective_scan(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let b = wg.y;
+    let e_raw = wg.x * 64u + li;
+    let valid = e_raw < p.channels;
+    let e = min(e_raw, p.channels - 1u);
+    let idx = b * p.channels + e;
     let ns = p.nstate;
     let abase = e * ns;
     let a0 = ssm4(abase, 0u);
@@ -127,9 +126,11 @@ fn selective_scan(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
             let zt = z[p.z_offset + row * p.z_stride + e];
             y = y * zt / (1.0 + exp(-zt));
         }
-        out[row * p.channels + e] = y;
+        if (valid) {
+            out[row * p.channels + e] = y;
+        }
     }
-    if ((p.flags & WRITE_STATE) != 0u) {
+    if (valid && (p.flags & WRITE_STATE) != 0u) {
         store_state4(sbase, 0u, h0);
         store_state4(sbase, 4u, h1);
         store_state4(sbase, 8u, h2);

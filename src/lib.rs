@@ -4,6 +4,8 @@
 //! WGSL kernel each, with a CPU reference), [`models`] (models as plain code over ops) and
 //! [`loader`] (safetensors checkpoints).
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
 pub mod error;
 pub mod loader;
 pub mod models;

@@ -2,7 +2,7 @@
 
 use crate::error::Result;
 use crate::ops::{kernel, silu, softplus, Carry};
-use crate::runtime::{grid, MatView, Recorder, Tensor};
+use crate::runtime::{MatView, Recorder, Tensor};
 
 /// The kernel keeps the state in four vec4 registers.
 pub const MAX_STATE: usize = 16;
@@ -125,7 +125,7 @@ pub fn selective_scan(rec: &mut Recorder, args: ScanArgs) -> Result<Tensor> {
             &state_buf,
             out.buffer(),
         ],
-        grid((batch * channels).div_ceil(64) as u32),
+        [channels.div_ceil(64) as u32, batch as u32, 1],
     );
     Ok(out)
 }

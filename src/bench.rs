@@ -1,0 +1,166 @@
+//! Op benchmarks: each GPU kernel against its CPU reference in the same run, with the
+//! device ceilings it is measured against.
+
+use std::time::{Duration, Instant};
+
+use crate::error::Result;
+use crate::ops::matmul::{matmul, matmul_ref};
+use crate::ops::scan::{pack_ssm_params, selective_scan, selective_scan_ref, ScanArgs, ScanRef};
+use crate::ops::Carry;
+use crate::runtime::{Context, Recorder, Tensor};
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OpBench {
+    pub name: String,
+    pub shape: String,
+    pub gpu_ms: f64,
+    pub cpu_ref_ms: f64,
+    /// cpu_ref_ms / gpu_ms
+    pub speedup_vs_cpu_ref: f64,
+    /// Work done: flops for a matmul, exps for a scan.
+    pub work: f64,
+    pub work_unit: &'static str,
+    pub gpu_rate: f64,
+}
+
+/// Deterministic pseudo-random values in [-1, 1) (no RNG dependency in the library).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64() * 1e3
+}
+
+/// Median ms of one op: `per_submit` copies recorded into one submission so that the
+/// per-submission cost is amortised, `reps` submissions after a warm-up.
+fn time_gpu(ctx: &Context, reps: usize, per_submit: usize, mut record: impl FnMut(&mut Recorder) -> Result<Tensor>) -> Result<f64> {
+    let mut times = Vec::with_capacity(reps);
+    for i in 0..=reps {
+        let mut rec = ctx.recorder();
+        let mut last = None;
+        for _ in 0..per_submit {
+            last = Some(record(&mut rec)?);
+        }
+        let start = Instant::now();
+        // `submit` waits for the GPU to finish on native targets.
+        pollster::block_on(rec.submit())?;
+        drop(last);
+        if i > 0 {
+            times.push(start.elapsed() / per_submit as u32);
+        }
+    }
+    Ok(median(times))
+}
+
+fn time_cpu(mut f: impl FnMut()) -> f64 {
+    f();
+    let times = (0..3)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed()
+        })
+        .collect();
+    median(times)
+}
+
+/// The scan at (batch, channels, len, state) with D, z, dt bias and softplus.
+pub fn bench_scan(ctx: &Context, batch: usize, channels: usize, len: usize, nstate: usize) -> Result<OpBench> {
+    let rows = batch * len;
+    let u = values(rows * channels, 1);
+    let delta: Vec<f32> = values(rows * channels, 2).iter().map(|v| v * 0.5 - 1.0).collect();
+    let bc = values(rows * 2 * nstate, 3);
+    let a: Vec<f32> = values(channels * nstate, 4).iter().map(|v| -(v.abs() + 0.5)).collect();
+    let d = values(channels, 5);
+    let bias = values(channels, 6);
+    let z = values(rows * channels, 7);
+    let ut = ctx.upload_f32("u", &[rows, channels], &u)?;
+    let dt = ctx.upload_f32("delta", &[rows, channels], &delta)?;
+    let bct = ctx.upload_f32("bc", &[rows, 2 * nstate], &bc)?;
+    let params = pack_ssm_params(&a, Some(&d), Some(&bias), channels);
+    let pt = ctx.upload_f32("ssm", &[params.len()], &params)?;
+    let zt = ctx.upload_f32("z", &[rows, channels], &z)?;
+    let gpu_ms = time_gpu(ctx, 5, 4, |rec| {
+        selective_scan(
+            rec,
+            ScanArgs {
+                u: ut.mat(),
+                delta: dt.mat(),
+                b: bct.cols(0, nstate),
+                c: bct.cols(nstate, nstate),
+                params: &pt,
+                z: Some(zt.mat()),
+                batch,
+                softplus: true,
+                reverse: false,
+                state: Carry::None,
+            },
+        )
+    })?;
+    let b: Vec<f32> = bc.chunks(2 * nstate).flat_map(|c| c[..nstate].to_vec()).collect();
+    let c: Vec<f32> = bc.chunks(2 * nstate).flat_map(|c| c[nstate..].to_vec()).collect();
+    let cpu_ref_ms = time_cpu(|| {
+        let mut state = vec![0.0; batch * channels * nstate];
+        std::hint::black_box(selective_scan_ref(
+            &ScanRef {
+                batch,
+                len,
+                channels,
+                nstate,
+                u: &u,
+                delta: &delta,
+                b: &b,
+                c: &c,
+                a: &a,
+                d: Some(&d),
+                dt_bias: Some(&bias),
+                z: Some(&z),
+                softplus: true,
+                reverse: false,
+            },
+            &mut state,
+        ));
+    });
+    let exps = (batch * channels * len * nstate) as f64;
+    Ok(OpBench {
+        name: "selective_scan".into(),
+        shape: format!("batch {batch}, channels {channels}, len {len}, state {nstate}"),
+        gpu_ms,
+        cpu_ref_ms,
+        speedup_vs_cpu_ref: cpu_ref_ms / gpu_ms,
+        work: exps,
+        work_unit: "exp",
+        gpu_rate: exps / (gpu_ms * 1e-3),
+    })
+}
+
+/// `[m, k] · [n, k]ᵀ`.
+pub fn bench_matmul(ctx: &Context, m: usize, k: usize, n: usize) -> Result<OpBench> {
+    let x = values(m * k, 11);
+    let w = values(n * k, 12);
+    let xt = ctx.upload_f32("x", &[m, k], &x)?;
+    let wt = ctx.upload_f32("w", &[n, k], &w)?;
+    let gpu_ms = time_gpu(ctx, 5, 8, |rec| matmul(rec, "y", xt.mat(), &wt, None))?;
+    let cpu_ref_ms = time_cpu(|| {
+        std::hint::black_box(matmul_ref(&x, m, k, &w, n, None));
+    });
+    let flops = 2.0 * (m * n * k) as f64;
+    Ok(OpBench {
+        name: "matmul".into(),
+        shape: format!("({m} x {k}) @ ({k} x {n})"),
+        gpu_ms,
+        cpu_ref_ms,
+        speedup_vs_cpu_ref: cpu_ref_ms / gpu_ms,
+        work: flops,
+        work_unit: "flop",
+        gpu_rate: flops / (gpu_ms * 1e-3),
+    })
+}
