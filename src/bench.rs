@@ -25,10 +25,14 @@ pub struct OpBench {
 
 /// Deterministic pseudo-random values in [-1, 1) (no RNG dependency in the library).
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
@@ -41,7 +45,12 @@ fn median(mut v: Vec<Duration>) -> f64 {
 
 /// Median ms of one op: `per_submit` copies recorded into one submission so that the
 /// per-submission cost is amortised, `reps` submissions after a warm-up.
-fn time_gpu(ctx: &Context, reps: usize, per_submit: usize, mut record: impl FnMut(&mut Recorder) -> Result<Tensor>) -> Result<f64> {
+fn time_gpu(
+    ctx: &Context,
+    reps: usize,
+    per_submit: usize,
+    mut record: impl FnMut(&mut Recorder) -> Result<Tensor>,
+) -> Result<f64> {
     let mut times = Vec::with_capacity(reps);
     for i in 0..=reps {
         let mut rec = ctx.recorder();
@@ -73,12 +82,24 @@ fn time_cpu(mut f: impl FnMut()) -> f64 {
 }
 
 /// The scan at (batch, channels, len, state) with D, z, dt bias and softplus.
-pub fn bench_scan(ctx: &Context, batch: usize, channels: usize, len: usize, nstate: usize) -> Result<OpBench> {
+pub fn bench_scan(
+    ctx: &Context,
+    batch: usize,
+    channels: usize,
+    len: usize,
+    nstate: usize,
+) -> Result<OpBench> {
     let rows = batch * len;
     let u = values(rows * channels, 1);
-    let delta: Vec<f32> = values(rows * channels, 2).iter().map(|v| v * 0.5 - 1.0).collect();
+    let delta: Vec<f32> = values(rows * channels, 2)
+        .iter()
+        .map(|v| v * 0.5 - 1.0)
+        .collect();
     let bc = values(rows * 2 * nstate, 3);
-    let a: Vec<f32> = values(channels * nstate, 4).iter().map(|v| -(v.abs() + 0.5)).collect();
+    let a: Vec<f32> = values(channels * nstate, 4)
+        .iter()
+        .map(|v| -(v.abs() + 0.5))
+        .collect();
     let d = values(channels, 5);
     let bias = values(channels, 6);
     let z = values(rows * channels, 7);
@@ -105,8 +126,14 @@ pub fn bench_scan(ctx: &Context, batch: usize, channels: usize, len: usize, nsta
             },
         )
     })?;
-    let b: Vec<f32> = bc.chunks(2 * nstate).flat_map(|c| c[..nstate].to_vec()).collect();
-    let c: Vec<f32> = bc.chunks(2 * nstate).flat_map(|c| c[nstate..].to_vec()).collect();
+    let b: Vec<f32> = bc
+        .chunks(2 * nstate)
+        .flat_map(|c| c[..nstate].to_vec())
+        .collect();
+    let c: Vec<f32> = bc
+        .chunks(2 * nstate)
+        .flat_map(|c| c[nstate..].to_vec())
+        .collect();
     let cpu_ref_ms = time_cpu(|| {
         let mut state = vec![0.0; batch * channels * nstate];
         std::hint::black_box(selective_scan_ref(

@@ -115,9 +115,6 @@ impl SafetensorsFile {
     /// A float tensor (F32, F16 or BF16) as f32, with its shape checked when `expected` is given.
     pub fn f32(&self, name: &str, expected: Option<&[usize]>) -> Result<(Vec<usize>, Vec<f32>)> {
         let (dtype, shape, data) = self.raw(name)?;
-        if let Some(expected) = expected {
-            self.check_shape(name, &shape, expected)?;
-        }
         let values = match dtype {
             Dtype::F32 => data
                 .chunks_exact(4)
@@ -140,6 +137,9 @@ impl SafetensorsFile {
                 })
             }
         };
+        if let Some(expected) = expected {
+            self.check_shape(name, &shape, expected)?;
+        }
         Ok((shape, values))
     }
 

@@ -9,7 +9,11 @@ use ssmgpu::models::mamba::MambaLm;
 use ssmgpu::{Context, Error, Result};
 
 #[derive(Parser)]
-#[command(name = "ssmgpu", version, about = "State space model inference on any GPU through WebGPU")]
+#[command(
+    name = "ssmgpu",
+    version,
+    about = "State space model inference on any GPU through WebGPU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -96,7 +100,14 @@ fn run(command: Command) -> Result<()> {
 fn info(json: bool) -> Result<()> {
     let adapters = pollster::block_on(ssmgpu::runtime::list_adapters());
     let chosen = Context::new_blocking().ok();
-    let chosen_name = chosen.as_ref().and_then(|c| c.adapter_info()).map(|i| i.name.clone());
+    let chosen_name = chosen
+        .as_ref()
+        .and_then(|c| c.adapter_info())
+        .map(|i| i.name.clone());
+    let chosen_backend = chosen
+        .as_ref()
+        .and_then(|c| c.adapter_info())
+        .map(|i| i.backend);
     if json {
         let list: Vec<_> = adapters
             .iter()
@@ -116,16 +127,26 @@ fn info(json: bool) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::json!({ "adapters": list, "selected": chosen_name }));
+        let selected = chosen_name
+            .map(|n| format!("{n} ({:?})", chosen_backend.unwrap_or(wgpu::Backend::Noop)));
+        println!(
+            "{}",
+            serde_json::json!({ "adapters": list, "selected": selected })
+        );
         return Ok(());
     }
     if adapters.is_empty() {
         println!("no adapters found (on Debian, lavapipe: apt-get install mesa-vulkan-drivers libvulkan1)");
     }
     for (info, features, limits) in &adapters {
-        let mark = if Some(&info.name) == chosen_name.as_ref() { " (selected)" } else { "" };
+        let selected =
+            Some(&info.name) == chosen_name.as_ref() && Some(info.backend) == chosen_backend;
+        let mark = if selected { " (selected)" } else { "" };
         println!("{}{mark}", info.name);
-        println!("  backend: {:?}, type: {:?}, driver: {} {}", info.backend, info.device_type, info.driver, info.driver_info);
+        println!(
+            "  backend: {:?}, type: {:?}, driver: {} {}",
+            info.backend, info.device_type, info.driver, info.driver_info
+        );
         println!("  features: {features:?}");
         println!(
             "  limits: max_storage_buffer_binding_size {} B, max_buffer_size {} B, max_storage_buffers_per_shader_stage {}, max_compute_invocations_per_workgroup {}",
@@ -151,17 +172,35 @@ fn run_model(model_dir: &Path, input: &Path, out: &Path, hidden_states: bool) ->
     let model = MambaLm::load(&ctx, model_dir)?;
     let (logits, states) = pollster::block_on(model.run(&ctx, &ids, shape[0], hidden_states))?;
     let (batch, len) = (shape[0], shape[1]);
-    let mut tensors = vec![("logits".to_string(), vec![batch, len, model.config.vocab_size], logits)];
+    let mut tensors = vec![(
+        "logits".to_string(),
+        vec![batch, len, model.config.vocab_size],
+        logits,
+    )];
     for (i, h) in states.into_iter().enumerate() {
-        tensors.push((format!("hidden_states.{i}"), vec![batch, len, model.config.d_model], h));
+        tensors.push((
+            format!("hidden_states.{i}"),
+            vec![batch, len, model.config.d_model],
+            h,
+        ));
     }
     write_f32(out, &tensors)
 }
 
-fn generate(model_dir: &Path, ids: &[i64], max_new_tokens: usize, ignore_eos: bool, json: bool) -> Result<()> {
+fn generate(
+    model_dir: &Path,
+    ids: &[i64],
+    max_new_tokens: usize,
+    ignore_eos: bool,
+    json: bool,
+) -> Result<()> {
     let ctx = Context::new_blocking()?;
     let model = MambaLm::load(&ctx, model_dir)?;
-    let eos = if ignore_eos { None } else { model.config.eos_token_id };
+    let eos = if ignore_eos {
+        None
+    } else {
+        model.config.eos_token_id
+    };
     let start = std::time::Instant::now();
     let new = pollster::block_on(model.generate(&ctx, ids, max_new_tokens, eos))?;
     let secs = start.elapsed().as_secs_f64();
@@ -175,27 +214,49 @@ fn generate(model_dir: &Path, ids: &[i64], max_new_tokens: usize, ignore_eos: bo
             })
         );
     } else {
-        let text: Vec<String> = ids.iter().map(|v| v.to_string()).chain(new.iter().map(|v| v.to_string())).collect();
+        let text: Vec<String> = ids
+            .iter()
+            .map(|v| v.to_string())
+            .chain(new.iter().map(|v| v.to_string()))
+            .collect();
         println!("{}", text.join(","));
-        eprintln!("{} new tokens in {:.1} ms ({:.1} tokens/s)", new.len(), secs * 1e3, new.len() as f64 / secs);
+        eprintln!(
+            "{} new tokens in {:.1} ms ({:.1} tokens/s)",
+            new.len(),
+            secs * 1e3,
+            new.len() as f64 / secs
+        );
     }
     Ok(())
 }
 
 fn bench(json: bool) -> Result<()> {
     let ctx = Context::new_blocking()?;
-    let adapter = ctx.adapter_info().map(|i| i.name.clone()).unwrap_or_default();
+    let adapter = ctx
+        .adapter_info()
+        .map(|i| i.name.clone())
+        .unwrap_or_default();
     let results = vec![
         ssmgpu::bench::bench_scan(&ctx, 1, 1536, 1024, 16)?,
         ssmgpu::bench::bench_matmul(&ctx, 197, 384, 1536)?,
     ];
     if json {
-        println!("{}", serde_json::json!({ "adapter": adapter, "ops": results }));
+        println!(
+            "{}",
+            serde_json::json!({ "adapter": adapter, "ops": results })
+        );
         return Ok(());
     }
     println!("adapter: {adapter}");
     for r in &results {
-        let (rate, unit) = (r.gpu_rate / 1e9, if r.work_unit == "flop" { "GFLOP/s" } else { "G exp/s" });
+        let (rate, unit) = (
+            r.gpu_rate / 1e9,
+            if r.work_unit == "flop" {
+                "GFLOP/s"
+            } else {
+                "G exp/s"
+            },
+        );
         println!(
             "{:<15} {:<45} gpu {:>9.3} ms   cpu reference {:>9.3} ms   ratio {:>7.1}x   {:.2} {unit}",
             r.name, r.shape, r.gpu_ms, r.cpu_ref_ms, r.speedup_vs_cpu_ref, rate

@@ -287,10 +287,28 @@ impl Context {
 }
 
 async fn select_adapter(options: &ContextOptions) -> Result<wgpu::Adapter> {
-    let backends = options
-        .backends
-        .or_else(wgpu::Backends::from_env)
-        .unwrap_or(wgpu::Backends::all());
+    let explicit = options.backends.or_else(wgpu::Backends::from_env);
+    // Without an explicit choice, the primary backends (Vulkan, Metal, DX12, browser WebGPU)
+    // are tried before GL, which is slower for compute and probes the display on Linux.
+    let attempts = match explicit {
+        Some(b) => vec![b],
+        None => vec![wgpu::Backends::PRIMARY, wgpu::Backends::SECONDARY],
+    };
+    let mut failures = Vec::new();
+    for backends in attempts {
+        match adapter_on(options, backends).await {
+            Ok(adapter) => return Ok(adapter),
+            Err(reason) => failures.push(reason),
+        }
+    }
+    Err(Error::NoAdapter(format!(": {}", failures.join("; "))))
+}
+
+/// The adapter on `backends`, or why there is none.
+async fn adapter_on(
+    options: &ContextOptions,
+    backends: wgpu::Backends,
+) -> Result<wgpu::Adapter, String> {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     desc.backends = backends;
     let instance = wgpu::Instance::new(desc);
@@ -308,7 +326,7 @@ async fn select_adapter(options: &ContextOptions) -> Result<wgpu::Adapter> {
                 .into_iter()
                 .find(|a| a.get_info().name.to_lowercase().contains(&needle))
                 .ok_or_else(|| {
-                    Error::NoAdapter(format!(" whose name contains `{name}` (found: {names:?})"))
+                    format!("none whose name contains `{name}` on {backends:?} (found: {names:?})")
                 })
         }
         None => instance
@@ -318,7 +336,7 @@ async fn select_adapter(options: &ContextOptions) -> Result<wgpu::Adapter> {
                 ..Default::default()
             })
             .await
-            .map_err(|e| Error::NoAdapter(format!(" for backends {backends:?}: {e}"))),
+            .map_err(|e| format!("{backends:?}: {e}")),
     }
 }
 
