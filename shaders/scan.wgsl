@@ -3,8 +3,9 @@
 //   h_n = exp(dt * A_n) * h_n + dt * B[t, n] * u[t]   (n < nstate <= 16)
 //   y   = sum_n C[t, n] * h_n + D * u[t]
 //   y  *= silu(z[t])                                  (when flagged)
-// The 16 states live in four vec4 registers; B and C are shared by all channels, so their
-// loads are the same address on every invocation of a workgroup. The optional carried state
+// The 16 states live in four vec4 registers. B and C are shared by all channels: in the
+// subgroup variant, eight invocations load the step's 32 B/C values with one vec4 load each and
+// broadcast them (a software driver pays per invocation for every load, same address or not). The optional carried state
 // makes the same kernel a decode step (len 1), and `reverse` walks the tokens backwards
 // without copying them (Vim's backward branch).
 
@@ -36,13 +37,25 @@ const REVERSE: u32 = 16u;
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> u: array<f32>;
 @group(0) @binding(2) var<storage, read> delta: array<f32>;
+// #if subgroups
+@group(0) @binding(3) var<storage, read> bc: array<vec4<f32>>;
+// #else
 @group(0) @binding(3) var<storage, read> bc: array<f32>;
+// #endif
 // [A (channels x nstate) | D (channels) | dt_bias (channels)]
 @group(0) @binding(4) var<storage, read> ssm: array<f32>;
 @group(0) @binding(5) var<storage, read> z: array<f32>;
 @group(0) @binding(6) var<storage, read_write> state: array<f32>;
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
 
+// #if subgroups
+// B or C for one step, n = 4 * k ..: lane q < 8 of the subgroup loaded vec4 q of
+// [B(16) | C(16)]; offsets and stride are multiples of 4 (checked by the launcher).
+fn fetch_bc(lane: u32, b_base: u32, c_base: u32) -> vec4<f32> {
+    let q = lane & 7u;
+    return bc[select(b_base + 4u * q, c_base + 4u * (q - 4u), q >= 4u) / 4u];
+}
+// #else
 // Element n of a state-sized row, zero past nstate: states n >= nstate then stay zero.
 fn bc_at(base: u32, n: u32) -> f32 {
     return select(0.0, bc[base + min(n, p.nstate - 1u)], n < p.nstate);
@@ -51,6 +64,8 @@ fn bc_at(base: u32, n: u32) -> f32 {
 fn bc4(base: u32, n0: u32) -> vec4<f32> {
     return vec4<f32>(bc_at(base, n0), bc_at(base, n0 + 1u), bc_at(base, n0 + 2u), bc_at(base, n0 + 3u));
 }
+
+// #endif
 
 fn ssm_at(base: u32, n: u32) -> f32 {
     return select(0.0, ssm[base + min(n, p.nstate - 1u)], n < p.nstate);
@@ -79,7 +94,13 @@ fn store_state4(base: u32, n0: u32, v: vec4<f32>) {
 // so B/C addresses are uniform and the driver can load them once for all invocations; no
 // invocation returns early, for the same reason (ragged channels are clamped, not stored).
 @compute @workgroup_size(64)
-fn selective_scan(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn selective_scan(
+    @builtin(workgroup_id) wg: vec3<u32>,
+// #if subgroups
+    @builtin(subgroup_invocation_id) lane: u32,
+// #endif
+    @builtin(local_invocation_index) li: u32,
+) {
     let b = wg.y;
     let e_raw = wg.x * 64u + li;
     let valid = e_raw < p.channels;
@@ -105,6 +126,11 @@ fn selective_scan(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
         h3 = state4(sbase, 12u);
     }
     let reverse = (p.flags & REVERSE) != 0u;
+    // Zero B past nstate keeps the padded states at zero.
+    let m0 = vec4<f32>(vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(ns));
+    let m1 = vec4<f32>(vec4<u32>(4u, 5u, 6u, 7u) < vec4<u32>(ns));
+    let m2 = vec4<f32>(vec4<u32>(8u, 9u, 10u, 11u) < vec4<u32>(ns));
+    let m3 = vec4<f32>(vec4<u32>(12u, 13u, 14u, 15u) < vec4<u32>(ns));
     for (var s = 0u; s < p.len; s++) {
         let t = select(s, p.len - 1u - s, reverse);
         let row = b * p.len + t;
@@ -116,11 +142,31 @@ fn selective_scan(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
         let du = dt * ut;
         let bb = p.b_offset + row * p.bc_stride;
         let cb = p.c_offset + row * p.bc_stride;
-        h0 = fma(exp(dt * a0), h0, du * bc4(bb, 0u));
-        h1 = fma(exp(dt * a1), h1, du * bc4(bb, 4u));
-        h2 = fma(exp(dt * a2), h2, du * bc4(bb, 8u));
-        h3 = fma(exp(dt * a3), h3, du * bc4(bb, 12u));
-        var y = dot(h0, bc4(cb, 0u)) + dot(h1, bc4(cb, 4u)) + dot(h2, bc4(cb, 8u)) + dot(h3, bc4(cb, 12u));
+// #if subgroups
+        let v = fetch_bc(lane, bb, cb);
+        let b0 = subgroupBroadcast(v, 0u) * m0;
+        let b1 = subgroupBroadcast(v, 1u) * m1;
+        let b2 = subgroupBroadcast(v, 2u) * m2;
+        let b3 = subgroupBroadcast(v, 3u) * m3;
+        let c0 = subgroupBroadcast(v, 4u);
+        let c1 = subgroupBroadcast(v, 5u);
+        let c2 = subgroupBroadcast(v, 6u);
+        let c3 = subgroupBroadcast(v, 7u);
+// #else
+        let b0 = bc4(bb, 0u);
+        let b1 = bc4(bb, 4u);
+        let b2 = bc4(bb, 8u);
+        let b3 = bc4(bb, 12u);
+        let c0 = bc4(cb, 0u);
+        let c1 = bc4(cb, 4u);
+        let c2 = bc4(cb, 8u);
+        let c3 = bc4(cb, 12u);
+// #endif
+        h0 = fma(exp(dt * a0), h0, du * b0);
+        h1 = fma(exp(dt * a1), h1, du * b1);
+        h2 = fma(exp(dt * a2), h2, du * b2);
+        h3 = fma(exp(dt * a3), h3, du * b3);
+        var y = dot(h0, c0) + dot(h1, c1) + dot(h2, c2) + dot(h3, c3);
         y = fma(d_skip, ut, y);
         if ((p.flags & HAS_Z) != 0u) {
             let zt = z[p.z_offset + row * p.z_stride + e];

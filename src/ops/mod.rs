@@ -15,6 +15,7 @@ macro_rules! kernel {
             name: $file,
             source: include_str!(concat!("../../shaders/", $file, ".wgsl")),
             entry: $entry,
+            subgroups: false,
         }
     };
 }

@@ -113,8 +113,11 @@ pub fn selective_scan(rec: &mut Recorder, args: ScanArgs) -> Result<Tensor> {
         flags,
         _pad: [0; 2],
     };
+    // The subgroup variant loads B and C as vec4s.
+    let aligned = b.offset % 4 == 0 && c.offset % 4 == 0 && b.stride % 4 == 0;
+    let subgroups = rec.context().uses_subgroups() && aligned;
     rec.dispatch(
-        &kernel!("scan", "selective_scan"),
+        &kernel!("scan", "selective_scan").with_subgroups(subgroups),
         &p,
         &[
             u.buffer(),

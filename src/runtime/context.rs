@@ -10,11 +10,44 @@ use crate::runtime::tensor::{DType, Tensor};
 use crate::runtime::Recorder;
 
 /// One compute entry point of one WGSL file; `name` keys the pipeline cache.
+///
+/// A file may hold a subgroup variant between `// #if subgroups`, `// #else` and `// #endif`
+/// lines: with `subgroups` the module is compiled with the `#if` branch, else with the
+/// `#else` branch, so devices without subgroups never see those builtins.
 #[derive(Clone, Copy, Debug)]
 pub struct Kernel {
     pub name: &'static str,
     pub source: &'static str,
     pub entry: &'static str,
+    pub subgroups: bool,
+}
+
+impl Kernel {
+    pub fn with_subgroups(self, subgroups: bool) -> Self {
+        Kernel { subgroups, ..self }
+    }
+
+    /// The WGSL this kernel compiles: its variant of the file.
+    pub fn wgsl(&self) -> String {
+        // (naga takes subgroup builtins without WGSL's `enable subgroups;`, which it rejects;
+        // wgpu checks the device feature instead.)
+        let mut out = String::new();
+        // Which branch of an `#if subgroups` block each line is in, if any.
+        let mut branch: Option<bool> = None;
+        for line in self.source.lines() {
+            match line.trim() {
+                "// #if subgroups" => branch = Some(true),
+                "// #else" => branch = Some(false),
+                "// #endif" => branch = None,
+                _ if branch.is_none_or(|b| b == self.subgroups) => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+                _ => {}
+            }
+        }
+        out
+    }
 }
 
 /// How to pick an adapter when the engine creates its own device. `Default` honours the
@@ -25,6 +58,9 @@ pub struct ContextOptions {
     pub backends: Option<wgpu::Backends>,
     /// Case-insensitive substring of the adapter name; `None`: `WGPU_ADAPTER_NAME` or the default.
     pub adapter_name: Option<String>,
+    /// Use the portable kernels even where the device has subgroups (for tests and
+    /// comparisons; also set by the environment variable `SSMGPU_NO_SUBGROUPS=1`).
+    pub disable_subgroups: bool,
 }
 
 pub(crate) struct Inner {
@@ -32,7 +68,9 @@ pub(crate) struct Inner {
     pub queue: wgpu::Queue,
     pub adapter_info: Option<wgpu::AdapterInfo>,
     pub limits: wgpu::Limits,
-    pipelines: Mutex<HashMap<(&'static str, &'static str), wgpu::ComputePipeline>>,
+    /// Subgroup kernels are used: the device has subgroups of at least 8 invocations.
+    pub subgroups: bool,
+    pipelines: Mutex<HashMap<(&'static str, &'static str, bool), wgpu::ComputePipeline>>,
     /// Uniform buffers keyed by their bytes: the same shapes reuse the same parameter buffers.
     uniforms: Mutex<HashMap<Vec<u8>, wgpu::Buffer>>,
     pub pool: Arc<Mutex<BufferPool>>,
@@ -76,7 +114,10 @@ impl Context {
             .map_err(|e| {
                 Error::RequestDevice(format!("{} ({:?}): {e}", info.name, info.backend))
             })?;
-        let ctx = Self::build(device, queue, Some(info));
+        let mut ctx = Self::build(device, queue, Some(info));
+        if options.disable_subgroups {
+            Arc::get_mut(&mut ctx.inner).expect("not shared yet").subgroups = false;
+        }
         let lost = ctx.inner.lost.clone();
         ctx.inner
             .device
@@ -104,6 +145,9 @@ impl Context {
         adapter_info: Option<wgpu::AdapterInfo>,
     ) -> Self {
         let limits = device.limits();
+        let subgroups = device.features().contains(wgpu::Features::SUBGROUP)
+            && device.adapter_info().subgroup_min_size >= 8
+            && std::env::var("SSMGPU_NO_SUBGROUPS").map_or(true, |v| v.is_empty() || v == "0");
         let dummy_buffer = |label| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -120,6 +164,7 @@ impl Context {
                 queue,
                 adapter_info,
                 limits,
+                subgroups,
                 pipelines: Mutex::new(HashMap::new()),
                 uniforms: Mutex::new(HashMap::new()),
                 pool: Arc::new(Mutex::new(BufferPool::default())),
@@ -235,8 +280,13 @@ impl Context {
         pollster::block_on(self.read(tensors))
     }
 
+    /// Whether kernels with a subgroup variant use it on this device.
+    pub fn uses_subgroups(&self) -> bool {
+        self.inner.subgroups
+    }
+
     pub(crate) fn pipeline(&self, kernel: &Kernel) -> wgpu::ComputePipeline {
-        let key = (kernel.name, kernel.entry);
+        let key = (kernel.name, kernel.entry, kernel.subgroups);
         let mut cache = lock(&self.inner.pipelines);
         if let Some(p) = cache.get(&key) {
             return p.clone();
@@ -244,7 +294,7 @@ impl Context {
         let device = &self.inner.device;
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(kernel.name),
-            source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+            source: wgpu::ShaderSource::Wgsl(kernel.wgsl().into()),
         });
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(kernel.entry),
