@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_close, ctx, randn, rng};
+use common::{assert_close, contexts, ctx, randn, rng};
 use rand::Rng;
 use ssmgpu::ops::argmax::{argmax, argmax_ref};
 use ssmgpu::ops::conv1d::{conv1d_silu, conv1d_silu_ref, CONV_WIDTH};
@@ -16,7 +16,12 @@ use ssmgpu::runtime::MatView;
 
 #[test]
 fn matmul_matches_reference() {
-    let ctx = ctx();
+    for ctx in contexts() {
+        matmul_cases(ctx);
+    }
+}
+
+fn matmul_cases(ctx: &ssmgpu::Context) {
     let mut r = rng(1);
     // (m, k, n, bias, extra columns around x): vec4 and scalar paths, ragged edges, views.
     let cases = [
@@ -26,6 +31,8 @@ fn matmul_matches_reference() {
         (4, 8, 33, false, 0),
         (37, 64, 100, true, 0),
         (197, 384, 96, false, 0),
+        (5, 36, 300, true, 0),
+        (70, 100, 260, false, 8),
         (65, 48, 70, false, 36),
         (9, 7, 13, true, 3),
     ];
@@ -52,7 +59,8 @@ fn matmul_matches_reference() {
             .flat_map(|i| x[i * stride + offset..][..k].to_vec())
             .collect();
         let want = matmul_ref(&dense, m, k, &w, n, with_bias.then_some(&b[..]));
-        assert_close(&format!("matmul {m}x{k}x{n}"), &got, &want, 1e-5, 1e-5);
+        let what = format!("matmul {m}x{k}x{n} (subgroups {})", ctx.uses_subgroups());
+        assert_close(&what, &got, &want, 1e-5, 1e-5);
     }
 }
 
@@ -164,7 +172,12 @@ fn conv1d_matches_reference_and_carries_state() {
 
 #[test]
 fn scan_matches_reference_in_every_mode() {
-    let ctx = ctx();
+    for ctx in contexts() {
+        scan_cases(ctx);
+    }
+}
+
+fn scan_cases(ctx: &ssmgpu::Context) {
     let mut r = rng(5);
     let cases = [
         // batch, len, channels, nstate, z, bias, softplus, reverse
@@ -250,7 +263,10 @@ fn scan_matches_reference_in_every_mode() {
             },
             &mut state,
         );
-        let what = format!("scan b{batch} l{len} e{channels} n{nstate} rev{reverse}");
+        let what = format!(
+            "scan b{batch} l{len} e{channels} n{nstate} rev{reverse} (subgroups {})",
+            ctx.uses_subgroups()
+        );
         assert_close(&what, &got[0], &want, 1e-5, 1e-4);
         assert_close(&format!("{what} state"), &got[1], &state, 1e-5, 1e-4);
     }
@@ -348,15 +364,32 @@ fn argmax_matches_reference_with_ties() {
 }
 
 #[test]
-fn every_shader_passes_naga_validation() {
+fn every_shader_variant_passes_naga_validation() {
     for (name, source) in ssmgpu::ops::SHADERS {
-        let module = naga::front::wgsl::parse_str(source)
-            .unwrap_or_else(|e| panic!("{name}.wgsl: {}", e.emit_to_string(source)));
-        naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::default(),
-        )
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("{name}.wgsl: {e:?}"));
+        for subgroups in [false, true] {
+            let kernel = ssmgpu::runtime::Kernel {
+                name,
+                source,
+                entry: "",
+                subgroups,
+            };
+            let wgsl = kernel.wgsl();
+            let module = naga::front::wgsl::parse_str(&wgsl).unwrap_or_else(|e| {
+                panic!(
+                    "{name}.wgsl (subgroups {subgroups}): {}",
+                    e.emit_to_string(&wgsl)
+                )
+            });
+            let caps = if subgroups {
+                naga::valid::Capabilities::SUBGROUP
+            } else {
+                naga::valid::Capabilities::empty()
+            };
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+                .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+                .subgroup_operations(naga::valid::SubgroupOperationSet::all())
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{name}.wgsl (subgroups {subgroups}): {e:?}"));
+        }
     }
 }

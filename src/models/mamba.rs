@@ -408,7 +408,7 @@ impl MambaLm {
         batch: usize,
         hidden_states: bool,
     ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
-        if batch == 0 || ids.len() % batch != 0 {
+        if batch == 0 || !ids.len().is_multiple_of(batch) {
             return Err(Error::InvalidInput(format!(
                 "{} token ids do not split into {batch} sequences",
                 ids.len()

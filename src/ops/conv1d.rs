@@ -59,6 +59,7 @@ pub fn conv1d_silu(
     Ok(out)
 }
 
+#[allow(clippy::too_many_arguments)] // mirrors the kernel's inputs one for one
 /// CPU reference on dense `[batch, len, channels]`; `state` (`[batch, channels, 4]`) is read
 /// when `use_state` and always updated.
 pub fn conv1d_silu_ref(

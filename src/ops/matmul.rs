@@ -29,7 +29,7 @@ pub fn matmul(
     let n = w.shape()[0];
     debug_assert_eq!(w.shape(), [n, k]);
     let y = rec.alloc(name, &[m, n])?;
-    let vec4 = k % 4 == 0 && x.stride % 4 == 0 && x.offset % 4 == 0;
+    let vec4 = k % 4 == 0 && x.stride.is_multiple_of(4) && x.offset.is_multiple_of(4);
     let params = Params {
         m: m as u32,
         n: n as u32,
@@ -40,15 +40,22 @@ pub fn matmul(
         y_stride: n as u32,
         has_bias: bias.is_some() as u32,
     };
-    let kernel = if vec4 {
-        kernel!("matmul", "matmul_vec4")
+    let subgroups = vec4 && rec.context().uses_subgroups();
+    let (kernel, groups) = if subgroups {
+        // 64 invocations x 4 columns, 4 rows per workgroup.
+        let k = kernel!("matmul", "matmul_subgroup").with_subgroups(true);
+        (k, [n.div_ceil(256) as u32, m.div_ceil(4) as u32, 1])
     } else {
-        kernel!("matmul", "matmul_scalar")
+        // 8 x 8 invocations of 8 rows x 4 columns: 64 x 32 outputs per workgroup.
+        let k = if vec4 {
+            kernel!("matmul", "matmul_vec4")
+        } else {
+            kernel!("matmul", "matmul_scalar")
+        };
+        (k, [n.div_ceil(32) as u32, m.div_ceil(64) as u32, 1])
     };
     let dummy = rec.context().inner.dummy.clone();
     let bias_buf = bias.map(Tensor::buffer).unwrap_or(&dummy);
-    // 8 x 8 invocations of 4 x 4 outputs: 32 x 32 outputs per workgroup.
-    let groups = [n.div_ceil(32) as u32, m.div_ceil(32) as u32, 1];
     rec.dispatch(
         &kernel,
         &params,

@@ -171,9 +171,9 @@ pub fn selective_scan_ref(r: &ScanRef, state: &mut [f32]) -> Vec<f32> {
                     dt = softplus(dt);
                 }
                 let mut y = 0.0;
-                for n in 0..n_n {
-                    h[n] = (dt * r.a[e * n_n + n]).exp() * h[n] + dt * r.b[row * n_n + n] * u;
-                    y += r.c[row * n_n + n] * h[n];
+                for (n, hn) in h.iter_mut().enumerate() {
+                    *hn = (dt * r.a[e * n_n + n]).exp() * *hn + dt * r.b[row * n_n + n] * u;
+                    y += r.c[row * n_n + n] * *hn;
                 }
                 y += r.d.map_or(0.0, |d| d[e]) * u;
                 if let Some(z) = r.z {

@@ -116,7 +116,9 @@ impl Context {
             })?;
         let mut ctx = Self::build(device, queue, Some(info));
         if options.disable_subgroups {
-            Arc::get_mut(&mut ctx.inner).expect("not shared yet").subgroups = false;
+            Arc::get_mut(&mut ctx.inner)
+                .expect("not shared yet")
+                .subgroups = false;
         }
         let lost = ctx.inner.lost.clone();
         ctx.inner

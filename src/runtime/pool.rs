@@ -166,7 +166,7 @@ mod tests {
         ] {
             let c = size_class(bytes);
             assert!(c >= bytes, "{bytes} -> {c}");
-            assert!(c % 256 == 0);
+            assert!(c.is_multiple_of(256));
             assert!(
                 (c as f64) <= (bytes.max(256) as f64) * 1.25 + 256.0,
                 "{bytes} -> {c}"

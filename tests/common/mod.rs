@@ -18,6 +18,28 @@ pub fn ctx() -> &'static Context {
     })
 }
 
+/// A second context that runs the portable kernels (no subgroups), so both variants are tested.
+pub fn ctx_portable() -> &'static Context {
+    static CTX: OnceLock<Context> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let options = ssmgpu::ContextOptions {
+            disable_subgroups: true,
+            ..Default::default()
+        };
+        pollster::block_on(Context::with_options(options))
+            .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
+    })
+}
+
+/// The default context and, when it uses subgroup kernels, the portable one too.
+pub fn contexts() -> Vec<&'static Context> {
+    let mut v = vec![ctx()];
+    if ctx().uses_subgroups() {
+        v.push(ctx_portable());
+    }
+    v
+}
+
 /// `../shared/golden` when this checkout sits beside it, else the copy in `tests/data/golden`.
 pub fn golden_dir() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
