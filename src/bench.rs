@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::ops::matmul::{matmul, matmul_ref};
-use crate::ops::scan::{pack_ssm_params, selective_scan, selective_scan_ref, ScanArgs, ScanRef};
+use crate::ops::scan::{selective_scan, selective_scan_ref, ScanRef};
 use crate::ops::Carry;
 use crate::runtime::{Context, Recorder, Tensor};
 
@@ -95,7 +95,8 @@ pub fn bench_scan(
         .iter()
         .map(|v| v * 0.5 - 1.0)
         .collect();
-    let bc = values(rows * 2 * nstate, 3);
+    let b = values(rows * nstate, 3);
+    let c = values(rows * nstate, 8);
     let a: Vec<f32> = values(channels * nstate, 4)
         .iter()
         .map(|v| -(v.abs() + 0.5))
@@ -103,58 +104,29 @@ pub fn bench_scan(
     let d = values(channels, 5);
     let bias = values(channels, 6);
     let z = values(rows * channels, 7);
-    let ut = ctx.upload_f32("u", &[rows, channels], &u)?;
-    let dt = ctx.upload_f32("delta", &[rows, channels], &delta)?;
-    let bct = ctx.upload_f32("bc", &[rows, 2 * nstate], &bc)?;
-    let params = pack_ssm_params(&a, Some(&d), Some(&bias), channels);
-    let pt = ctx.upload_f32("ssm", &[params.len()], &params)?;
-    let zt = ctx.upload_f32("z", &[rows, channels], &z)?;
+    let inputs = ScanRef {
+        batch,
+        len,
+        channels,
+        nstate,
+        u: &u,
+        delta: &delta,
+        b: &b,
+        c: &c,
+        a: &a,
+        d: Some(&d),
+        dt_bias: Some(&bias),
+        z: Some(&z),
+        softplus: true,
+        reverse: false,
+    };
+    let on_gpu = inputs.upload(ctx)?;
     let gpu_ms = time_gpu(ctx, 5, 4, |rec| {
-        selective_scan(
-            rec,
-            ScanArgs {
-                u: ut.mat(),
-                delta: dt.mat(),
-                b: bct.cols(0, nstate),
-                c: bct.cols(nstate, nstate),
-                params: &pt,
-                z: Some(zt.mat()),
-                batch,
-                softplus: true,
-                reverse: false,
-                state: Carry::None,
-            },
-        )
+        selective_scan(rec, on_gpu.args(Carry::None))
     })?;
-    let b: Vec<f32> = bc
-        .chunks(2 * nstate)
-        .flat_map(|c| c[..nstate].to_vec())
-        .collect();
-    let c: Vec<f32> = bc
-        .chunks(2 * nstate)
-        .flat_map(|c| c[nstate..].to_vec())
-        .collect();
     let cpu_ref_ms = time_cpu(|| {
         let mut state = vec![0.0; batch * channels * nstate];
-        std::hint::black_box(selective_scan_ref(
-            &ScanRef {
-                batch,
-                len,
-                channels,
-                nstate,
-                u: &u,
-                delta: &delta,
-                b: &b,
-                c: &c,
-                a: &a,
-                d: Some(&d),
-                dt_bias: Some(&bias),
-                z: Some(&z),
-                softplus: true,
-                reverse: false,
-            },
-            &mut state,
-        ));
+        std::hint::black_box(selective_scan_ref(&inputs, &mut state));
     });
     let exps = (batch * channels * len * nstate) as f64;
     Ok(OpBench {

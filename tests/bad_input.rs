@@ -302,6 +302,10 @@ fn cli(args: &[&str]) -> (bool, String) {
     (out.status.success(), stderr)
 }
 
+fn cli_run(model: &str, input: &str, out: &str) -> (bool, String) {
+    cli(&["run", "--model", model, "--input", input, "--out", out])
+}
+
 #[test]
 fn cli_reports_bad_input_with_a_nonzero_exit() {
     let dir = tempfile::tempdir().unwrap();
@@ -315,50 +319,18 @@ fn cli_reports_bad_input_with_a_nonzero_exit() {
     let ids: Vec<u8> = [5i64, 300].iter().flat_map(|v| v.to_le_bytes()).collect();
     let view = TensorView::new(Dtype::I64, vec![1, 2], &ids).unwrap();
     safetensors::serialize_to_file([("input_ids", view)], None, &input).unwrap();
-    let (ok, err) = cli(&[
-        "run",
-        "--model",
-        model,
-        "--input",
-        input.to_str().unwrap(),
-        "--out",
-        out,
-    ]);
+    let (ok, err) = cli_run(model, input.to_str().unwrap(), out);
     assert!(!ok && err.contains("300"), "{err}");
 
     // a missing input file, an input without input_ids, a truncated input
-    let (ok, err) = cli(&[
-        "run",
-        "--model",
-        model,
-        "--input",
-        "/nonexistent.safetensors",
-        "--out",
-        out,
-    ]);
+    let (ok, err) = cli_run(model, "/nonexistent.safetensors", out);
     assert!(!ok && err.contains("/nonexistent.safetensors"), "{err}");
     let other = dir.path().join("other.safetensors");
     write_f32(&other, &[("x".into(), vec![1], vec![0.0])]).unwrap();
-    let (ok, err) = cli(&[
-        "run",
-        "--model",
-        model,
-        "--input",
-        other.to_str().unwrap(),
-        "--out",
-        out,
-    ]);
+    let (ok, err) = cli_run(model, other.to_str().unwrap(), out);
     assert!(!ok && err.contains("input_ids"), "{err}");
     std::fs::write(&other, b"\x10\x00\x00").unwrap();
-    let (ok, err) = cli(&[
-        "run",
-        "--model",
-        model,
-        "--input",
-        other.to_str().unwrap(),
-        "--out",
-        out,
-    ]);
+    let (ok, err) = cli_run(model, other.to_str().unwrap(), out);
     assert!(!ok && err.contains("other.safetensors"), "{err}");
 
     // a model folder that is not a model

@@ -10,7 +10,7 @@ use ssmgpu::ops::conv1d::{conv1d_silu, conv1d_silu_ref, CONV_WIDTH};
 use ssmgpu::ops::embedding::{embedding, embedding_ref};
 use ssmgpu::ops::matmul::{matmul, matmul_ref};
 use ssmgpu::ops::rmsnorm::{add_rmsnorm, add_rmsnorm_ref};
-use ssmgpu::ops::scan::{pack_ssm_params, selective_scan, selective_scan_ref, ScanArgs, ScanRef};
+use ssmgpu::ops::scan::{selective_scan, selective_scan_ref, ScanRef};
 use ssmgpu::ops::Carry;
 use ssmgpu::runtime::MatView;
 
@@ -191,25 +191,29 @@ fn scan_cases(ctx: &ssmgpu::Context) {
         let rows = batch * len;
         let u = randn(&mut r, rows * channels, 1.0);
         let delta = randn(&mut r, rows * channels, 1.0);
-        let bc = randn(&mut r, rows * 2 * nstate, 1.0);
-        let a: Vec<f32> = randn(&mut r, channels * nstate, 1.0)
-            .iter()
-            .map(|v| -(v + 1.5))
-            .collect();
+        let b = randn(&mut r, rows * nstate, 1.0);
+        let c = randn(&mut r, rows * nstate, 1.0);
+        let a = negative(randn(&mut r, channels * nstate, 1.0));
         let d = randn(&mut r, channels, 1.0);
         let bias = randn(&mut r, channels, 1.0);
         let z = randn(&mut r, rows * channels, 2.0);
-        let ut = ctx.upload_f32("u", &[rows, channels], &u).unwrap();
-        let dt = ctx.upload_f32("delta", &[rows, channels], &delta).unwrap();
-        let bct = ctx.upload_f32("bc", &[rows, 2 * nstate], &bc).unwrap();
-        let pt = ctx
-            .upload_f32(
-                "ssm",
-                &[channels * (nstate + 2)],
-                &pack_ssm_params(&a, Some(&d), with_bias.then_some(&bias[..]), channels),
-            )
-            .unwrap();
-        let zt = ctx.upload_f32("z", &[rows, channels], &z).unwrap();
+        let inputs = ScanRef {
+            batch,
+            len,
+            channels,
+            nstate,
+            u: &u,
+            delta: &delta,
+            b: &b,
+            c: &c,
+            a: &a,
+            d: Some(&d),
+            dt_bias: with_bias.then_some(&bias[..]),
+            z: with_z.then_some(&z[..]),
+            softplus,
+            reverse,
+        };
+        let on_gpu = inputs.upload(ctx).unwrap();
         let st = ctx
             .upload_f32(
                 "state",
@@ -218,51 +222,10 @@ fn scan_cases(ctx: &ssmgpu::Context) {
             )
             .unwrap();
         let mut rec = ctx.recorder();
-        let y = selective_scan(
-            &mut rec,
-            ScanArgs {
-                u: ut.mat(),
-                delta: dt.mat(),
-                b: bct.cols(0, nstate),
-                c: bct.cols(nstate, nstate),
-                params: &pt,
-                z: with_z.then(|| zt.mat()),
-                batch,
-                softplus,
-                reverse,
-                state: Carry::Capture(&st),
-            },
-        )
-        .unwrap();
+        let y = selective_scan(&mut rec, on_gpu.args(Carry::Capture(&st))).unwrap();
         let got = rec.submit_and_read_blocking(&[&y, &st]).unwrap();
-        let b: Vec<f32> = bc
-            .chunks(2 * nstate)
-            .flat_map(|c| c[..nstate].to_vec())
-            .collect();
-        let c: Vec<f32> = bc
-            .chunks(2 * nstate)
-            .flat_map(|c| c[nstate..].to_vec())
-            .collect();
         let mut state = vec![0.0; batch * channels * nstate];
-        let want = selective_scan_ref(
-            &ScanRef {
-                batch,
-                len,
-                channels,
-                nstate,
-                u: &u,
-                delta: &delta,
-                b: &b,
-                c: &c,
-                a: &a,
-                d: Some(&d),
-                dt_bias: with_bias.then_some(&bias[..]),
-                z: with_z.then_some(&z[..]),
-                softplus,
-                reverse,
-            },
-            &mut state,
-        );
+        let want = selective_scan_ref(&inputs, &mut state);
         let what = format!(
             "scan b{batch} l{len} e{channels} n{nstate} rev{reverse} (subgroups {})",
             ctx.uses_subgroups()
@@ -272,6 +235,11 @@ fn scan_cases(ctx: &ssmgpu::Context) {
     }
 }
 
+/// A = -(v + 1.5): negative, as -exp(A_log) is.
+fn negative(v: Vec<f32>) -> Vec<f32> {
+    v.iter().map(|x| -(x + 1.5)).collect()
+}
+
 #[test]
 fn scan_split_in_two_with_carried_state_equals_whole() {
     let ctx = ctx();
@@ -279,13 +247,9 @@ fn scan_split_in_two_with_carried_state_equals_whole() {
     let (len, channels, nstate, first) = (20, 24, 16, 13);
     let u = randn(&mut r, len * channels, 1.0);
     let delta = randn(&mut r, len * channels, 1.0);
-    let bc = randn(&mut r, len * 2 * nstate, 1.0);
-    let a: Vec<f32> = randn(&mut r, channels * nstate, 1.0)
-        .iter()
-        .map(|v| -(v + 1.5))
-        .collect();
-    let params = pack_ssm_params(&a, None, None, channels);
-    let pt = ctx.upload_f32("ssm", &[params.len()], &params).unwrap();
+    let b = randn(&mut r, len * nstate, 1.0);
+    let c = randn(&mut r, len * nstate, 1.0);
+    let a = negative(randn(&mut r, channels * nstate, 1.0));
     let st = ctx
         .upload_f32(
             "state",
@@ -293,46 +257,33 @@ fn scan_split_in_two_with_carried_state_equals_whole() {
             &vec![0.0; channels * nstate],
         )
         .unwrap();
-    let run = |rows: std::ops::Range<usize>, carry: Carry| {
-        let n = rows.len();
-        let ut = ctx
-            .upload_f32(
-                "u",
-                &[n, channels],
-                &u[rows.start * channels..rows.end * channels],
-            )
-            .unwrap();
-        let dt = ctx
-            .upload_f32(
-                "d",
-                &[n, channels],
-                &delta[rows.start * channels..rows.end * channels],
-            )
-            .unwrap();
-        let bct = ctx
-            .upload_f32(
-                "bc",
-                &[n, 2 * nstate],
-                &bc[rows.start * 2 * nstate..rows.end * 2 * nstate],
-            )
-            .unwrap();
+    let run = |t: std::ops::Range<usize>, carry: Carry| {
+        let rows = |x: &[f32], width: usize| x[t.start * width..t.end * width].to_vec();
+        let (u, delta, b, c) = (
+            rows(&u, channels),
+            rows(&delta, channels),
+            rows(&b, nstate),
+            rows(&c, nstate),
+        );
+        let inputs = ScanRef {
+            batch: 1,
+            len: t.len(),
+            channels,
+            nstate,
+            u: &u,
+            delta: &delta,
+            b: &b,
+            c: &c,
+            a: &a,
+            d: None,
+            dt_bias: None,
+            z: None,
+            softplus: true,
+            reverse: false,
+        };
+        let on_gpu = inputs.upload(ctx).unwrap();
         let mut rec = ctx.recorder();
-        let y = selective_scan(
-            &mut rec,
-            ScanArgs {
-                u: ut.mat(),
-                delta: dt.mat(),
-                b: bct.cols(0, nstate),
-                c: bct.cols(nstate, nstate),
-                params: &pt,
-                z: None,
-                batch: 1,
-                softplus: true,
-                reverse: false,
-                state: carry,
-            },
-        )
-        .unwrap();
+        let y = selective_scan(&mut rec, on_gpu.args(carry)).unwrap();
         rec.submit_and_read_blocking(&[&y]).unwrap().remove(0)
     };
     let whole = run(0..len, Carry::None);

@@ -2,7 +2,7 @@
 
 use crate::error::Result;
 use crate::ops::{kernel, silu, softplus, Carry};
-use crate::runtime::{MatView, Recorder, Tensor};
+use crate::runtime::{Context, MatView, Recorder, Tensor};
 
 /// The kernel keeps the state in four vec4 registers.
 pub const MAX_STATE: usize = 16;
@@ -152,6 +152,65 @@ pub struct ScanRef<'a> {
     pub z: Option<&'a [f32]>,
     pub softplus: bool,
     pub reverse: bool,
+}
+
+/// [`ScanRef`]'s inputs on the GPU in the layout the kernel binds (B and C packed side by side
+/// in one `[rows, 2 * nstate]` tensor, as the model's x_proj output holds them).
+pub struct ScanTensors {
+    u: Tensor,
+    delta: Tensor,
+    bc: Tensor,
+    params: Tensor,
+    z: Option<Tensor>,
+    batch: usize,
+    nstate: usize,
+    softplus: bool,
+    reverse: bool,
+}
+
+impl ScanRef<'_> {
+    pub fn upload(&self, ctx: &Context) -> Result<ScanTensors> {
+        let (rows, e, n) = (self.batch * self.len, self.channels, self.nstate);
+        let bc: Vec<f32> = self
+            .b
+            .chunks(n)
+            .zip(self.c.chunks(n))
+            .flat_map(|(b, c)| [b, c].concat())
+            .collect();
+        let params = pack_ssm_params(self.a, self.d, self.dt_bias, e);
+        Ok(ScanTensors {
+            u: ctx.upload_f32("u", &[rows, e], self.u)?,
+            delta: ctx.upload_f32("delta", &[rows, e], self.delta)?,
+            bc: ctx.upload_f32("bc", &[rows, 2 * n], &bc)?,
+            params: ctx.upload_f32("ssm_params", &[params.len()], &params)?,
+            z: self
+                .z
+                .map(|z| ctx.upload_f32("z", &[rows, e], z))
+                .transpose()?,
+            batch: self.batch,
+            nstate: n,
+            softplus: self.softplus,
+            reverse: self.reverse,
+        })
+    }
+}
+
+impl ScanTensors {
+    pub fn args<'a>(&'a self, state: Carry<'a>) -> ScanArgs<'a> {
+        let n = self.nstate;
+        ScanArgs {
+            u: self.u.mat(),
+            delta: self.delta.mat(),
+            b: self.bc.cols(0, n),
+            c: self.bc.cols(n, n),
+            params: &self.params,
+            z: self.z.as_ref().map(Tensor::mat),
+            batch: self.batch,
+            softplus: self.softplus,
+            reverse: self.reverse,
+            state,
+        }
+    }
 }
 
 /// CPU reference. `state` (`[batch, channels, nstate]`) is the initial state and receives the
