@@ -4,7 +4,8 @@
 // so each input is read once. Positions before the start read the carried conv state (the
 // last 4 inputs, oldest first, as mamba_ssm's conv_state) when use_state != 0, else zero;
 // with write_state != 0 the last 4 inputs are stored back: prefill and decode steps are the
-// same kernel.
+// same kernel. With reverse != 0 the tokens are walked last to first: the causal conv of the
+// flipped sequence, written at the original positions (Vim's backward branch), with no copies.
 
 struct Params {
     batch: u32,
@@ -14,7 +15,7 @@ struct Params {
     x_stride: u32,
     use_state: u32,
     write_state: u32,
-    _pad: u32,
+    reverse: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -39,7 +40,8 @@ fn conv1d_silu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     if (p.use_state != 0u) {
         window = state[idx];
     }
-    for (var t = 0u; t < p.len; t++) {
+    for (var s = 0u; s < p.len; s++) {
+        let t = select(s, p.len - 1u - s, p.reverse != 0u);
         let row = b * p.len + t;
         let xt = x[p.x_offset + row * p.x_stride + e];
         window = vec4<f32>(window.yzw, xt);

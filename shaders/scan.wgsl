@@ -7,7 +7,8 @@
 // subgroup variant, eight invocations load the step's 32 B/C values with one vec4 load each and
 // broadcast them (a software driver pays per invocation for every load, same address or not). The optional carried state
 // makes the same kernel a decode step (len 1), and `reverse` walks the tokens backwards
-// without copying them (Vim's backward branch).
+// without copying them, and `accumulate` adds into the output (Vim's backward branch summed
+// onto the forward one).
 
 struct Params {
     batch: u32,
@@ -33,6 +34,7 @@ const SOFTPLUS: u32 = 2u;
 const USE_STATE: u32 = 4u;
 const WRITE_STATE: u32 = 8u;
 const REVERSE: u32 = 16u;
+const ACCUMULATE: u32 = 32u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> u: array<f32>;
@@ -173,7 +175,8 @@ fn selective_scan(
             y = y * zt / (1.0 + exp(-zt));
         }
         if (valid) {
-            out[row * p.channels + e] = y;
+            let o = row * p.channels + e;
+            out[o] = select(y, out[o] + y, (p.flags & ACCUMULATE) != 0u);
         }
     }
     if (valid && (p.flags & WRITE_STATE) != 0u) {

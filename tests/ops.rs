@@ -8,9 +8,11 @@ use rand::Rng;
 use ssmgpu::ops::argmax::{argmax, argmax_ref};
 use ssmgpu::ops::conv1d::{conv1d_silu, conv1d_silu_ref, CONV_WIDTH};
 use ssmgpu::ops::embedding::{embedding, embedding_ref};
+use ssmgpu::ops::im2col::{conv2d_ref, im2col, ConvGeometry, Layout};
 use ssmgpu::ops::matmul::{matmul, matmul_ref};
 use ssmgpu::ops::rmsnorm::{add_rmsnorm, add_rmsnorm_ref};
 use ssmgpu::ops::scan::{selective_scan, selective_scan_ref, ScanRef};
+use ssmgpu::ops::tokens::{embed_tokens, embed_tokens_ref};
 use ssmgpu::ops::Carry;
 use ssmgpu::runtime::MatView;
 
@@ -140,14 +142,48 @@ fn conv1d_matches_reference_and_carries_state() {
             )
             .unwrap();
         let mut rec = ctx.recorder();
-        let plain = conv1d_silu(&mut rec, xt.mat(), batch, &wt, &bt, Carry::None).unwrap();
-        let captured =
-            conv1d_silu(&mut rec, xt.mat(), batch, &wt, &bt, Carry::Capture(&st)).unwrap();
+        let plain = conv1d_silu(&mut rec, xt.mat(), batch, &wt, &bt, Carry::None, false).unwrap();
+        let captured = conv1d_silu(
+            &mut rec,
+            xt.mat(),
+            batch,
+            &wt,
+            &bt,
+            Carry::Capture(&st),
+            false,
+        )
+        .unwrap();
+        let reversed = conv1d_silu(&mut rec, xt.mat(), batch, &wt, &bt, Carry::None, true).unwrap();
         let got = rec
-            .submit_and_read_blocking(&[&plain, &captured, &st])
+            .submit_and_read_blocking(&[&plain, &captured, &st, &reversed])
             .unwrap();
         let mut state = vec![0.0; batch * channels * CONV_WIDTH];
-        let want = conv1d_silu_ref(&x, batch, len, channels, &w, &b, &mut state, false);
+        let want = conv1d_silu_ref(&x, batch, len, channels, &w, &b, &mut state, false, false);
+        // Reverse = the forward conv of each flipped sequence, flipped back.
+        let flip = |v: &[f32]| flip_tokens(v, batch, len, channels);
+        let mut scratch = vec![0.0; state.len()];
+        let flipped = conv1d_silu_ref(
+            &flip(&x),
+            batch,
+            len,
+            channels,
+            &w,
+            &b,
+            &mut scratch,
+            false,
+            false,
+        );
+        assert_close("conv1d reverse", &got[3], &flip(&flipped), 1e-5, 1e-5);
+        let mut scratch = vec![0.0; state.len()];
+        let reverse_ref =
+            conv1d_silu_ref(&x, batch, len, channels, &w, &b, &mut scratch, false, true);
+        assert_close(
+            "conv1d reverse ref",
+            &reverse_ref,
+            &flip(&flipped),
+            0.0,
+            0.0,
+        );
         assert_close(
             &format!("conv1d {batch}x{len}x{channels}"),
             &got[0],
@@ -162,9 +198,18 @@ fn conv1d_matches_reference_and_carries_state() {
         let x2 = randn(&mut r, batch * channels, 1.0);
         let x2t = ctx.upload_f32("x2", &[batch, channels], &x2).unwrap();
         let mut rec = ctx.recorder();
-        let step = conv1d_silu(&mut rec, x2t.mat(), batch, &wt, &bt, Carry::Continue(&st)).unwrap();
+        let step = conv1d_silu(
+            &mut rec,
+            x2t.mat(),
+            batch,
+            &wt,
+            &bt,
+            Carry::Continue(&st),
+            false,
+        )
+        .unwrap();
         let got = rec.submit_and_read_blocking(&[&step, &st]).unwrap();
-        let want = conv1d_silu_ref(&x2, batch, 1, channels, &w, &b, &mut state, true);
+        let want = conv1d_silu_ref(&x2, batch, 1, channels, &w, &b, &mut state, true, false);
         assert_close("conv1d step", &got[0], &want, 1e-5, 1e-5);
         assert_close("conv1d step state", &got[1], &state, 0.0, 0.0);
     }
@@ -221,18 +266,37 @@ fn scan_cases(ctx: &ssmgpu::Context) {
                 &vec![0.0; batch * channels * nstate],
             )
             .unwrap();
+        // `accumulate` adds onto what the tensor holds.
+        let base = randn(&mut r, rows * channels, 1.0);
+        let acc = ctx.upload_f32("acc", &[rows, channels], &base).unwrap();
         let mut rec = ctx.recorder();
         let y = selective_scan(&mut rec, on_gpu.args(Carry::Capture(&st))).unwrap();
-        let got = rec.submit_and_read_blocking(&[&y, &st]).unwrap();
+        let mut accumulate = on_gpu.args(Carry::None);
+        accumulate.accumulate = Some(&acc);
+        selective_scan(&mut rec, accumulate).unwrap();
+        let got = rec.submit_and_read_blocking(&[&y, &st, &acc]).unwrap();
         let mut state = vec![0.0; batch * channels * nstate];
         let want = selective_scan_ref(&inputs, &mut state);
+        let summed: Vec<f32> = base.iter().zip(&want).map(|(a, b)| a + b).collect();
         let what = format!(
             "scan b{batch} l{len} e{channels} n{nstate} rev{reverse} (subgroups {})",
             ctx.uses_subgroups()
         );
         assert_close(&what, &got[0], &want, 1e-5, 1e-4);
         assert_close(&format!("{what} state"), &got[1], &state, 1e-5, 1e-4);
+        assert_close(&format!("{what} accumulate"), &got[2], &summed, 1e-5, 1e-4);
     }
+}
+
+/// Each `[len, channels]` sequence of a `[batch, len, channels]` tensor in reverse token order.
+fn flip_tokens(x: &[f32], batch: usize, len: usize, channels: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len());
+    for b in 0..batch {
+        for t in (0..len).rev() {
+            out.extend_from_slice(&x[(b * len + t) * channels..][..channels]);
+        }
+    }
+    out
 }
 
 /// A = -(v + 1.5): negative, as -exp(A_log) is.
@@ -341,6 +405,77 @@ fn every_shader_variant_passes_naga_validation() {
                 .subgroup_operations(naga::valid::SubgroupOperationSet::all())
                 .validate(&module)
                 .unwrap_or_else(|e| panic!("{name}.wgsl (subgroups {subgroups}): {e:?}"));
+        }
+    }
+}
+
+#[test]
+fn im2col_then_matmul_matches_direct_convolution() {
+    let ctx = ctx();
+    let mut r = rng(8);
+    let cases = [
+        // layout, (batch, channels, h, w), kernel, stride, padding, out channels
+        (Layout::Nchw, (2, 3, 32, 48), (16, 16), (16, 16), (0, 0), 8), // patch embedding
+        (Layout::Nchw, (1, 3, 20, 14), (7, 7), (2, 2), (3, 3), 5),     // conv stem
+        (Layout::Nhwc, (2, 6, 9, 7), (3, 3), (1, 1), (1, 1), 4),
+        (Layout::Nhwc, (1, 4, 16, 24), (8, 8), (8, 8), (0, 0), 3),
+        (Layout::Nchw, (1, 1, 28, 28), (2, 2), (2, 2), (0, 0), 16),
+    ];
+    for (layout, dims, kernel, stride, padding, out_channels) in cases {
+        let (batch, channels, h, w) = dims;
+        let geometry = ConvGeometry {
+            kernel,
+            stride,
+            padding,
+        };
+        let x = randn(&mut r, batch * channels * h * w, 1.0);
+        let weight = randn(&mut r, out_channels * channels * kernel.0 * kernel.1, 0.3);
+        let bias = randn(&mut r, out_channels, 1.0);
+        let xt = ctx.upload_f32("x", &[x.len()], &x).unwrap();
+        let wt = ctx
+            .upload_f32("w", &[out_channels, weight.len() / out_channels], &weight)
+            .unwrap();
+        let bt = ctx.upload_f32("b", &[out_channels], &bias).unwrap();
+        let mut rec = ctx.recorder();
+        let cols = im2col(&mut rec, &xt, layout, dims, geometry).unwrap();
+        let y = matmul(&mut rec, "conv", cols.mat(), &wt, Some(&bt)).unwrap();
+        let got = rec.submit_and_read_blocking(&[&y]).unwrap().remove(0);
+        let want = conv2d_ref(&x, layout, dims, &weight, Some(&bias), geometry);
+        assert_close(
+            &format!("conv {layout:?} {dims:?} k{kernel:?}"),
+            &got,
+            &want,
+            1e-4,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn embed_tokens_inserts_class_token_and_adds_positions() {
+    let ctx = ctx();
+    let mut r = rng(9);
+    for (batch, patches, dim, cls_pos) in [(1, 16, 8, Some(8)), (2, 5, 3, Some(2)), (2, 6, 4, None)]
+    {
+        let len = patches + cls_pos.is_some() as usize;
+        let x = randn(&mut r, batch * patches * dim, 1.0);
+        let cls = randn(&mut r, dim, 1.0);
+        let pos = randn(&mut r, len * dim, 1.0);
+        let xt = ctx.upload_f32("x", &[batch * patches, dim], &x).unwrap();
+        let ct = ctx.upload_f32("cls", &[dim], &cls).unwrap();
+        let pt = ctx.upload_f32("pos", &[len, dim], &pos).unwrap();
+        let mut rec = ctx.recorder();
+        let y = embed_tokens(&mut rec, &xt, batch, cls_pos.map(|p| (&ct, p)), Some(&pt)).unwrap();
+        let got = rec.submit_and_read_blocking(&[&y]).unwrap().remove(0);
+        let want = embed_tokens_ref(&x, batch, dim, cls_pos.map(|p| (&cls[..], p)), Some(&pos));
+        assert_close("tokens", &got, &want, 0.0, 0.0);
+        // The class token sits at its position in every image.
+        if let Some(p) = cls_pos {
+            for b in 0..batch {
+                let row = &want[(b * len + p) * dim..][..dim];
+                let expect: Vec<f32> = (0..dim).map(|d| cls[d] + pos[p * dim + d]).collect();
+                assert_eq!(row, &expect[..]);
+            }
         }
     }
 }

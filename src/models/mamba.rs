@@ -133,14 +133,135 @@ struct MambaLayer {
     norm: Tensor,
     in_proj: Tensor,
     in_proj_bias: Option<Tensor>,
+    ssm: SsmBranch,
+    out_proj: Tensor,
+    out_proj_bias: Option<Tensor>,
+}
+
+/// Sizes of one selective-SSM branch: E (d_inner), N (d_state), R (dt_rank).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SsmDims {
+    pub d_inner: usize,
+    pub d_state: usize,
+    pub dt_rank: usize,
+}
+
+/// The per-direction part of a Mamba mixer: conv1d -> x_proj -> dt_proj -> selective scan,
+/// gated by z. Mamba has one; Vim's bidirectional mixer has two, the backward one with the
+/// `_b` parameters (`conv1d_b`, `x_proj_b`, `dt_proj_b`, `A_b_log`, `D_b`).
+pub(crate) struct SsmBranch {
+    dims: SsmDims,
     conv_weight: Tensor,
     conv_bias: Tensor,
     x_proj: Tensor,
     dt_proj: Tensor,
     /// `[A = -exp(A_log) | D | dt_proj.bias]`, the scan's per-channel parameters.
     ssm: Tensor,
-    out_proj: Tensor,
-    out_proj_bias: Option<Tensor>,
+}
+
+/// What a branch computed; `conv` is kept for tracing.
+pub(crate) struct BranchOutput {
+    pub conv: Tensor,
+    pub y: Tensor,
+}
+
+impl SsmBranch {
+    /// `mixer` is the key prefix (`...mixer.`), `suffix` "" or "_b".
+    pub(crate) fn load(
+        ctx: &Context,
+        dir: &ModelDir,
+        mixer: &str,
+        suffix: &str,
+        dims: SsmDims,
+        conv_bias: bool,
+    ) -> Result<Self> {
+        let SsmDims {
+            d_inner: e,
+            d_state: n,
+            dt_rank: r,
+        } = dims;
+        let w = &dir.weights;
+        let key = |name: &str| format!("{mixer}{name}");
+        let a: Vec<f32> = w
+            .f32_shaped(&key(&format!("A{suffix}_log")), &[e, n])?
+            .iter()
+            .map(|v| -v.exp())
+            .collect();
+        let d_skip = w.f32_shaped(&key(&format!("D{suffix}")), &[e])?;
+        let dt_bias = w.f32_shaped(&key(&format!("dt_proj{suffix}.bias")), &[e])?;
+        let conv = key(&format!("conv1d{suffix}.weight"));
+        let conv_w = w.f32_shaped(&conv, &[e, 1, CONV_WIDTH])?;
+        let conv_b = if conv_bias {
+            w.f32_shaped(&key(&format!("conv1d{suffix}.bias")), &[e])?
+        } else {
+            vec![0.0; e]
+        };
+        Ok(SsmBranch {
+            dims,
+            conv_weight: ctx.upload_f32(&conv, &[e, CONV_WIDTH], &conv_w)?,
+            conv_bias: ctx.upload_f32(&key(&format!("conv1d{suffix}.bias")), &[e], &conv_b)?,
+            x_proj: dir.upload(
+                ctx,
+                &key(&format!("x_proj{suffix}.weight")),
+                &[r + 2 * n, e],
+            )?,
+            dt_proj: dir.upload(ctx, &key(&format!("dt_proj{suffix}.weight")), &[e, r])?,
+            ssm: ctx.upload_f32(
+                &key(&format!("A{suffix}_log")),
+                &[a.len() + 2 * e],
+                &pack_ssm_params(&a, Some(&d_skip), Some(&dt_bias), e),
+            )?,
+        })
+    }
+
+    /// `x`, `z` `[B·L, E]` -> `y = (scan(u) + D·u) · silu(z)` `[B·L, E]`, `u = silu(conv(x))`.
+    /// `reverse` runs the branch over each sequence back to front; `accumulate` adds `y` into
+    /// that tensor.
+    #[allow(clippy::too_many_arguments)] // one per input of the branch
+    pub(crate) fn forward(
+        &self,
+        rec: &mut Recorder,
+        x: MatView,
+        z: MatView,
+        batch: usize,
+        reverse: bool,
+        (conv_carry, ssm_carry): (Carry, Carry),
+        accumulate: Option<&Tensor>,
+    ) -> Result<BranchOutput> {
+        let SsmDims {
+            d_state: n,
+            dt_rank: r,
+            ..
+        } = self.dims;
+        let u = conv1d_silu(
+            rec,
+            x,
+            batch,
+            &self.conv_weight,
+            &self.conv_bias,
+            conv_carry,
+            reverse,
+        )?; // [B·L, E]
+        let q = matmul(rec, "x_proj", u.mat(), &self.x_proj, None)?; // [B·L, R + 2N] = [dt | B | C]
+        let dt = matmul(rec, "dt_proj", q.cols(0, r), &self.dt_proj, None)?; // [B·L, E]; bias in the scan
+        let y = selective_scan(
+            rec,
+            ScanArgs {
+                u: u.mat(),
+                delta: dt.mat(),
+                b: q.cols(r, n),
+                c: q.cols(r + n, n),
+                params: &self.ssm,
+                z: Some(z),
+                batch,
+                softplus: true,
+                reverse,
+                state: ssm_carry,
+                accumulate,
+            },
+        )?; // [B·L, E]
+        Ok(BranchOutput { conv: u, y })
+    }
 }
 
 pub struct MambaLm {
@@ -208,37 +329,16 @@ impl MambaLm {
                     .then(|| dir.upload(ctx, &format!("{m}{name}"), &[len]))
                     .transpose()
             };
-            let a_name = format!("{m}A_log");
-            let a: Vec<f32> = w
-                .f32_shaped(&a_name, &[e, n])?
-                .iter()
-                .map(|v| -v.exp())
-                .collect();
-            let d_skip = w.f32_shaped(&format!("{m}D"), &[e])?;
-            let dt_bias = w.f32_shaped(&format!("{m}dt_proj.bias"), &[e])?;
-            let conv_w = w.f32_shaped(&format!("{m}conv1d.weight"), &[e, 1, CONV_WIDTH])?;
-            let conv_b = if c.conv_bias {
-                w.f32_shaped(&format!("{m}conv1d.bias"), &[e])?
-            } else {
-                vec![0.0; e]
+            let dims = SsmDims {
+                d_inner: e,
+                d_state: n,
+                dt_rank: r,
             };
             layers.push(MambaLayer {
                 norm: dir.upload(ctx, &format!("{p}norm.weight"), &[d])?,
                 in_proj: dir.upload(ctx, &format!("{m}in_proj.weight"), &[2 * e, d])?,
                 in_proj_bias: bias("in_proj.bias", 2 * e, c.proj_bias)?,
-                conv_weight: ctx.upload_f32(
-                    &format!("{m}conv1d.weight"),
-                    &[e, CONV_WIDTH],
-                    &conv_w,
-                )?,
-                conv_bias: ctx.upload_f32(&format!("{m}conv1d.bias"), &[e], &conv_b)?,
-                x_proj: dir.upload(ctx, &format!("{m}x_proj.weight"), &[r + 2 * n, e])?,
-                dt_proj: dir.upload(ctx, &format!("{m}dt_proj.weight"), &[e, r])?,
-                ssm: ctx.upload_f32(
-                    &format!("{m}A_log"),
-                    &[a.len() + 2 * e],
-                    &pack_ssm_params(&a, Some(&d_skip), Some(&dt_bias), e),
-                )?,
+                ssm: SsmBranch::load(ctx, dir, &m, "", dims, c.conv_bias)?,
                 out_proj: dir.upload(ctx, &format!("{m}out_proj.weight"), &[d, e])?,
                 out_proj_bias: bias("out_proj.bias", d, c.proj_bias)?,
             });
@@ -355,42 +455,17 @@ impl MambaLm {
         batch: usize,
         carry: Option<(&Tensor, &Tensor, bool)>,
     ) -> Result<Tensor> {
-        let (e, n, r) = (
-            self.config.d_inner,
-            self.config.d_state,
-            self.config.dt_rank,
-        );
-        let (conv_carry, ssm_carry) = match carry {
+        let e = self.config.d_inner;
+        let carry = match carry {
             None => (Carry::None, Carry::None),
             Some((conv, ssm, false)) => (Carry::Capture(conv), Carry::Capture(ssm)),
             Some((conv, ssm, true)) => (Carry::Continue(conv), Carry::Continue(ssm)),
         };
         let xz = matmul(rec, "in_proj", x.mat(), &l.in_proj, l.in_proj_bias.as_ref())?; // [B·L, 2E] = [x | z]
-        let xc = conv1d_silu(
-            rec,
-            xz.cols(0, e),
-            batch,
-            &l.conv_weight,
-            &l.conv_bias,
-            conv_carry,
-        )?; // [B·L, E]
-        let q = matmul(rec, "x_proj", xc.mat(), &l.x_proj, None)?; // [B·L, R + 2N] = [dt | B | C]
-        let dt = matmul(rec, "dt_proj", q.cols(0, r), &l.dt_proj, None)?; // [B·L, E]; bias in the scan
-        let y = selective_scan(
-            rec,
-            ScanArgs {
-                u: xc.mat(),
-                delta: dt.mat(),
-                b: q.cols(r, n),
-                c: q.cols(r + n, n),
-                params: &l.ssm,
-                z: Some(xz.cols(e, e)),
-                batch,
-                softplus: true,
-                reverse: false,
-                state: ssm_carry,
-            },
-        )?; // [B·L, E] = scan(...) * silu(z)
+        let y = l
+            .ssm
+            .forward(rec, xz.cols(0, e), xz.cols(e, e), batch, false, carry, None)?
+            .y; // [B·L, E]
         matmul(
             rec,
             "out_proj",

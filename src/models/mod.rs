@@ -1,6 +1,7 @@
 //! Models as plain code over ops. A model folder holds `config.json` and `model.safetensors`.
 
 pub mod mamba;
+pub mod vim;
 
 use std::path::{Path, PathBuf};
 
@@ -80,10 +81,40 @@ impl ModelDir {
         Ok(default)
     }
 
+    /// An image size: an integer (square) or `[height, width]`.
+    pub fn size_field(&self, key: &str, default: usize) -> Result<(usize, usize)> {
+        let bad = || self.config_error(format!("`{key}` must be an integer or [height, width]"));
+        match lookup(&self.config, key) {
+            None => Ok((default, default)),
+            Some(Value::Array(v)) => match v.as_slice() {
+                [h, w] => Ok((
+                    h.as_u64().ok_or_else(bad)? as usize,
+                    w.as_u64().ok_or_else(bad)? as usize,
+                )),
+                _ => Err(bad()),
+            },
+            Some(v) => {
+                let n = v.as_u64().ok_or_else(bad)? as usize;
+                Ok((n, n))
+            }
+        }
+    }
+
     /// Upload a float tensor after checking its shape.
     pub fn upload(&self, ctx: &Context, name: &str, shape: &[usize]) -> Result<Tensor> {
         let data = self.weights.f32_shaped(name, shape)?;
         ctx.upload_f32(name, shape, &data)
+    }
+}
+
+/// Named intermediates of a forward pass, recorded when asked for. Names follow the golden
+/// outputs (`layers.{i}.hidden`, `final_norm_out`, ...); tensors are token-major `[B·L, ...]`.
+pub type Trace = Vec<(String, Tensor)>;
+
+/// Add `tensor` to the trace, when one is being recorded.
+pub(crate) fn record(trace: &mut Option<&mut Trace>, name: &str, tensor: &Tensor) {
+    if let Some(trace) = trace {
+        trace.push((name.to_string(), tensor.clone()));
     }
 }
 

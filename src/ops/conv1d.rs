@@ -17,11 +17,12 @@ struct Params {
     x_stride: u32,
     use_state: u32,
     write_state: u32,
-    _pad: u32,
+    reverse: u32,
 }
 
 /// `x` is `[batch * len, channels]` (any row stride), `weight` `[channels, 4]`, `bias`
-/// `[channels]`, state `[batch, channels, 4]`. Returns `[batch * len, channels]`.
+/// `[channels]`, state `[batch, channels, 4]`. Returns `[batch * len, channels]`. `reverse`
+/// convolves each sequence as if flipped, keeping the original token positions.
 pub fn conv1d_silu(
     rec: &mut Recorder,
     x: MatView,
@@ -29,6 +30,7 @@ pub fn conv1d_silu(
     weight: &Tensor,
     bias: &Tensor,
     state: Carry,
+    reverse: bool,
 ) -> Result<Tensor> {
     let channels = x.cols;
     let len = x.rows / batch;
@@ -42,7 +44,7 @@ pub fn conv1d_silu(
         x_stride: x.stride as u32,
         use_state,
         write_state,
-        _pad: 0,
+        reverse: reverse as u32,
     };
     rec.dispatch(
         &kernel!("conv1d", "conv1d_silu"),
@@ -71,6 +73,7 @@ pub fn conv1d_silu_ref(
     bias: &[f32],
     state: &mut [f32],
     use_state: bool,
+    reverse: bool,
 ) -> Vec<f32> {
     let mut out = vec![0.0; x.len()];
     for b in 0..batch {
@@ -81,7 +84,8 @@ pub fn conv1d_silu_ref(
             } else {
                 [0.0; 4]
             };
-            for t in 0..len {
+            for s in 0..len {
+                let t = if reverse { len - 1 - s } else { s };
                 let i = (b * len + t) * channels + e;
                 window = [window[1], window[2], window[3], x[i]];
                 let c = bias[e]

@@ -4,9 +4,11 @@
 pub mod argmax;
 pub mod conv1d;
 pub mod embedding;
+pub mod im2col;
 pub mod matmul;
 pub mod rmsnorm;
 pub mod scan;
+pub mod tokens;
 
 /// A kernel entry point of `shaders/<file>.wgsl`, embedded in the binary.
 macro_rules! kernel {
@@ -26,9 +28,11 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("argmax", include_str!("../../shaders/argmax.wgsl")),
     ("conv1d", include_str!("../../shaders/conv1d.wgsl")),
     ("embedding", include_str!("../../shaders/embedding.wgsl")),
+    ("im2col", include_str!("../../shaders/im2col.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),
     ("scan", include_str!("../../shaders/scan.wgsl")),
+    ("tokens", include_str!("../../shaders/tokens.wgsl")),
 ];
 
 /// A recurrent state carried across calls (conv window or SSM state), for generation.

@@ -12,6 +12,7 @@ const SOFTPLUS: u32 = 2;
 const USE_STATE: u32 = 4;
 const WRITE_STATE: u32 = 8;
 const REVERSE: u32 = 16;
+const ACCUMULATE: u32 = 32;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -67,6 +68,8 @@ pub struct ScanArgs<'a> {
     pub reverse: bool,
     /// `[batch, channels, nstate]`.
     pub state: Carry<'a>,
+    /// Add `y` into this `[batch * len, channels]` tensor (and return it) instead of a new one.
+    pub accumulate: Option<&'a Tensor>,
 }
 
 /// Returns `y` `[batch * len, channels]`.
@@ -82,18 +85,23 @@ pub fn selective_scan(rec: &mut Recorder, args: ScanArgs) -> Result<Tensor> {
         softplus,
         reverse,
         state,
+        accumulate,
     } = args;
     debug_assert!(std::ptr::eq(b.tensor.buffer(), c.tensor.buffer()) && b.stride == c.stride);
     let channels = u.cols;
     let nstate = b.cols;
     debug_assert!(nstate <= MAX_STATE);
-    let out = rec.alloc("scan_out", &[u.rows, channels])?;
+    let out = match accumulate {
+        Some(out) => out.clone(),
+        None => rec.alloc("scan_out", &[u.rows, channels])?,
+    };
     let (state_buf, read_state, write_state) = state.binding(rec);
     let flags = if z.is_some() { HAS_Z } else { 0 }
         | if softplus { SOFTPLUS } else { 0 }
         | if read_state != 0 { USE_STATE } else { 0 }
         | if write_state != 0 { WRITE_STATE } else { 0 }
-        | if reverse { REVERSE } else { 0 };
+        | if reverse { REVERSE } else { 0 }
+        | if accumulate.is_some() { ACCUMULATE } else { 0 };
     let dummy = rec.context().inner.dummy.clone();
     let z_buf = z.map(|z| z.buffer().clone()).unwrap_or(dummy);
     let p = Params {
@@ -209,6 +217,7 @@ impl ScanTensors {
             softplus: self.softplus,
             reverse: self.reverse,
             state,
+            accumulate: None,
         }
     }
 }
