@@ -28,6 +28,8 @@ pub enum Error {
         dtype: String,
         expected: &'static str,
     },
+    #[error("{path}: cannot read the image: {message}")]
+    Image { path: PathBuf, message: String },
     #[error("{path}: bad config: {message}")]
     Config { path: PathBuf, message: String },
     #[error("token id {id} at position {position} is outside the vocabulary (size {vocab})")]

@@ -10,6 +10,7 @@ pub mod error;
 pub mod loader;
 pub mod models;
 pub mod ops;
+pub mod preprocess;
 pub mod runtime;
 
 pub use error::{Error, Result};
