@@ -1,6 +1,7 @@
 // y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]): PyTorch's linear layer, weight [out, in].
 // x is a strided row view (offset + row * x_stride), so column slices of a wider activation
-// (the dt part of x_proj's output) are read in place.
+// (the dt part of x_proj's output) are read in place. The epilogue applies an activation and
+// adds a residual [m, n], so conv+BN+ReLU stems and `x + f(x)` connections cost no extra pass.
 //
 // Each invocation computes a 4 x 4 output block from vec4 loads along k: 8 vec4 loads feed
 // 64 multiply-adds. On a CPU driver (lavapipe) every invocation-varying load is a per-lane
@@ -15,6 +16,10 @@ struct Params {
     y_offset: u32,
     y_stride: u32,
     has_bias: u32,
+    activation: u32,
+    has_residual: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -22,9 +27,40 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w4: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read> residual: array<f32>;
 // The scalar entry point (k, strides or offset not multiples of 4) reads the same buffers.
 @group(0) @binding(1) var<storage, read> x1: array<f32>;
 @group(0) @binding(2) var<storage, read> w1: array<f32>;
+
+const ACT_RELU: u32 = 1u;
+const ACT_SILU: u32 = 2u;
+const ACT_GELU: u32 = 3u;
+
+// Kept in step with dwconv2d.wgsl's (WGSL has no includes). GELU's erf is Abramowitz &
+// Stegun 7.1.26 (|error| < 1.5e-7).
+fn activate(v: f32, kind: u32) -> f32 {
+    switch kind {
+        case ACT_RELU: { return max(v, 0.0); }
+        case ACT_SILU: { return v / (1.0 + exp(-v)); }
+        case ACT_GELU: {
+            let a = abs(v) * 0.70710678;
+            let t = 1.0 / (1.0 + 0.3275911 * a);
+            let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+            let erf_a = 1.0 - poly * exp(-a * a);
+            return 0.5 * v * (1.0 + sign(v) * erf_a);
+        }
+        default: { return v; }
+    }
+}
+
+// The epilogue for output (m, col): activation, then the residual.
+fn finish(v: f32, m: u32, col: u32) -> f32 {
+    var out = activate(v, p.activation);
+    if (p.has_residual != 0u) {
+        out += residual[m * p.n + col];
+    }
+    return out;
+}
 
 const WG: u32 = 8u;
 const TM: u32 = 8u;
@@ -78,7 +114,7 @@ fn store_block(m0: u32, n0: u32, acc: array<vec4<f32>, TM>) {
         let base = p.y_offset + m * p.y_stride + n0;
         for (var j = 0u; j < 4u; j++) {
             if (n0 + j < p.n) {
-                y[base + j] = v[j];
+                y[base + j] = finish(v[j], m, n0 + j);
             }
         }
     }
@@ -144,11 +180,12 @@ fn store_rows(m0: u32, n0: u32, acc: array<vec4<f32>, TS>) {
     for (var i = 0u; i < TS; i++) {
         if (m0 + i < p.m) {
             let v = acc[i] + bvec;
-            let base = p.y_offset + (m0 + i) * p.y_stride + n0;
-            y[base] = v.x;
-            if (n0 + 1u < p.n) { y[base + 1u] = v.y; }
-            if (n0 + 2u < p.n) { y[base + 2u] = v.z; }
-            if (n0 + 3u < p.n) { y[base + 3u] = v.w; }
+            let m = m0 + i;
+            let base = p.y_offset + m * p.y_stride + n0;
+            y[base] = finish(v.x, m, n0);
+            if (n0 + 1u < p.n) { y[base + 1u] = finish(v.y, m, n0 + 1u); }
+            if (n0 + 2u < p.n) { y[base + 2u] = finish(v.z, m, n0 + 2u); }
+            if (n0 + 3u < p.n) { y[base + 3u] = finish(v.w, m, n0 + 3u); }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Models as plain code over ops. A model folder holds `config.json` and `model.safetensors`.
 
 pub mod mamba;
+pub mod plainmamba;
 pub mod vim;
 
 use std::path::{Path, PathBuf};

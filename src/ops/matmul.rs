@@ -1,6 +1,8 @@
-//! Linear layer: `y = x · wᵀ (+ bias)` with the PyTorch `[out, in]` weight layout.
+//! Linear layer: `y = x · wᵀ (+ bias)` with the PyTorch `[out, in]` weight layout, with an
+//! optional epilogue (activation, residual add) applied before the store.
 
 use crate::error::Result;
+use crate::ops::activation::Activation;
 use crate::ops::kernel;
 use crate::runtime::{MatView, Recorder, Tensor};
 
@@ -15,6 +17,18 @@ struct Params {
     y_offset: u32,
     y_stride: u32,
     has_bias: u32,
+    activation: u32,
+    has_residual: u32,
+    _pad: [u32; 2],
+}
+
+/// Applied to each output, in this order: `+ bias`, the activation, `+ residual`.
+#[derive(Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    pub bias: Option<&'a Tensor>,
+    pub activation: Activation,
+    /// `[m, n]`: a residual connection `y = r + f(x)`.
+    pub residual: Option<&'a Tensor>,
 }
 
 /// `x` is `[m, k]` (any row stride), `w` is `[n, k]`, `bias` is `[n]`; returns `[m, n]`.
@@ -25,6 +39,26 @@ pub fn matmul(
     w: &Tensor,
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
+    let epilogue = Epilogue {
+        bias,
+        ..Epilogue::default()
+    };
+    matmul_with(rec, name, x, w, epilogue)
+}
+
+/// [`matmul`] with an [`Epilogue`] fused into the store.
+pub fn matmul_with(
+    rec: &mut Recorder,
+    name: &str,
+    x: MatView,
+    w: &Tensor,
+    epilogue: Epilogue,
+) -> Result<Tensor> {
+    let Epilogue {
+        bias,
+        activation,
+        residual,
+    } = epilogue;
     let (m, k) = (x.rows, x.cols);
     let n = w.shape()[0];
     debug_assert_eq!(w.shape(), [n, k]);
@@ -39,7 +73,11 @@ pub fn matmul(
         y_offset: 0,
         y_stride: n as u32,
         has_bias: bias.is_some() as u32,
+        activation: activation.code(),
+        has_residual: residual.is_some() as u32,
+        _pad: [0; 2],
     };
+    debug_assert!(residual.is_none_or(|r| r.numel() == m * n));
     let subgroups = vec4 && rec.context().uses_subgroups();
     let (kernel, groups) = if subgroups {
         // 64 invocations x 4 columns, 4 rows per workgroup.
@@ -56,13 +94,33 @@ pub fn matmul(
     };
     let dummy = rec.context().inner.dummy.clone();
     let bias_buf = bias.map(Tensor::buffer).unwrap_or(&dummy);
+    let residual_buf = residual.map(Tensor::buffer).unwrap_or(&dummy);
     rec.dispatch(
         &kernel,
         &params,
-        &[x.buffer(), w.buffer(), bias_buf, y.buffer()],
+        &[x.buffer(), w.buffer(), bias_buf, y.buffer(), residual_buf],
         groups,
     );
     Ok(y)
+}
+
+#[allow(clippy::too_many_arguments)] // mirrors the kernel's inputs one for one
+/// CPU reference of [`matmul_with`]: `x` `[m, k]` dense, `w` `[n, k]`, `residual` `[m, n]`.
+pub fn matmul_with_ref(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    activation: Activation,
+    residual: Option<&[f32]>,
+) -> Vec<f32> {
+    let mut y = matmul_ref(x, m, k, w, n, bias);
+    for (i, v) in y.iter_mut().enumerate() {
+        *v = activation.apply(*v) + residual.map_or(0.0, |r| r[i]);
+    }
+    y
 }
 
 /// CPU reference: `x` `[m, k]` dense, `w` `[n, k]`.

@@ -1,14 +1,18 @@
 //! Ops: each is one WGSL file in `shaders/` and one launcher here, with a plain CPU reference
 //! beside the launcher that the tests hold it to.
 
+pub mod activation;
 pub mod argmax;
 pub mod conv1d;
+pub mod dwconv2d;
 pub mod embedding;
 pub mod im2col;
+pub mod layernorm;
 pub mod matmul;
 pub mod rmsnorm;
 pub mod scan;
 pub mod tokens;
+pub mod zigzag_scan;
 
 /// A kernel entry point of `shaders/<file>.wgsl`, embedded in the binary.
 macro_rules! kernel {
@@ -27,12 +31,18 @@ pub(crate) use kernel;
 pub const SHADERS: &[(&str, &str)] = &[
     ("argmax", include_str!("../../shaders/argmax.wgsl")),
     ("conv1d", include_str!("../../shaders/conv1d.wgsl")),
+    ("dwconv2d", include_str!("../../shaders/dwconv2d.wgsl")),
     ("embedding", include_str!("../../shaders/embedding.wgsl")),
     ("im2col", include_str!("../../shaders/im2col.wgsl")),
+    ("layernorm", include_str!("../../shaders/layernorm.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),
     ("scan", include_str!("../../shaders/scan.wgsl")),
     ("tokens", include_str!("../../shaders/tokens.wgsl")),
+    (
+        "zigzag_scan",
+        include_str!("../../shaders/zigzag_scan.wgsl"),
+    ),
 ];
 
 /// A recurrent state carried across calls (conv window or SSM state), for generation.
