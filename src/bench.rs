@@ -163,3 +163,44 @@ pub fn bench_matmul(ctx: &Context, m: usize, k: usize, n: usize) -> Result<OpBen
         gpu_rate: flops / (gpu_ms * 1e-3),
     })
 }
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ModelBench {
+    pub batch: usize,
+    /// Median of `reps` forward passes (one submission each, logits read back).
+    pub ms_per_batch: f64,
+    pub images_per_s: f64,
+    pub gflops_per_image: f64,
+    pub gflops_per_s: f64,
+    pub dispatches: usize,
+}
+
+/// A vision model's forward pass at `batch` on fixed pseudo-random pixels.
+pub fn bench_vision(
+    ctx: &Context,
+    model: &crate::models::vision::VisionModel,
+    batch: usize,
+    reps: usize,
+) -> Result<ModelBench> {
+    let (c, h, w) = model.input_shape();
+    let pixels = ctx.upload_f32(
+        "pixel_values",
+        &[batch, c, h, w],
+        &values(batch * c * h * w, 11),
+    )?;
+    let mut dispatches = 0;
+    let ms = time_gpu(ctx, reps, 1, |rec| {
+        let logits = model.forward(rec, &pixels, None);
+        dispatches = rec.dispatch_count();
+        logits
+    })?;
+    let gflops = model.flops() / 1e9;
+    Ok(ModelBench {
+        batch,
+        ms_per_batch: ms,
+        images_per_s: batch as f64 * 1e3 / ms,
+        gflops_per_image: gflops,
+        gflops_per_s: gflops * batch as f64 * 1e3 / ms,
+        dispatches,
+    })
+}

@@ -148,7 +148,7 @@ impl SafetensorsFile {
         Ok(self.f32(name, Some(expected))?.1)
     }
 
-    /// An integer tensor (I64 or I32) as i64.
+    /// An integer tensor (I64, I32 or U8) as i64.
     pub fn ints(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>)> {
         let (dtype, shape, data) = self.raw(name)?;
         let values = match dtype {
@@ -160,12 +160,13 @@ impl SafetensorsFile {
                 .chunks_exact(4)
                 .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
                 .collect(),
+            Dtype::U8 => data.iter().map(|&v| v as i64).collect(),
             other => {
                 return Err(Error::UnsupportedDtype {
                     path: self.path.clone(),
                     name: name.to_string(),
                     dtype: format!("{other:?}"),
-                    expected: "I64, I32",
+                    expected: "I64, I32, U8",
                 })
             }
         };

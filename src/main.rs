@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use ssmgpu::loader::{write_f32, SafetensorsFile};
 use ssmgpu::models::mamba::MambaLm;
+use ssmgpu::models::vision::Classifier;
+use ssmgpu::preprocess;
 use ssmgpu::{Context, Error, Result};
 
 #[derive(Parser)]
@@ -27,20 +29,56 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run a model on `input_ids` and write its logits.
+    /// Run a model on `input_ids` (language models) or `pixel_values` (vision models) and write
+    /// its logits.
     Run {
         /// Model folder: config.json + model.safetensors.
         #[arg(long)]
         model: PathBuf,
-        /// safetensors file with `input_ids` (i64 or i32, [batch, length]).
+        /// safetensors file with `input_ids` (i64 or i32, [batch, length]) or `pixel_values`
+        /// (f32 [batch, channels, H, W]).
         #[arg(long)]
         input: PathBuf,
-        /// Output safetensors file: `logits` f32 [batch, length, vocab].
+        /// Output safetensors file: `logits` f32, [batch, length, vocab] or [batch, classes].
         #[arg(long)]
         out: PathBuf,
-        /// Also write `hidden_states.i` (i = 0..n_layer, as transformers returns them).
+        /// Also write per-layer outputs: `hidden_states.i` for language models (as
+        /// transformers returns them); for vision models the intermediates named as in the
+        /// authors' code (`layers.i.hidden`, ...), token-major [batch, tokens, channels].
         #[arg(long)]
         hidden_states: bool,
+    },
+    /// Classify images (PNG, JPEG, WebP, BMP). With no images, the shipped MNIST samples.
+    Classify {
+        images: Vec<PathBuf>,
+        /// Model folder (default: the shipped vim-mnist).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// How many classes to show per image.
+        #[arg(long, default_value_t = 3)]
+        top: usize,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Top-1 accuracy, speed and analytic GFLOPs on a test set (`test.safetensors` in the data
+    /// folder: `images` u8 [N, H, W] grayscale, `labels` [N]).
+    Eval {
+        /// Model folder (default: the shipped vim-mnist).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Data folder (default: the shipped MNIST test split).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Images per forward pass.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Evaluate only the first N images.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Greedy decoding: one prefill, then one recurrent step per token.
     Generate {
@@ -58,8 +96,17 @@ enum Command {
         json: bool,
     },
     /// Time the kernels against their CPU references (the scan at batch 1, 1536 channels,
-    /// 1024 tokens, state 16; the matmul (197 x 384) @ (384 x 1536)).
+    /// 1024 tokens, state 16; the matmul (197 x 384) @ (384 x 1536)); with `--model`, a vision
+    /// model's forward pass instead.
     Bench {
+        /// A vision model folder to time (random pixels at its input size).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Timed forward passes (after one warm-up); the median is reported.
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
         #[arg(long)]
         json: bool,
     },
@@ -93,8 +140,199 @@ fn run(command: Command) -> Result<()> {
             ignore_eos,
             json,
         } => generate(&model, &ids, max_new_tokens, ignore_eos, json),
-        Command::Bench { json } => bench(json),
+        Command::Classify {
+            images,
+            model,
+            top,
+            json,
+        } => classify(&images, model.as_deref(), top, json),
+        Command::Eval {
+            model,
+            data,
+            batch,
+            limit,
+            json,
+        } => eval(model.as_deref(), data.as_deref(), batch, limit, json),
+        Command::Bench {
+            model: Some(model),
+            batch,
+            reps,
+            json,
+        } => bench_model(&model, batch, reps, json),
+        Command::Bench { json, .. } => bench(json),
     }
+}
+
+/// A shipped asset: relative to the working directory, else to the source tree this binary
+/// was built from (so `cargo run` works from anywhere in the checkout).
+fn asset(relative: &str) -> PathBuf {
+    let here = PathBuf::from(relative);
+    if here.exists() {
+        return here;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+const DEFAULT_VISION_MODEL: &str = "assets/models/vim-mnist";
+
+fn classify(images: &[PathBuf], model: Option<&Path>, top: usize, json: bool) -> Result<()> {
+    let model_dir = model.map_or_else(|| asset(DEFAULT_VISION_MODEL), Path::to_path_buf);
+    let images = if images.is_empty() {
+        let dir = asset("assets/samples/mnist");
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| Error::io(&dir, e))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "png"))
+            .collect();
+        found.sort();
+        found
+    } else {
+        images.to_vec()
+    };
+    let ctx = Context::new_blocking()?;
+    let classifier = Classifier::load(&ctx, &model_dir)?;
+    let mut pixels = Vec::with_capacity(images.len());
+    for path in &images {
+        let image = preprocess::load_image(path)?;
+        pixels.push(classifier.preprocess.apply(&image)?);
+    }
+    let start = std::time::Instant::now();
+    let logits =
+        pollster::block_on(classifier.logits(&ctx, &preprocess::batch(&pixels)?, images.len()))?;
+    let secs = start.elapsed().as_secs_f64();
+    let classes = classifier.labels.len();
+    let mut results = Vec::new();
+    for (path, row) in images.iter().zip(logits.chunks(classes)) {
+        let probs = softmax(row);
+        let mut order: Vec<usize> = (0..classes).collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        let best: Vec<(String, f32)> = order
+            .iter()
+            .take(top.max(1))
+            .map(|&i| (classifier.labels[i].clone(), probs[i]))
+            .collect();
+        results.push((path, best));
+    }
+    if json {
+        let list: Vec<_> = results
+            .iter()
+            .map(|(path, best)| {
+                serde_json::json!({
+                    "image": path.display().to_string(),
+                    "top": best.iter().map(|(label, p)| serde_json::json!({"label": label, "probability": p})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "model": model_dir.display().to_string(), "results": list, "seconds": secs })
+        );
+        return Ok(());
+    }
+    for (path, best) in &results {
+        let shown: Vec<String> = best
+            .iter()
+            .map(|(label, p)| format!("{label} ({:.1}%)", p * 100.0))
+            .collect();
+        println!("{}: {}", path.display(), shown.join(", "));
+    }
+    eprintln!(
+        "{} images in {:.1} ms on {}",
+        images.len(),
+        secs * 1e3,
+        ctx.adapter_info().map_or("?", |i| i.name.as_str())
+    );
+    Ok(())
+}
+
+fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let exps: Vec<f32> = logits.iter().map(|v| (v - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.iter().map(|e| e / sum).collect()
+}
+
+fn eval(
+    model: Option<&Path>,
+    data: Option<&Path>,
+    batch: usize,
+    limit: Option<usize>,
+    json: bool,
+) -> Result<()> {
+    let model_dir = model.map_or_else(|| asset(DEFAULT_VISION_MODEL), Path::to_path_buf);
+    let data_file = data
+        .map_or_else(|| asset("assets/data/mnist"), Path::to_path_buf)
+        .join("test.safetensors");
+    let set = SafetensorsFile::open(&data_file)?;
+    let (shape, images) = set.ints("images")?;
+    let (_, labels) = set.ints("labels")?;
+    let [n, h, w] = shape[..] else {
+        return Err(Error::InvalidInput(format!(
+            "{}: `images` must be [N, H, W], got {shape:?}",
+            data_file.display()
+        )));
+    };
+    if labels.len() != n || n == 0 || batch == 0 {
+        return Err(Error::InvalidInput(format!(
+            "{}: {n} images, {} labels, batch {batch}",
+            data_file.display(),
+            labels.len()
+        )));
+    }
+    let n = limit.map_or(n, |l| l.min(n));
+    let ctx = Context::new_blocking()?;
+    let classifier = Classifier::load(&ctx, &model_dir)?;
+    let classes = classifier.labels.len();
+    let pixels_u8: Vec<u8> = images.iter().map(|&v| v.clamp(0, 255) as u8).collect();
+    let mut correct = 0;
+    let mut gpu_secs = 0.0;
+    let start = std::time::Instant::now();
+    for first in (0..n).step_by(batch) {
+        let count = batch.min(n - first);
+        let mut pixels = Vec::with_capacity(count);
+        for i in first..first + count {
+            let image = &pixels_u8[i * h * w..(i + 1) * h * w];
+            pixels.push(
+                classifier
+                    .preprocess
+                    .apply_gray_u8(image, h as u32, w as u32)?,
+            );
+        }
+        let pixels = preprocess::batch(&pixels)?;
+        let t = std::time::Instant::now();
+        let logits = pollster::block_on(classifier.logits(&ctx, &pixels, count))?;
+        gpu_secs += t.elapsed().as_secs_f64();
+        for (i, row) in logits.chunks(classes).enumerate() {
+            let best = (0..classes).max_by(|&a, &b| row[a].total_cmp(&row[b]));
+            correct += usize::from(best == Some(labels[first + i] as usize));
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let top1 = 100.0 * correct as f64 / n as f64;
+    let gflops = classifier.model.flops() / 1e9;
+    let images_per_s = n as f64 / gpu_secs;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": model_dir.display().to_string(),
+                "data": data_file.display().to_string(),
+                "images": n,
+                "top1": top1,
+                "images_per_s": images_per_s,
+                "gflops_per_image": gflops,
+                "batch": batch,
+                "seconds_total": secs,
+                "adapter": ctx.adapter_info().map(|i| i.name.clone()),
+            })
+        );
+    } else {
+        println!("{}: top-1 {top1:.2}% ({correct}/{n})", model_dir.display());
+        println!(
+            "{images_per_s:.1} images/s (forward passes at batch {batch}, upload and readback included), {gflops:.4} GFLOPs per image"
+        );
+    }
+    Ok(())
 }
 
 fn info(json: bool) -> Result<()> {
@@ -161,6 +399,9 @@ fn info(json: bool) -> Result<()> {
 
 fn run_model(model_dir: &Path, input: &Path, out: &Path, hidden_states: bool) -> Result<()> {
     let inputs = SafetensorsFile::open(input)?;
+    if inputs.contains("pixel_values") {
+        return run_vision(model_dir, &inputs, out, hidden_states);
+    }
     let (shape, ids) = inputs.ints("input_ids")?;
     if shape.len() != 2 || shape.contains(&0) {
         return Err(Error::InvalidInput(format!(
@@ -184,6 +425,46 @@ fn run_model(model_dir: &Path, input: &Path, out: &Path, hidden_states: bool) ->
             h,
         ));
     }
+    write_f32(out, &tensors)
+}
+
+fn run_vision(
+    model_dir: &Path,
+    inputs: &SafetensorsFile,
+    out: &Path,
+    hidden_states: bool,
+) -> Result<()> {
+    let (shape, pixels) = inputs.f32("pixel_values", None)?;
+    let ctx = Context::new_blocking()?;
+    let classifier = Classifier::load(&ctx, model_dir)?;
+    let batch = shape.first().copied().unwrap_or(0);
+    let pixels = ctx.upload_f32("pixel_values", &shape, &pixels)?;
+    let mut rec = ctx.recorder();
+    let mut trace = Vec::new();
+    let logits =
+        classifier
+            .model
+            .forward(&mut rec, &pixels, hidden_states.then_some(&mut trace))?;
+    let mut wanted: Vec<&ssmgpu::Tensor> = vec![&logits];
+    wanted.extend(trace.iter().map(|(_, t)| t));
+    let values = rec.submit_and_read_blocking(&wanted)?;
+    let tensors = wanted
+        .iter()
+        .zip(values)
+        .zip(std::iter::once("logits").chain(trace.iter().map(|(n, _)| n.as_str())))
+        .map(|((t, v), name)| {
+            let cols = t.shape().last().copied().unwrap_or(1);
+            (
+                name.to_string(),
+                vec![batch, v.len() / cols / batch, cols],
+                v,
+            )
+        })
+        .map(|(name, shape, v)| match name.as_str() {
+            "logits" => (name, vec![batch, shape[2]], v),
+            _ => (name, shape, v),
+        })
+        .collect::<Vec<_>>();
     write_f32(out, &tensors)
 }
 
@@ -225,6 +506,36 @@ fn generate(
             new.len(),
             secs * 1e3,
             new.len() as f64 / secs
+        );
+    }
+    Ok(())
+}
+
+fn bench_model(model_dir: &Path, batch: usize, reps: usize, json: bool) -> Result<()> {
+    if batch == 0 || reps == 0 {
+        return Err(Error::InvalidInput(
+            "--batch and --reps must be positive".into(),
+        ));
+    }
+    let ctx = Context::new_blocking()?;
+    let classifier = Classifier::load(&ctx, model_dir)?;
+    let r = ssmgpu::bench::bench_vision(&ctx, &classifier.model, batch, reps)?;
+    let adapter = ctx.adapter_info().map(|i| i.name.clone());
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "model": model_dir.display().to_string(), "adapter": adapter, "result": r })
+        );
+    } else {
+        println!(
+            "{}: batch {} {:.2} ms ({:.1} images/s), {:.3} GFLOPs/image, {:.1} GFLOP/s, {} dispatches",
+            model_dir.display(),
+            r.batch,
+            r.ms_per_batch,
+            r.images_per_s,
+            r.gflops_per_image,
+            r.gflops_per_s,
+            r.dispatches
         );
     }
     Ok(())

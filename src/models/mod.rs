@@ -3,6 +3,7 @@
 pub mod mamba;
 pub mod plainmamba;
 pub mod vim;
+pub mod vision;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,131 @@
+//! Image classifiers behind one interface, chosen by `model_type` in config.json: what the CLI,
+//! the evaluation loop and embedding applications call.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::models::plainmamba::PlainMamba;
+use crate::models::vim::Vim;
+use crate::models::{ModelDir, Trace};
+use crate::preprocess::Preprocess;
+use crate::runtime::{Context, Recorder, Tensor};
+
+pub enum VisionModel {
+    Vim(Box<Vim>),
+    PlainMamba(Box<PlainMamba>),
+}
+
+/// A loaded classifier with the image transform its authors evaluate it with, and its labels.
+pub struct Classifier {
+    pub model: VisionModel,
+    pub preprocess: Preprocess,
+    /// Class names from config.json `labels`, else the class indices.
+    pub labels: Vec<String>,
+}
+
+impl Classifier {
+    pub fn load(ctx: &Context, dir: &Path) -> Result<Self> {
+        let dir = ModelDir::open(dir)?;
+        let model_type = dir.config.get("model_type").and_then(|v| v.as_str());
+        let model = match model_type {
+            Some("vim") => VisionModel::Vim(Box::new(Vim::from_model_dir(ctx, &dir)?)),
+            Some("plainmamba") => {
+                VisionModel::PlainMamba(Box::new(PlainMamba::from_model_dir(ctx, &dir)?))
+            }
+            other => {
+                return Err(dir.config_error(format!(
+                    "model_type must be \"vim\" or \"plainmamba\", got {other:?}"
+                )))
+            }
+        };
+        let preprocess = Preprocess::from_config(&dir.config, &dir.config_path)?;
+        let classes = model.num_classes();
+        let labels = match dir.config.get("labels") {
+            None => (0..classes).map(|i| i.to_string()).collect(),
+            Some(v) => {
+                let labels: Option<Vec<String>> = v
+                    .as_array()
+                    .map(|a| a.iter().map(|l| l.as_str().map(String::from)).collect())
+                    .unwrap_or_default();
+                match labels {
+                    Some(l) if l.len() == classes => l,
+                    _ => {
+                        return Err(dir
+                            .config_error(format!("`labels` must be a list of {classes} strings")))
+                    }
+                }
+            }
+        };
+        let (channels, h, w) = model.input_shape();
+        let [pc, ph, pw] = preprocess.output_shape();
+        if (pc, ph, pw) != (channels, h, w) && matches!(model, VisionModel::Vim(_)) {
+            return Err(dir.config_error(format!(
+                "the preprocess makes [{pc}, {ph}, {pw}] images, the model takes [{channels}, {h}, {w}]"
+            )));
+        }
+        Ok(Classifier {
+            model,
+            preprocess,
+            labels,
+        })
+    }
+
+    /// Logits `[batch, classes]` for preprocessed images `[batch, C, H, W]` (flat).
+    pub async fn logits(&self, ctx: &Context, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
+        let [c, h, w] = self.preprocess.output_shape();
+        if batch == 0 || pixels.len() != batch * c * h * w {
+            return Err(Error::InvalidInput(format!(
+                "{} pixel values are not {batch} images of [{c}, {h}, {w}]",
+                pixels.len()
+            )));
+        }
+        let pixels = ctx.upload_f32("pixel_values", &[batch, c, h, w], pixels)?;
+        let mut rec = ctx.recorder();
+        let logits = self.model.forward(&mut rec, &pixels, None)?;
+        Ok(rec.submit_and_read(&[&logits]).await?.remove(0))
+    }
+}
+
+impl VisionModel {
+    /// Record a forward pass over `pixels` `[batch, C, H, W]`; returns logits `[batch, classes]`.
+    pub fn forward(
+        &self,
+        rec: &mut Recorder,
+        pixels: &Tensor,
+        trace: Option<&mut Trace>,
+    ) -> Result<Tensor> {
+        match self {
+            VisionModel::Vim(m) => m.forward(rec, pixels, trace),
+            VisionModel::PlainMamba(m) => m.forward(rec, pixels, trace),
+        }
+    }
+
+    /// `(channels, height, width)` of the images the model was made for.
+    pub fn input_shape(&self) -> (usize, usize, usize) {
+        match self {
+            VisionModel::Vim(m) => (m.config.channels, m.config.img_size.0, m.config.img_size.1),
+            VisionModel::PlainMamba(m) => {
+                let (h, w) = m.image_size();
+                (m.channels(), h, w)
+            }
+        }
+    }
+
+    pub fn num_classes(&self) -> usize {
+        match self {
+            VisionModel::Vim(m) => m.config.num_classes,
+            VisionModel::PlainMamba(m) => m.num_classes(),
+        }
+    }
+
+    /// Analytic FLOPs of one image at the model's input size.
+    pub fn flops(&self) -> f64 {
+        match self {
+            VisionModel::Vim(m) => m.config.flops(),
+            VisionModel::PlainMamba(m) => {
+                let (h, w) = m.image_size();
+                m.flops(h, w)
+            }
+        }
+    }
+}
