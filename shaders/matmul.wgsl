@@ -32,26 +32,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x1: array<f32>;
 @group(0) @binding(2) var<storage, read> w1: array<f32>;
 
-const ACT_RELU: u32 = 1u;
-const ACT_SILU: u32 = 2u;
-const ACT_GELU: u32 = 3u;
-
-// Kept in step with dwconv2d.wgsl's (WGSL has no includes). GELU's erf is Abramowitz &
-// Stegun 7.1.26 (|error| < 1.5e-7).
-fn activate(v: f32, kind: u32) -> f32 {
-    switch kind {
-        case ACT_RELU: { return max(v, 0.0); }
-        case ACT_SILU: { return v / (1.0 + exp(-v)); }
-        case ACT_GELU: {
-            let a = abs(v) * 0.70710678;
-            let t = 1.0 / (1.0 + 0.3275911 * a);
-            let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
-            let erf_a = 1.0 - poly * exp(-a * a);
-            return 0.5 * v * (1.0 + sign(v) * erf_a);
-        }
-        default: { return v; }
-    }
-}
+// #include activation
 
 // The epilogue for output (m, col): activation, then the residual.
 fn finish(v: f32, m: u32, col: u32) -> f32 {

@@ -49,30 +49,7 @@ struct Params {
 @group(0) @binding(7) var<storage, read> dir_b: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> out: array<f32>;
 
-// #if subgroups
-// B or C for one step: lane q < 8 of the subgroup loads vec4 q of [B(16) | C(16)]; offsets
-// and stride are multiples of 4 (checked by the launcher).
-fn fetch_bc(lane: u32, b_base: u32, c_base: u32) -> vec4<f32> {
-    let q = lane & 7u;
-    return bc[select(b_base + 4u * q, c_base + 4u * (q - 4u), q >= 4u) / 4u];
-}
-// #else
-fn bc_at(base: u32, n: u32) -> f32 {
-    return select(0.0, bc[base + min(n, p.nstate - 1u)], n < p.nstate);
-}
-
-fn bc4(base: u32, n0: u32) -> vec4<f32> {
-    return vec4<f32>(bc_at(base, n0), bc_at(base, n0 + 1u), bc_at(base, n0 + 2u), bc_at(base, n0 + 3u));
-}
-// #endif
-
-fn a_at(base: u32, n: u32) -> f32 {
-    return select(0.0, ssm[base + min(n, p.nstate - 1u)], n < p.nstate);
-}
-
-fn a4(base: u32, n0: u32) -> vec4<f32> {
-    return vec4<f32>(a_at(base, n0), a_at(base, n0 + 1u), a_at(base, n0 + 2u), a_at(base, n0 + 3u));
-}
+// #include ssm_inputs
 
 struct State {
     h0: vec4<f32>,
@@ -131,10 +108,10 @@ fn zigzag_scan(
     let valid = e_raw < p.channels;
     let e = min(e_raw, p.channels - 1u);
     let ns = p.nstate;
-    let a0 = a4(e * ns, 0u);
-    let a1 = a4(e * ns, 4u);
-    let a2 = a4(e * ns, 8u);
-    let a3 = a4(e * ns, 12u);
+    let a0 = ssm4(e * ns, 0u);
+    let a1 = ssm4(e * ns, 4u);
+    let a2 = ssm4(e * ns, 8u);
+    let a3 = ssm4(e * ns, 12u);
     let d_skip = ssm[p.channels * ns + e];
     let dt_bias = ssm[p.channels * ns + p.channels + e];
     // Zero B past nstate keeps the padded states at zero.

@@ -1,5 +1,6 @@
-//! Elementwise activations that kernels apply to their outputs before storing them (the
-//! `activate` function of `matmul.wgsl` and `dwconv2d.wgsl`), with their CPU references.
+//! Elementwise activations that kernels apply to their outputs before storing them
+//! (`activate` in `shaders/include/activation.wgsl`, used by matmul and dwconv2d), with their
+//! CPU references.
 
 /// The codes are the shaders' `ACT_*` constants.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -27,14 +27,25 @@ impl Kernel {
         Kernel { subgroups, ..self }
     }
 
-    /// The WGSL this kernel compiles: its variant of the file.
+    /// The WGSL this kernel compiles: its variant of the file, with `// #include <name>` lines
+    /// replaced by `shaders/include/<name>.wgsl` (WGSL has no includes; code that several
+    /// kernels share lives there once).
     pub fn wgsl(&self) -> String {
         // (naga takes subgroup builtins without WGSL's `enable subgroups;`, which it rejects;
         // wgpu checks the device feature instead.)
         let mut out = String::new();
         // Which branch of an `#if subgroups` block each line is in, if any.
         let mut branch: Option<bool> = None;
-        for line in self.source.lines() {
+        let source: String = self
+            .source
+            .lines()
+            .map(|line| match line.trim().strip_prefix("// #include ") {
+                Some(name) => shader_include(name),
+                None => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        for line in source.lines() {
             match line.trim() {
                 "// #if subgroups" => branch = Some(true),
                 "// #else" => branch = Some(false),
@@ -48,6 +59,26 @@ impl Kernel {
         }
         out
     }
+}
+
+/// The shared WGSL snippets kernels pull in with `// #include <name>`.
+const SHADER_INCLUDES: &[(&str, &str)] = &[
+    (
+        "activation",
+        include_str!("../../shaders/include/activation.wgsl"),
+    ),
+    (
+        "ssm_inputs",
+        include_str!("../../shaders/include/ssm_inputs.wgsl"),
+    ),
+];
+
+fn shader_include(name: &str) -> &'static str {
+    SHADER_INCLUDES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, text)| *text)
+        .unwrap_or_else(|| panic!("shaders/include/{name}.wgsl is not in SHADER_INCLUDES"))
 }
 
 /// How to pick an adapter when the engine creates its own device. `Default` honours the
