@@ -11,6 +11,7 @@ pub mod loader;
 pub mod models;
 pub mod ops;
 pub mod preprocess;
+pub mod prune;
 pub mod runtime;
 
 pub use error::{Error, Result};

@@ -6,12 +6,14 @@ pub mod argmax;
 pub mod conv1d;
 pub mod dwconv2d;
 pub mod embedding;
+pub mod gather_rows;
 pub mod im2col;
 pub mod layernorm;
 pub mod matmul;
 pub mod rmsnorm;
 pub mod scan;
 pub mod tokens;
+pub mod topk;
 pub mod zigzag_scan;
 
 /// A kernel entry point of `shaders/<file>.wgsl`, embedded in the binary.
@@ -33,12 +35,17 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("conv1d", include_str!("../../shaders/conv1d.wgsl")),
     ("dwconv2d", include_str!("../../shaders/dwconv2d.wgsl")),
     ("embedding", include_str!("../../shaders/embedding.wgsl")),
+    (
+        "gather_rows",
+        include_str!("../../shaders/gather_rows.wgsl"),
+    ),
     ("im2col", include_str!("../../shaders/im2col.wgsl")),
     ("layernorm", include_str!("../../shaders/layernorm.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),
     ("scan", include_str!("../../shaders/scan.wgsl")),
     ("tokens", include_str!("../../shaders/tokens.wgsl")),
+    ("topk", include_str!("../../shaders/topk.wgsl")),
     (
         "zigzag_scan",
         include_str!("../../shaders/zigzag_scan.wgsl"),

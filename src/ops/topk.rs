@@ -1,0 +1,131 @@
+//! Top-k token selection for pruning: per image, the indices of the `keep` highest-scoring
+//! tokens, with an optional class token that is always kept and re-inserted in the middle.
+
+use std::cmp::Ordering;
+
+use crate::error::{Error, Result};
+use crate::ops::kernel;
+use crate::runtime::{grid, DType, Recorder, Tensor};
+
+/// The most tokens per image [`topk`] takes (its workgroup bitmask holds this many).
+pub const TOPK_MAX_LEN: usize = 4096;
+
+/// The order of the kept tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeepOrder {
+    /// Original (ascending index) order, as the ToP authors' code keeps them.
+    Ascending,
+    /// Best score first, as ViT pruning (EViT) leaves them: the naive baseline.
+    Score,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    batch: u32,
+    len: u32,
+    keep: u32,
+    cls: u32,
+    order: u32,
+    _pad: [u32; 3],
+}
+
+/// `scores` `[B, N]` (f32) -> u32 `[B, keep]`: indices into each image's current sequence.
+///
+/// Tokens rank by score, higher first, ties to the lower index; NaN ranks below every number.
+/// With `cls` (a position `< N`), the class token is taken out of the ranking, the best
+/// `keep - 1` others are chosen, and the class token goes to output index `(keep - 1) / 2`
+/// with the first `(keep - 1) / 2` chosen before it (ALGORITHMS.md 4.2, steps 2-4). Vim's class
+/// token sits at `M / 2` of `M = N - 1` patches, so it lands where the next layer expects it.
+/// The authors' code protects the class token of batch row 0 only; here every row's is.
+/// `1 <= keep <= N <= TOPK_MAX_LEN`.
+pub fn topk(
+    rec: &mut Recorder,
+    scores: &Tensor,
+    keep: usize,
+    cls: Option<usize>,
+    order: KeepOrder,
+) -> Result<Tensor> {
+    let &[batch, len] = scores.shape() else {
+        return Err(Error::InvalidInput(format!(
+            "topk: scores must be [batch, tokens], got {:?}",
+            scores.shape()
+        )));
+    };
+    if batch == 0 {
+        return Err(Error::InvalidInput("topk: empty batch".into()));
+    }
+    check_topk_args(scores.dtype(), len, keep, cls)?;
+    let out = rec.context().alloc("kept", &[batch, keep], DType::U32)?;
+    let params = Params {
+        batch: batch as u32,
+        len: len as u32,
+        keep: keep as u32,
+        cls: cls.map_or(u32::MAX, |c| c as u32),
+        order: match order {
+            KeepOrder::Ascending => 0,
+            KeepOrder::Score => 1,
+        },
+        _pad: [0; 3],
+    };
+    rec.dispatch(
+        &kernel!("topk", "topk"),
+        &params,
+        &[scores.buffer(), out.buffer()],
+        grid(batch as u32),
+    );
+    Ok(out)
+}
+
+fn check_topk_args(dtype: DType, len: usize, keep: usize, cls: Option<usize>) -> Result<()> {
+    if dtype != DType::F32 {
+        return Err(Error::InvalidInput("topk: scores must be f32".into()));
+    }
+    if len > TOPK_MAX_LEN {
+        return Err(Error::InvalidInput(format!(
+            "topk: {len} tokens per image, over the limit of {TOPK_MAX_LEN}"
+        )));
+    }
+    if keep == 0 || keep > len {
+        return Err(Error::InvalidInput(format!(
+            "topk: cannot keep {keep} of {len} tokens"
+        )));
+    }
+    if let Some(c) = cls.filter(|&c| c >= len) {
+        return Err(Error::InvalidInput(format!(
+            "topk: class token position {c} is outside {len} tokens"
+        )));
+    }
+    Ok(())
+}
+
+/// CPU reference of [`topk`] on `scores` `[B, len]`, written from the definition (sort by
+/// score), not from the kernel's algorithm.
+pub fn topk_ref(
+    scores: &[f32],
+    len: usize,
+    keep: usize,
+    cls: Option<usize>,
+    order: KeepOrder,
+) -> Vec<u32> {
+    // Descending score, NaN last, ties to the lower index (the sort is stable).
+    let better = |a: &f32, b: &f32| match (a.is_nan(), b.is_nan()) {
+        (false, false) => b.partial_cmp(a).unwrap_or(Ordering::Equal),
+        (x, y) => x.cmp(&y),
+    };
+    scores
+        .chunks(len)
+        .flat_map(|row| {
+            let mut ranked: Vec<usize> = (0..len).filter(|&j| Some(j) != cls).collect();
+            ranked.sort_by(|&i, &j| better(&row[i], &row[j]));
+            ranked.truncate(keep - cls.is_some() as usize);
+            if order == KeepOrder::Ascending {
+                ranked.sort_unstable();
+            }
+            if let Some(c) = cls {
+                ranked.insert(ranked.len() / 2, c);
+            }
+            ranked.into_iter().map(|j| j as u32)
+        })
+        .collect()
+}

@@ -1,0 +1,243 @@
+//! Token pruning schedules: after which layers a vision model drops tokens, and how many it
+//! keeps (ALGORITHMS.md section 4.2). The GPU side is [`crate::ops::topk`] (which tokens) and
+//! [`crate::ops::gather_rows`] (compaction).
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// After 1-indexed layer `after_layer`, keep `keep_ratio` (in (0, 1]) of the tokens.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PruneStep {
+    pub after_layer: usize,
+    pub keep_ratio: f64,
+}
+
+/// Pruning steps in increasing layer order; empty: no pruning.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PruneSchedule {
+    steps: Vec<PruneStep>,
+}
+
+/// The ToP authors' schedules for their 24-layer Vim models, keep ratio 0.8 (ALGORITHMS.md 4.2
+/// "Schedules"; the code labels "start 10, every 10" vim-t and "start 5, every 5, < 20" vim-s).
+pub const PRESETS: &[(&str, &str)] =
+    &[("vim-t", "10:0.8,20:0.8"), ("vim-s", "5:0.8,10:0.8,15:0.8")];
+
+impl PruneSchedule {
+    /// A preset name (see [`PRESETS`]) or `"LAYER:RATIO,..."`, e.g. `"5:0.8,10:0.8,15:0.8"`:
+    /// prune after those 1-indexed layers (strictly increasing), keeping that fraction.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let spec = spec.trim();
+        let text = PRESETS
+            .iter()
+            .find(|(name, _)| *name == spec)
+            .map_or(spec, |(_, steps)| steps);
+        let bad = |what: String| Error::InvalidInput(format!("prune schedule `{spec}`: {what}"));
+        if text.is_empty() {
+            let names: Vec<&str> = PRESETS.iter().map(|(name, _)| *name).collect();
+            return Err(bad(format!(
+                "empty (expected LAYER:RATIO,... or one of {})",
+                names.join(", ")
+            )));
+        }
+        let mut steps: Vec<PruneStep> = Vec::new();
+        for (i, part) in text.split(',').map(str::trim).enumerate() {
+            let Some((layer, ratio)) = part.split_once(':') else {
+                return Err(bad(if part.is_empty() {
+                    format!("step {} is empty", i + 1)
+                } else {
+                    format!("`{part}` is not LAYER:RATIO")
+                }));
+            };
+            let after_layer: usize = match layer.trim().parse() {
+                Ok(l) if l >= 1 => l,
+                _ => {
+                    return Err(bad(format!(
+                        "layer `{}` in `{part}` is not a layer number (1, 2, ...)",
+                        layer.trim()
+                    )))
+                }
+            };
+            let keep_ratio: f64 = ratio.trim().parse().map_err(|_| {
+                bad(format!(
+                    "keep ratio `{}` in `{part}` is not a number",
+                    ratio.trim()
+                ))
+            })?;
+            if !(keep_ratio > 0.0 && keep_ratio <= 1.0) {
+                return Err(bad(format!(
+                    "keep ratio {keep_ratio} in `{part}` is outside (0, 1]"
+                )));
+            }
+            if let Some(prev) = steps.last().filter(|s| s.after_layer >= after_layer) {
+                return Err(bad(format!(
+                    "layers must increase: `{part}` comes after layer {}",
+                    prev.after_layer
+                )));
+            }
+            steps.push(PruneStep {
+                after_layer,
+                keep_ratio,
+            });
+        }
+        Ok(PruneSchedule { steps })
+    }
+
+    pub fn steps(&self) -> &[PruneStep] {
+        &self.steps
+    }
+
+    /// Refuse steps that cannot act on a `depth`-layer model (pruning after the last layer
+    /// changes nothing: the head reads the class token or the mean of what is left).
+    pub fn check_depth(&self, depth: usize) -> Result<()> {
+        match self.steps.last() {
+            Some(s) if s.after_layer >= depth => Err(Error::InvalidInput(format!(
+                "prune schedule `{self}`: layer {} is not before the last of {depth} layers",
+                s.after_layer
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The tokens each of the `depth` layers runs on (per image), starting from `initial_len`.
+    pub fn token_counts(&self, initial_len: usize, depth: usize, has_cls: bool) -> Vec<usize> {
+        let mut n = initial_len;
+        (1..=depth)
+            .map(|layer| {
+                let runs_on = n;
+                if let Some(s) = self.steps.iter().find(|s| s.after_layer == layer) {
+                    n = kept_tokens(n, s.keep_ratio, has_cls);
+                }
+                runs_on
+            })
+            .collect()
+    }
+}
+
+/// How many of `n_current` tokens one pruning step at `keep_ratio` keeps, the class token
+/// included.
+///
+/// With a class token this is the ToP authors' rounding (ALGORITHMS.md 4.2 step 2;
+/// `vim/models_mamba.py`): `k = ceil((N - 1) * ratio)` in f64 as Python's `math.ceil`, then
+/// `k + 1` if `k` is even; the step keeps the class token and the best `k - 1` others, `k` in
+/// all, odd so that the class token is exactly in the middle. At 0.8: 197 -> 157 -> 125 -> 101.
+/// Without a class token (PlainMamba), `ceil(N * ratio)`. A ratio of 1 keeps all `N` (the
+/// formula would drop one token of an even `N`), so such a schedule is the unpruned model.
+pub fn kept_tokens(n_current: usize, keep_ratio: f64, has_cls: bool) -> usize {
+    if keep_ratio >= 1.0 {
+        return n_current;
+    }
+    if !has_cls {
+        return (n_current as f64 * keep_ratio).ceil() as usize;
+    }
+    let k = (n_current.saturating_sub(1) as f64 * keep_ratio).ceil() as usize;
+    k + usize::from(k.is_multiple_of(2))
+}
+
+impl FromStr for PruneSchedule {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for PruneSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, s) in self.steps.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            write!(f, "{sep}{}:{}", s.after_layer, s.keep_ratio)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(spec: &str) -> String {
+        match PruneSchedule::parse(spec) {
+            Err(Error::InvalidInput(msg)) => msg,
+            other => panic!("`{spec}`: expected InvalidInput, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_specs_and_presets() {
+        let s = PruneSchedule::parse(" 5:0.8, 10 : 0.75,15:1 ").unwrap();
+        let layers: Vec<usize> = s.steps().iter().map(|s| s.after_layer).collect();
+        assert_eq!(layers, [5, 10, 15]);
+        assert_eq!(s.steps()[1].keep_ratio, 0.75);
+        assert_eq!(s.to_string(), "5:0.8,10:0.75,15:1");
+        assert_eq!(s.to_string().parse::<PruneSchedule>().unwrap(), s);
+        let vim_s: PruneSchedule = "vim-s".parse().unwrap();
+        assert_eq!(vim_s.to_string(), "5:0.8,10:0.8,15:0.8");
+        assert_eq!(
+            PruneSchedule::parse("vim-t").unwrap().to_string(),
+            "10:0.8,20:0.8"
+        );
+    }
+
+    #[test]
+    fn names_the_bad_part() {
+        assert!(error_of("").contains("empty"));
+        assert!(error_of("  ").contains("vim-t"));
+        assert!(error_of("5:0.8,,10:0.8").contains("step 2 is empty"));
+        assert!(error_of("5:0.8,10").contains("`10` is not LAYER:RATIO"));
+        assert!(error_of("x:0.8").contains("layer `x`"));
+        assert!(error_of("0:0.8").contains("layer `0`"));
+        assert!(error_of("-3:0.8").contains("layer `-3`"));
+        assert!(error_of("5:abc").contains("keep ratio `abc`"));
+        for ratio in ["0", "-0.5", "1.01", "nan", "inf"] {
+            let msg = error_of(&format!("5:0.8,10:{ratio}"));
+            assert!(
+                msg.contains("outside (0, 1]") && msg.contains("10:"),
+                "{msg}"
+            );
+        }
+        assert!(error_of("10:0.8,5:0.8").contains("`5:0.8` comes after layer 10"));
+        assert!(error_of("5:0.8,5:0.8").contains("layers must increase"));
+    }
+
+    #[test]
+    fn authors_rounding() {
+        // ALGORITHMS.md 4.2 step 5: 197 -> 157 -> 125 -> 101 at 0.8.
+        assert_eq!(kept_tokens(197, 0.8, true), 157);
+        assert_eq!(kept_tokens(157, 0.8, true), 125);
+        assert_eq!(kept_tokens(125, 0.8, true), 101);
+        // ceil(196 * 0.75) = 147 is exact and odd; ceil(196 * 0.7) = 138 (f64: 137.2) -> 139.
+        assert_eq!(kept_tokens(197, 0.75, true), 147);
+        assert_eq!(kept_tokens(197, 0.7, true), 139);
+        assert_eq!(kept_tokens(1, 0.5, true), 1);
+        assert_eq!(kept_tokens(3, 0.1, true), 1);
+        // Ratio 1 keeps everything, also where the formula would round an even N down.
+        assert_eq!(kept_tokens(197, 1.0, true), 197);
+        assert_eq!(kept_tokens(50, 1.0, true), 50);
+        assert_eq!(kept_tokens(196, 0.8, false), 157);
+        assert_eq!(kept_tokens(196, 0.5, false), 98);
+        assert_eq!(kept_tokens(196, 1.0, false), 196);
+    }
+
+    #[test]
+    fn token_counts_follow_the_schedule() {
+        let vim_s = PruneSchedule::parse("vim-s").unwrap();
+        let counts = vim_s.token_counts(197, 24, true);
+        let want: Vec<usize> = [(197, 5), (157, 5), (125, 5), (101, 9)]
+            .iter()
+            .flat_map(|&(n, layers)| std::iter::repeat_n(n, layers))
+            .collect();
+        assert_eq!(counts, want);
+        // ALGORITHMS.md: mean tokens per layer about 137.7 of 197.
+        let mean = counts.iter().sum::<usize>() as f64 / 24.0;
+        assert!((mean - 137.67).abs() < 0.01, "{mean}");
+        let vim_t = PruneSchedule::parse("vim-t").unwrap();
+        assert_eq!(vim_t.token_counts(197, 24, true)[23], 125);
+        assert_eq!(PruneSchedule::default().token_counts(10, 3, false), [10; 3]);
+        assert!(vim_t.check_depth(24).is_ok());
+        assert!(vim_t.check_depth(20).is_err());
+        assert!(PruneSchedule::default().check_depth(1).is_ok());
+    }
+}

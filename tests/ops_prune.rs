@@ -1,0 +1,234 @@
+//! Token pruning ops on the GPU against their CPU references: top-k selection (ties, NaN,
+//! class token, both orders) and the row gather of one or two streams and the position map.
+
+mod common;
+
+use common::{ctx, randn, rng};
+use rand::Rng;
+use ssmgpu::ops::gather_rows::{gather_rows, gather_rows_ref};
+use ssmgpu::ops::topk::{topk, topk_ref, KeepOrder, TOPK_MAX_LEN};
+use ssmgpu::runtime::DType;
+use ssmgpu::{Error, Tensor};
+
+fn read_u32(t: &Tensor) -> Vec<u32> {
+    ctx().read_blocking(&[t]).unwrap()[0]
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+/// Scores with many exact ties, NaN, signed zeros, infinities and subnormals; row 1 is all
+/// equal and row 2 all NaN (when the batch has them).
+fn scores(r: &mut impl Rng, batch: usize, len: usize) -> Vec<f32> {
+    let special = [
+        f32::NAN,
+        -f32::NAN,
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        1e-40,
+        -1e-40,
+        0.5,
+        -0.5,
+        1.0,
+    ];
+    let mut s: Vec<f32> = (0..batch * len)
+        .map(|_| match r.random_range(0..10) {
+            0..4 => special[r.random_range(0..special.len())],
+            4..6 => r.random_range(-2..3) as f32,
+            _ => r.random::<f32>() * 4.0 - 2.0,
+        })
+        .collect();
+    if batch > 2 {
+        s[len..2 * len].fill(0.25);
+        s[2 * len..3 * len].fill(f32::NAN);
+    }
+    s
+}
+
+#[test]
+fn topk_matches_reference() {
+    let ctx = ctx();
+    let mut r = rng(31);
+    let batch = 4;
+    for len in [1, 2, 3, 17, 197, 1000] {
+        let s = scores(&mut r, batch, len);
+        let st = ctx.upload_f32("scores", &[batch, len], &s).unwrap();
+        for keep in [1, len.div_ceil(2), (len * 4 / 5).max(1), len] {
+            for cls in [None, Some(len / 2)] {
+                for order in [KeepOrder::Ascending, KeepOrder::Score] {
+                    let mut rec = ctx.recorder();
+                    let out = topk(&mut rec, &st, keep, cls, order).unwrap();
+                    rec.submit_blocking().unwrap();
+                    let want = topk_ref(&s, len, keep, cls, order);
+                    assert_eq!(
+                        read_u32(&out),
+                        want,
+                        "topk N {len}, keep {keep}, cls {cls:?}, {order:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn topk_large_sequence() {
+    let ctx = ctx();
+    let mut r = rng(32);
+    let (batch, len) = (2, 4096);
+    let s = scores(&mut r, batch, len);
+    let st = ctx.upload_f32("scores", &[batch, len], &s).unwrap();
+    for order in [KeepOrder::Ascending, KeepOrder::Score] {
+        let mut rec = ctx.recorder();
+        let out = topk(&mut rec, &st, 3277, Some(2047), order).unwrap();
+        rec.submit_blocking().unwrap();
+        assert_eq!(
+            read_u32(&out),
+            topk_ref(&s, len, 3277, Some(2047), order),
+            "{order:?}"
+        );
+    }
+}
+
+#[test]
+fn topk_reference_follows_the_authors_layout() {
+    // Class token at 3 (its 9.0 does not count). The others rank 6 (1.0), 0 (0.9), then the
+    // ties at 0.5 by index: 2, 4, 5, and NaN last: 1. Keeping 5 = the class token and 4 others.
+    let s = [0.9, f32::NAN, 0.5, 9.0, 0.5, 0.5, 1.0];
+    assert_eq!(
+        topk_ref(&s, 7, 5, Some(3), KeepOrder::Ascending),
+        [0, 2, 3, 4, 6]
+    );
+    assert_eq!(
+        topk_ref(&s, 7, 5, Some(3), KeepOrder::Score),
+        [6, 0, 3, 2, 4]
+    );
+    assert_eq!(topk_ref(&s, 7, 3, None, KeepOrder::Score), [3, 6, 0]);
+}
+
+#[test]
+fn gather_matches_reference() {
+    let ctx = ctx();
+    let mut r = rng(33);
+    let batch = 3;
+    for (len, keep, dim) in [
+        (1, 1, 1),
+        (5, 3, 3),
+        (17, 9, 4),
+        (197, 157, 64),
+        (50, 60, 6),
+    ] {
+        let x = randn(&mut r, batch * len * dim, 1.0);
+        let y = randn(&mut r, batch * len * dim, 1.0);
+        let pos: Vec<u32> = (0..batch * len).map(|_| r.random_range(0..1000)).collect();
+        // Any indices below `len`, repeats allowed.
+        let idx: Vec<u32> = (0..batch * keep)
+            .map(|_| r.random_range(0..len as u32))
+            .collect();
+        let xt = ctx.upload_f32("x", &[batch * len, dim], &x).unwrap();
+        let yt = ctx.upload_f32("y", &[batch * len, dim], &y).unwrap();
+        let pt = ctx.upload_u32("pos", &[batch, len], &pos).unwrap();
+        let it = ctx.upload_u32("idx", &[batch, keep], &idx).unwrap();
+        let want_x = gather_rows_ref(&idx, keep, &x, len, dim);
+        let want_y = gather_rows_ref(&idx, keep, &y, len, dim);
+        let want_pos = gather_rows_ref(&idx, keep, &pos, len, 1);
+        let what = format!("gather N {len}, keep {keep}, D {dim}");
+        for (second, positions) in [(false, false), (true, false), (false, true), (true, true)] {
+            let mut rec = ctx.recorder();
+            let g = gather_rows(
+                &mut rec,
+                &it,
+                &xt,
+                second.then_some(&yt),
+                positions.then_some(&pt),
+            )
+            .unwrap();
+            rec.submit_blocking().unwrap();
+            assert_eq!(g.x.shape(), [batch * keep, dim]);
+            assert_eq!(read_u32(&g.x), bits(&want_x), "{what}: x");
+            assert_eq!(g.y.is_some(), second);
+            if let Some(gy) = &g.y {
+                assert_eq!(read_u32(gy), bits(&want_y), "{what}: y");
+            }
+            assert_eq!(g.positions.is_some(), positions);
+            if let Some(gp) = &g.positions {
+                assert_eq!(gp.shape(), [batch, keep]);
+                assert_eq!(gp.dtype(), DType::U32);
+                assert_eq!(read_u32(gp), want_pos, "{what}: positions");
+            }
+        }
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn keeping_every_token_is_the_identity() {
+    let ctx = ctx();
+    let mut r = rng(34);
+    let (batch, dim) = (2, 8);
+    for len in [1, 2, 50, 197] {
+        let s = scores(&mut r, batch, len);
+        let x = randn(&mut r, batch * len * dim, 1.0);
+        let y = randn(&mut r, batch * len * dim, 1.0);
+        let pos: Vec<u32> = (0..batch * len).map(|i| (i % len) as u32).collect();
+        let st = ctx.upload_f32("scores", &[batch, len], &s).unwrap();
+        let xt = ctx.upload_f32("x", &[batch * len, dim], &x).unwrap();
+        let yt = ctx.upload_f32("y", &[batch * len, dim], &y).unwrap();
+        let pt = ctx.upload_u32("pos", &[batch, len], &pos).unwrap();
+        // Vim's class token sits at M / 2 of M = N - 1 patches.
+        for cls in [None, Some((len - 1) / 2)] {
+            let mut rec = ctx.recorder();
+            let kept = topk(&mut rec, &st, len, cls, KeepOrder::Ascending).unwrap();
+            let g = gather_rows(&mut rec, &kept, &xt, Some(&yt), Some(&pt)).unwrap();
+            rec.submit_blocking().unwrap();
+            let what = format!("N {len}, cls {cls:?}");
+            let identity: Vec<u32> = (0..batch).flat_map(|_| 0..len as u32).collect();
+            assert_eq!(read_u32(&kept), identity, "{what}");
+            assert_eq!(read_u32(&g.x), bits(&x), "{what}: x");
+            assert_eq!(g.y.map(|t| read_u32(&t)), Some(bits(&y)), "{what}: y");
+            assert_eq!(g.positions.map(|t| read_u32(&t)), Some(pos.clone()));
+        }
+    }
+}
+
+#[test]
+fn bad_arguments_are_typed_errors() {
+    let ctx = ctx();
+    let st = ctx.upload_f32("scores", &[2, 5], &[0.0; 10]).unwrap();
+    let flat = ctx.upload_f32("scores", &[10], &[0.0; 10]).unwrap();
+    let ids = ctx.upload_u32("ids", &[2, 5], &[0; 10]).unwrap();
+    let long = ctx.upload_f32("scores", &[1, TOPK_MAX_LEN + 1], &[0.0; TOPK_MAX_LEN + 1]);
+    let mut rec = ctx.recorder();
+    let topk_errors = [
+        topk(&mut rec, &st, 0, None, KeepOrder::Ascending),
+        topk(&mut rec, &st, 6, None, KeepOrder::Ascending),
+        topk(&mut rec, &st, 3, Some(5), KeepOrder::Score),
+        topk(&mut rec, &flat, 3, None, KeepOrder::Score),
+        topk(&mut rec, &ids, 3, None, KeepOrder::Score),
+        topk(&mut rec, &long.unwrap(), 3, None, KeepOrder::Score),
+    ];
+    for e in topk_errors {
+        assert!(matches!(e, Err(Error::InvalidInput(_))), "{e:?}");
+    }
+    let x = ctx.upload_f32("x", &[10, 4], &[0.0; 40]).unwrap();
+    let odd = ctx.upload_f32("x", &[9, 4], &[0.0; 36]).unwrap();
+    let pos_bad = ctx.upload_u32("pos", &[2, 4], &[0; 8]).unwrap();
+    let gather_errors = [
+        gather_rows(&mut rec, &st, &x, None, None).map(|g| g.x),
+        gather_rows(&mut rec, &ids, &odd, None, None).map(|g| g.x),
+        gather_rows(&mut rec, &ids, &x, Some(&odd), None).map(|g| g.x),
+        gather_rows(&mut rec, &ids, &x, None, Some(&pos_bad)).map(|g| g.x),
+        gather_rows(&mut rec, &flat, &x, None, None).map(|g| g.x),
+    ];
+    for e in gather_errors {
+        assert!(matches!(e, Err(Error::InvalidInput(_))), "{e:?}");
+    }
+    // Nothing was recorded, so the submission is clean.
+    assert_eq!(rec.dispatch_count(), 0);
+    rec.submit_blocking().unwrap();
+}
