@@ -35,6 +35,10 @@ const USE_STATE: u32 = 4u;
 const WRITE_STATE: u32 = 8u;
 const REVERSE: u32 = 16u;
 const ACCUMULATE: u32 = 32u;
+// Also store the ungated output (token importance for pruning), clipped at 0, added.
+const UNGATED: u32 = 64u;
+const UNGATED_CLIP: u32 = 128u;
+const UNGATED_ADD: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> u: array<f32>;
@@ -49,6 +53,7 @@ const ACCUMULATE: u32 = 32u;
 @group(0) @binding(5) var<storage, read> z: array<f32>;
 @group(0) @binding(6) var<storage, read_write> state: array<f32>;
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
+@group(0) @binding(8) var<storage, read_write> ungated: array<f32>;
 
 // #include ssm_inputs
 
@@ -145,6 +150,11 @@ fn selective_scan(
         h3 = fma(exp(dt * a3), h3, du * b3);
         var y = dot(h0, c0) + dot(h1, c1) + dot(h2, c2) + dot(h3, c3);
         y = fma(d_skip, ut, y);
+        if (valid && (p.flags & UNGATED) != 0u) {
+            let o = row * p.channels + e;
+            let v = select(y, max(y, 0.0), (p.flags & UNGATED_CLIP) != 0u);
+            ungated[o] = select(v, ungated[o] + v, (p.flags & UNGATED_ADD) != 0u);
+        }
         if ((p.flags & HAS_Z) != 0u) {
             let zt = z[p.z_offset + row * p.z_stride + e];
             y = y * zt / (1.0 + exp(-zt));

@@ -175,10 +175,11 @@ pub struct ModelBench {
     pub dispatches: usize,
 }
 
-/// A vision model's forward pass at `batch` on fixed pseudo-random pixels.
+/// A vision model's forward pass at `batch` on fixed pseudo-random pixels, pruned when asked.
 pub fn bench_vision(
     ctx: &Context,
     model: &crate::models::vision::VisionModel,
+    pruning: Option<&crate::prune::Pruning>,
     batch: usize,
     reps: usize,
 ) -> Result<ModelBench> {
@@ -190,11 +191,11 @@ pub fn bench_vision(
     )?;
     let mut dispatches = 0;
     let ms = time_gpu(ctx, reps, 1, |rec| {
-        let logits = model.forward(rec, &pixels, None);
+        let logits = model.forward(rec, &pixels, pruning, None);
         dispatches = rec.dispatch_count();
         logits
     })?;
-    let gflops = model.flops() / 1e9;
+    let gflops = model.flops(pruning.map(|p| &p.schedule)) / 1e9;
     Ok(ModelBench {
         batch,
         ms_per_batch: ms,

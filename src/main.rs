@@ -8,6 +8,8 @@ use ssmgpu::loader::{write_f32, SafetensorsFile};
 use ssmgpu::models::mamba::MambaLm;
 use ssmgpu::models::vision::Classifier;
 use ssmgpu::preprocess;
+use ssmgpu::prune::{parse_name, Align, Importance, PruneSchedule, Pruning};
+use ssmgpu::runtime::DType;
 use ssmgpu::{Context, Error, Result};
 
 #[derive(Parser)]
@@ -19,6 +21,38 @@ use ssmgpu::{Context, Error, Result};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Token pruning options shared by the vision commands.
+#[derive(clap::Args, Clone, Debug, Default)]
+struct PruneArgs {
+    /// Prune after these layers: `LAYER:KEEP_RATIO,...` (e.g. `5:0.8,10:0.8,15:0.8`) or a
+    /// preset (`vim-t`, `vim-s`). Vim only.
+    #[arg(long)]
+    prune: Option<String>,
+    /// Token importance: clipped (default), unclipped, l2, random.
+    #[arg(long, default_value = "clipped")]
+    importance: String,
+    /// Order of the kept tokens: carry (original order, default) or score (importance order).
+    #[arg(long, default_value = "carry")]
+    align: String,
+    /// Seed of the random importance.
+    #[arg(long, default_value_t = 0)]
+    seed: u32,
+}
+
+impl PruneArgs {
+    fn pruning(&self) -> Result<Option<Pruning>> {
+        let Some(spec) = &self.prune else {
+            return Ok(None);
+        };
+        Ok(Some(Pruning {
+            schedule: PruneSchedule::parse(spec)?,
+            importance: parse_name("importance", Importance::NAMES, &self.importance)?,
+            align: parse_name("alignment", Align::NAMES, &self.align)?,
+            seed: self.seed,
+        }))
+    }
 }
 
 #[derive(Subcommand)]
@@ -47,6 +81,8 @@ enum Command {
         /// authors' code (`layers.i.hidden`, ...), token-major [batch, tokens, channels].
         #[arg(long)]
         hidden_states: bool,
+        #[command(flatten)]
+        prune: PruneArgs,
     },
     /// Classify images (PNG, JPEG, WebP, BMP). With no images, the shipped MNIST samples.
     Classify {
@@ -60,6 +96,8 @@ enum Command {
         /// One JSON object on stdout.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        prune: PruneArgs,
     },
     /// Top-1 accuracy, speed and analytic GFLOPs on a test set (`test.safetensors` in the data
     /// folder: `images` u8 [N, H, W] grayscale, `labels` [N]).
@@ -79,6 +117,8 @@ enum Command {
         /// One JSON object on stdout.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        prune: PruneArgs,
     },
     /// Greedy decoding: one prefill, then one recurrent step per token.
     Generate {
@@ -109,6 +149,8 @@ enum Command {
         reps: usize,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        prune: PruneArgs,
     },
 }
 
@@ -132,7 +174,8 @@ fn run(command: Command) -> Result<()> {
             input,
             out,
             hidden_states,
-        } => run_model(&model, &input, &out, hidden_states),
+            prune,
+        } => run_model(&model, &input, &out, hidden_states, &prune),
         Command::Generate {
             model,
             ids,
@@ -145,20 +188,30 @@ fn run(command: Command) -> Result<()> {
             model,
             top,
             json,
-        } => classify(&images, model.as_deref(), top, json),
+            prune,
+        } => classify(&images, model.as_deref(), top, json, &prune),
         Command::Eval {
             model,
             data,
             batch,
             limit,
             json,
-        } => eval(model.as_deref(), data.as_deref(), batch, limit, json),
+            prune,
+        } => eval(
+            model.as_deref(),
+            data.as_deref(),
+            batch,
+            limit,
+            json,
+            &prune,
+        ),
         Command::Bench {
             model: Some(model),
             batch,
             reps,
             json,
-        } => bench_model(&model, batch, reps, json),
+            prune,
+        } => bench_model(&model, batch, reps, json, &prune),
         Command::Bench { json, .. } => bench(json),
     }
 }
@@ -175,7 +228,13 @@ fn asset(relative: &str) -> PathBuf {
 
 const DEFAULT_VISION_MODEL: &str = "assets/models/vim-mnist";
 
-fn classify(images: &[PathBuf], model: Option<&Path>, top: usize, json: bool) -> Result<()> {
+fn classify(
+    images: &[PathBuf],
+    model: Option<&Path>,
+    top: usize,
+    json: bool,
+    prune: &PruneArgs,
+) -> Result<()> {
     let model_dir = model.map_or_else(|| asset(DEFAULT_VISION_MODEL), Path::to_path_buf);
     let images = if images.is_empty() {
         let dir = asset("assets/samples/mnist");
@@ -189,8 +248,10 @@ fn classify(images: &[PathBuf], model: Option<&Path>, top: usize, json: bool) ->
     } else {
         images.to_vec()
     };
+    let pruning = prune.pruning()?;
     let ctx = Context::new_blocking()?;
-    let classifier = Classifier::load(&ctx, &model_dir)?;
+    let mut classifier = Classifier::load(&ctx, &model_dir)?;
+    classifier.pruning = pruning;
     let mut pixels = Vec::with_capacity(images.len());
     for path in &images {
         let image = preprocess::load_image(path)?;
@@ -258,7 +319,9 @@ fn eval(
     batch: usize,
     limit: Option<usize>,
     json: bool,
+    prune: &PruneArgs,
 ) -> Result<()> {
+    let pruning = prune.pruning()?;
     let model_dir = model.map_or_else(|| asset(DEFAULT_VISION_MODEL), Path::to_path_buf);
     let data_file = data
         .map_or_else(|| asset("assets/data/mnist"), Path::to_path_buf)
@@ -281,7 +344,8 @@ fn eval(
     }
     let n = limit.map_or(n, |l| l.min(n));
     let ctx = Context::new_blocking()?;
-    let classifier = Classifier::load(&ctx, &model_dir)?;
+    let mut classifier = Classifier::load(&ctx, &model_dir)?;
+    classifier.pruning = pruning;
     let classes = classifier.labels.len();
     let pixels_u8: Vec<u8> = images.iter().map(|&v| v.clamp(0, 255) as u8).collect();
     let mut correct = 0;
@@ -309,7 +373,9 @@ fn eval(
     }
     let secs = start.elapsed().as_secs_f64();
     let top1 = 100.0 * correct as f64 / n as f64;
-    let gflops = classifier.model.flops() / 1e9;
+    let schedule = classifier.pruning.as_ref().map(|p| &p.schedule);
+    let gflops = classifier.model.flops(schedule) / 1e9;
+    let flops_reduction = 1.0 - gflops * 1e9 / classifier.model.flops(None);
     let images_per_s = n as f64 / gpu_secs;
     if json {
         println!(
@@ -321,6 +387,10 @@ fn eval(
                 "top1": top1,
                 "images_per_s": images_per_s,
                 "gflops_per_image": gflops,
+                "flops_reduction": flops_reduction,
+                "prune": prune.prune,
+                "importance": prune.importance,
+                "align": prune.align,
                 "batch": batch,
                 "seconds_total": secs,
                 "adapter": ctx.adapter_info().map(|i| i.name.clone()),
@@ -329,7 +399,8 @@ fn eval(
     } else {
         println!("{}: top-1 {top1:.2}% ({correct}/{n})", model_dir.display());
         println!(
-            "{images_per_s:.1} images/s (forward passes at batch {batch}, upload and readback included), {gflops:.4} GFLOPs per image"
+            "{images_per_s:.1} images/s (forward passes at batch {batch}, upload and readback included), {gflops:.4} GFLOPs per image ({:.1}% fewer than unpruned)",
+            flops_reduction * 100.0
         );
     }
     Ok(())
@@ -397,10 +468,21 @@ fn info(json: bool) -> Result<()> {
     Ok(())
 }
 
-fn run_model(model_dir: &Path, input: &Path, out: &Path, hidden_states: bool) -> Result<()> {
+fn run_model(
+    model_dir: &Path,
+    input: &Path,
+    out: &Path,
+    hidden_states: bool,
+    prune: &PruneArgs,
+) -> Result<()> {
     let inputs = SafetensorsFile::open(input)?;
     if inputs.contains("pixel_values") {
-        return run_vision(model_dir, &inputs, out, hidden_states);
+        return run_vision(model_dir, &inputs, out, hidden_states, prune);
+    }
+    if prune.prune.is_some() {
+        return Err(Error::InvalidInput(
+            "--prune applies to vision models (pixel_values inputs)".into(),
+        ));
     }
     let (shape, ids) = inputs.ints("input_ids")?;
     if shape.len() != 2 || shape.contains(&0) {
@@ -433,7 +515,9 @@ fn run_vision(
     inputs: &SafetensorsFile,
     out: &Path,
     hidden_states: bool,
+    prune: &PruneArgs,
 ) -> Result<()> {
+    let pruning = prune.pruning()?;
     let (shape, pixels) = inputs.f32("pixel_values", None)?;
     let ctx = Context::new_blocking()?;
     let classifier = Classifier::load(&ctx, model_dir)?;
@@ -441,10 +525,12 @@ fn run_vision(
     let pixels = ctx.upload_f32("pixel_values", &shape, &pixels)?;
     let mut rec = ctx.recorder();
     let mut trace = Vec::new();
-    let logits =
-        classifier
-            .model
-            .forward(&mut rec, &pixels, hidden_states.then_some(&mut trace))?;
+    let logits = classifier.model.forward(
+        &mut rec,
+        &pixels,
+        pruning.as_ref(),
+        hidden_states.then_some(&mut trace),
+    )?;
     let mut wanted: Vec<&ssmgpu::Tensor> = vec![&logits];
     wanted.extend(trace.iter().map(|(_, t)| t));
     let values = rec.submit_and_read_blocking(&wanted)?;
@@ -453,6 +539,11 @@ fn run_vision(
         .zip(values)
         .zip(std::iter::once("logits").chain(trace.iter().map(|(n, _)| n.as_str())))
         .map(|((t, v), name)| {
+            // Position maps are u32 on the GPU; written as f32 like the rest (exact below 2^24).
+            let v = match t.dtype() {
+                DType::U32 => v.iter().map(|x| x.to_bits() as f32).collect(),
+                DType::F32 => v,
+            };
             let cols = t.shape().last().copied().unwrap_or(1);
             (
                 name.to_string(),
@@ -511,24 +602,55 @@ fn generate(
     Ok(())
 }
 
-fn bench_model(model_dir: &Path, batch: usize, reps: usize, json: bool) -> Result<()> {
+fn bench_model(
+    model_dir: &Path,
+    batch: usize,
+    reps: usize,
+    json: bool,
+    prune: &PruneArgs,
+) -> Result<()> {
     if batch == 0 || reps == 0 {
         return Err(Error::InvalidInput(
             "--batch and --reps must be positive".into(),
         ));
     }
+    let pruning = prune.pruning()?;
     let ctx = Context::new_blocking()?;
     let classifier = Classifier::load(&ctx, model_dir)?;
-    let r = ssmgpu::bench::bench_vision(&ctx, &classifier.model, batch, reps)?;
+    let unpruned = ssmgpu::bench::bench_vision(&ctx, &classifier.model, None, batch, reps)?;
+    let pruned = match &pruning {
+        Some(p) => Some(ssmgpu::bench::bench_vision(
+            &ctx,
+            &classifier.model,
+            Some(p),
+            batch,
+            reps,
+        )?),
+        None => None,
+    };
     let adapter = ctx.adapter_info().map(|i| i.name.clone());
     if json {
+        let mut v = serde_json::json!({
+            "model": model_dir.display().to_string(),
+            "adapter": adapter,
+            "result": unpruned,
+        });
+        if let Some(p) = &pruned {
+            v["pruned"] = serde_json::json!(p);
+            v["prune"] = serde_json::json!(prune.prune);
+            v["ms_unpruned"] = serde_json::json!(unpruned.ms_per_batch);
+            v["ms_pruned"] = serde_json::json!(p.ms_per_batch);
+            v["speedup"] = serde_json::json!(unpruned.ms_per_batch / p.ms_per_batch);
+            v["flops_ratio"] = serde_json::json!(unpruned.gflops_per_image / p.gflops_per_image);
+        }
+        println!("{v}");
+        return Ok(());
+    }
+    for (label, r) in
+        std::iter::once(("unpruned", &unpruned)).chain(pruned.as_ref().map(|p| ("pruned", p)))
+    {
         println!(
-            "{}",
-            serde_json::json!({ "model": model_dir.display().to_string(), "adapter": adapter, "result": r })
-        );
-    } else {
-        println!(
-            "{}: batch {} {:.2} ms ({:.1} images/s), {:.3} GFLOPs/image, {:.1} GFLOP/s, {} dispatches",
+            "{} ({label}): batch {} {:.2} ms ({:.1} images/s), {:.3} GFLOPs/image, {:.1} GFLOP/s, {} dispatches",
             model_dir.display(),
             r.batch,
             r.ms_per_batch,
@@ -536,6 +658,13 @@ fn bench_model(model_dir: &Path, batch: usize, reps: usize, json: bool) -> Resul
             r.gflops_per_image,
             r.gflops_per_s,
             r.dispatches
+        );
+    }
+    if let Some(p) = &pruned {
+        println!(
+            "speedup {:.2}x for a FLOPs ratio of {:.2}x",
+            unpruned.ms_per_batch / p.ms_per_batch,
+            unpruned.gflops_per_image / p.gflops_per_image
         );
     }
     Ok(())

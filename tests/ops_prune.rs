@@ -1,11 +1,13 @@
 //! Token pruning ops on the GPU against their CPU references: top-k selection (ties, NaN,
-//! class token, both orders) and the row gather of one or two streams and the position map.
+//! class token, both orders), the row gather of one or two streams and the position map, the
+//! importance reduction and the scan's ungated output.
 
 mod common;
 
 use common::{ctx, randn, rng};
 use rand::Rng;
 use ssmgpu::ops::gather_rows::{gather_rows, gather_rows_ref};
+use ssmgpu::ops::importance::{importance, importance_ref, Reduce};
 use ssmgpu::ops::topk::{topk, topk_ref, KeepOrder, TOPK_MAX_LEN};
 use ssmgpu::runtime::DType;
 use ssmgpu::{Error, Tensor};
@@ -231,4 +233,100 @@ fn bad_arguments_are_typed_errors() {
     // Nothing was recorded, so the submission is clean.
     assert_eq!(rec.dispatch_count(), 0);
     rec.submit_blocking().unwrap();
+}
+
+#[test]
+fn importance_matches_reference() {
+    let ctx = ctx();
+    let mut r = rng(31);
+    for (batch, len, channels) in [(1, 1, 1), (2, 17, 128), (3, 197, 384), (1, 5, 70)] {
+        let x = randn(&mut r, batch * len * channels, 1.0);
+        let xt = ctx.upload_f32("x", &[batch * len, channels], &x).unwrap();
+        for reduce in [Reduce::Mean, Reduce::L2, Reduce::Random { seed: 7 }] {
+            let mut rec = ctx.recorder();
+            let s = importance(&mut rec, &xt, batch, reduce).unwrap();
+            assert_eq!(s.shape(), [batch, len]);
+            let got = rec.submit_and_read_blocking(&[&s]).unwrap().remove(0);
+            let want = importance_ref(&x, channels, reduce);
+            common::assert_close(
+                &format!("{reduce:?} {batch}x{len}x{channels}"),
+                &got,
+                &want,
+                1e-5,
+                1e-5,
+            );
+            if let Reduce::Random { .. } = reduce {
+                assert!(got.iter().all(|v| (0.0..1.0).contains(v)));
+            }
+        }
+    }
+}
+
+/// The scan's ungated output (pruning importance) is the reference scan without the gate,
+/// clipped at zero, and a second direction adds onto it.
+#[test]
+fn scan_ungated_output_matches_reference() {
+    use ssmgpu::ops::scan::{selective_scan, selective_scan_ref, ScanRef, Ungated};
+    use ssmgpu::ops::Carry;
+    for ctx in common::contexts() {
+        let mut r = rng(32);
+        let (batch, len, channels, nstate) = (2, 19, 70, 16);
+        let rows = batch * len;
+        let u = randn(&mut r, rows * channels, 1.0);
+        let delta = randn(&mut r, rows * channels, 1.0);
+        let b = randn(&mut r, rows * nstate, 1.0);
+        let c = randn(&mut r, rows * nstate, 1.0);
+        let a: Vec<f32> = randn(&mut r, channels * nstate, 1.0)
+            .iter()
+            .map(|v| -(v.abs() + 0.5))
+            .collect();
+        let d = randn(&mut r, channels, 1.0);
+        let z = randn(&mut r, rows * channels, 2.0);
+        let inputs = |z: Option<&'static [f32]>, reverse| ScanRef {
+            batch,
+            len,
+            channels,
+            nstate,
+            u: &u,
+            delta: &delta,
+            b: &b,
+            c: &c,
+            a: &a,
+            d: Some(&d),
+            dt_bias: None,
+            z,
+            softplus: true,
+            reverse,
+        };
+        let z: &'static [f32] = Box::leak(z.into_boxed_slice());
+        let fwd = inputs(Some(z), false).upload(ctx).unwrap();
+        let bwd = inputs(Some(z), true).upload(ctx).unwrap();
+        for clip in [false, true] {
+            let out = ctx
+                .upload_f32("ungated", &[rows, channels], &vec![0.0; rows * channels])
+                .unwrap();
+            let mut rec = ctx.recorder();
+            let mut args = fwd.args(Carry::None);
+            args.ungated = Some(Ungated {
+                tensor: &out,
+                clip,
+                add: false,
+            });
+            selective_scan(&mut rec, args).unwrap();
+            let mut args = bwd.args(Carry::None);
+            args.ungated = Some(Ungated {
+                tensor: &out,
+                clip,
+                add: true,
+            });
+            selective_scan(&mut rec, args).unwrap();
+            let got = rec.submit_and_read_blocking(&[&out]).unwrap().remove(0);
+            let zeros = || vec![0.0; batch * channels * nstate];
+            let f = selective_scan_ref(&inputs(None, false), &mut zeros());
+            let b = selective_scan_ref(&inputs(None, true), &mut zeros());
+            let keep = |v: f32| if clip { v.max(0.0) } else { v };
+            let want: Vec<f32> = f.iter().zip(&b).map(|(x, y)| keep(*x) + keep(*y)).collect();
+            common::assert_close(&format!("ungated clip {clip}"), &got, &want, 1e-5, 1e-4);
+        }
+    }
 }

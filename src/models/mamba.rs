@@ -10,7 +10,7 @@ use crate::ops::conv1d::{conv1d_silu, CONV_WIDTH};
 use crate::ops::embedding::embedding;
 use crate::ops::matmul::matmul;
 use crate::ops::rmsnorm::add_rmsnorm;
-use crate::ops::scan::{pack_ssm_params, selective_scan, ScanArgs, MAX_STATE};
+use crate::ops::scan::{pack_ssm_params, selective_scan, ScanArgs, Ungated, MAX_STATE};
 use crate::ops::Carry;
 use crate::runtime::{Context, MatView, Recorder, Tensor};
 
@@ -159,6 +159,30 @@ pub(crate) struct SsmBranch {
     ssm: Tensor,
 }
 
+/// How [`SsmBranch::forward`] runs.
+#[derive(Clone, Copy)]
+pub(crate) struct BranchOptions<'a> {
+    /// Over each sequence back to front.
+    pub reverse: bool,
+    /// Conv window and SSM state carried across calls.
+    pub carry: (Carry<'a>, Carry<'a>),
+    /// Add `y` into this tensor instead of a new one.
+    pub accumulate: Option<&'a Tensor>,
+    /// Also store the ungated scan output (for pruning scores).
+    pub ungated: Option<Ungated<'a>>,
+}
+
+impl Default for BranchOptions<'_> {
+    fn default() -> Self {
+        BranchOptions {
+            reverse: false,
+            carry: (Carry::None, Carry::None),
+            accumulate: None,
+            ungated: None,
+        }
+    }
+}
+
 /// What a branch computed; `conv` is kept for tracing.
 pub(crate) struct BranchOutput {
     pub conv: Tensor,
@@ -215,19 +239,20 @@ impl SsmBranch {
     }
 
     /// `x`, `z` `[B·L, E]` -> `y = (scan(u) + D·u) · silu(z)` `[B·L, E]`, `u = silu(conv(x))`.
-    /// `reverse` runs the branch over each sequence back to front; `accumulate` adds `y` into
-    /// that tensor.
-    #[allow(clippy::too_many_arguments)] // one per input of the branch
     pub(crate) fn forward(
         &self,
         rec: &mut Recorder,
         x: MatView,
         z: MatView,
         batch: usize,
-        reverse: bool,
-        (conv_carry, ssm_carry): (Carry, Carry),
-        accumulate: Option<&Tensor>,
+        options: BranchOptions,
     ) -> Result<BranchOutput> {
+        let BranchOptions {
+            reverse,
+            carry: (conv_carry, ssm_carry),
+            accumulate,
+            ungated,
+        } = options;
         let SsmDims {
             d_state: n,
             dt_rank: r,
@@ -258,6 +283,7 @@ impl SsmBranch {
                 reverse,
                 state: ssm_carry,
                 accumulate,
+                ungated,
             },
         )?; // [B·L, E]
         Ok(BranchOutput { conv: u, y })
@@ -464,7 +490,16 @@ impl MambaLm {
         let xz = matmul(rec, "in_proj", x.mat(), &l.in_proj, l.in_proj_bias.as_ref())?; // [B·L, 2E] = [x | z]
         let y = l
             .ssm
-            .forward(rec, xz.cols(0, e), xz.cols(e, e), batch, false, carry, None)?
+            .forward(
+                rec,
+                xz.cols(0, e),
+                xz.cols(e, e),
+                batch,
+                BranchOptions {
+                    carry,
+                    ..Default::default()
+                },
+            )?
             .y; // [B·L, E]
         matmul(
             rec,

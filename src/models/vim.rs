@@ -4,15 +4,15 @@
 //! class token's feature into the head.
 
 use crate::error::{Error, Result};
-use crate::models::mamba::{SsmBranch, SsmDims};
+use crate::models::mamba::{BranchOptions, SsmBranch, SsmDims};
 use crate::models::{record, ModelDir, Trace};
 use crate::ops::conv1d::CONV_WIDTH;
 use crate::ops::im2col::{im2col, ConvGeometry, Layout};
 use crate::ops::matmul::matmul;
 use crate::ops::rmsnorm::add_rmsnorm;
-use crate::ops::scan::MAX_STATE;
+use crate::ops::scan::{Ungated, MAX_STATE};
 use crate::ops::tokens::embed_tokens;
-use crate::ops::Carry;
+use crate::prune::{initial_positions, PruneSchedule, Pruning, TokenStreams};
 use crate::runtime::{Context, MatView, Recorder, Tensor};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -143,13 +143,18 @@ impl VimConfig {
     }
 
     /// Multiply-adds x 2 of the matmuls and convs, plus the scans' state updates (about 6
-    /// flops per state element and step: exp argument, exp, two fmas, the C dot), per image.
-    pub fn flops(&self) -> f64 {
-        let (d, l, m) = (
-            self.embed_dim as f64,
-            self.seq_len() as f64,
-            self.num_patches() as f64,
-        );
+    /// flops per state element and step: exp argument, exp, two fmas, the C dot), per image,
+    /// with the token counts a pruning schedule leaves each layer.
+    pub fn flops(&self, schedule: Option<&PruneSchedule>) -> f64 {
+        let (d, m) = (self.embed_dim as f64, self.num_patches() as f64);
+        let tokens: f64 = match schedule {
+            Some(s) => s
+                .token_counts(self.seq_len(), self.depth, true)
+                .iter()
+                .map(|&n| n as f64)
+                .sum(),
+            None => (self.depth * self.seq_len()) as f64,
+        };
         let SsmDims {
             d_inner: e,
             d_state: n,
@@ -160,7 +165,7 @@ impl VimConfig {
         let per_direction =
             e * CONV_WIDTH as f64 + e * (r + 2.0 * n) + r * e + e * n * 3.0 + e * 2.0;
         let per_token = d * 2.0 * e + 2.0 * per_direction + e * d;
-        2.0 * (m * patch_in * d + self.depth as f64 * l * per_token + d * self.num_classes as f64)
+        2.0 * (m * patch_in * d + tokens * per_token + d * self.num_classes as f64)
     }
 }
 
@@ -253,12 +258,29 @@ impl Vim {
         &self,
         rec: &mut Recorder,
         pixels: &Tensor,
+        trace: Option<&mut Trace>,
+    ) -> Result<Tensor> {
+        self.forward_pruned(rec, pixels, None, trace)
+    }
+
+    /// [`Self::forward`] with token pruning: after the layers the schedule names, the tokens
+    /// are scored, the kept ones gathered from both streams, and later layers run on fewer.
+    /// The trace then also records `layers.{i}.positions` (u32 `[B, N]`, original index of
+    /// every token a layer ran on).
+    pub fn forward_pruned(
+        &self,
+        rec: &mut Recorder,
+        pixels: &Tensor,
+        pruning: Option<&Pruning>,
         mut trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
         let c = &self.config;
         let batch = self.check_pixels(pixels.shape())?;
+        if let Some(p) = pruning {
+            p.schedule.check_depth(c.depth)?;
+        }
         let (h, w) = c.img_size;
-        let (d, l) = (c.embed_dim, c.seq_len());
+        let d = c.embed_dim;
         let patches = im2col(
             rec,
             pixels,
@@ -274,7 +296,7 @@ impl Vim {
             Some(&self.patch_bias),
         )?; // [B·M, D]
         let cls = (&self.cls_token, c.cls_position());
-        let residual = embed_tokens(rec, &x, batch, Some(cls), self.pos_embed.as_ref())?; // [B·L, D]
+        let mut residual = embed_tokens(rec, &x, batch, Some(cls), self.pos_embed.as_ref())?; // [B·L, D]
         if trace.is_some() {
             record(&mut trace, "patch_embed_out", &x);
             record(
@@ -283,9 +305,14 @@ impl Vim {
                 &rec.snapshot("embed_tokens", &residual)?,
             );
         }
+        let mut len = c.seq_len();
+        let mut positions = match pruning {
+            Some(_) => Some(initial_positions(rec, batch, len)?),
+            None => None,
+        };
         let mut hidden: Option<Tensor> = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            // residual += hidden; x = RMSNorm(residual)            [B·L, D]
+            // residual += hidden; x = RMSNorm(residual)            [B·N, D]
             let x = add_rmsnorm(rec, &residual, hidden.as_ref(), &layer.norm, c.eps)?;
             if trace.is_some() {
                 record(
@@ -294,19 +321,42 @@ impl Vim {
                     &rec.snapshot("residual", &residual)?,
                 );
                 record(&mut trace, &format!("layers.{i}.mixer_in"), &x);
+                if let Some(positions) = &positions {
+                    record(&mut trace, &format!("layers.{i}.positions"), positions);
+                }
             }
-            let out = self.mixer(rec, layer, &x, batch, &mut trace, i)?; // [B·L, D]
+            let clip = pruning.and_then(|p| p.scan_scores(i));
+            let ungated = match clip {
+                Some(_) => Some(rec.alloc("ungated", &[batch * len, c.ssm.d_inner])?),
+                None => None,
+            };
+            let scores = clip.zip(ungated.as_ref());
+            let out = self.mixer(rec, layer, &x, batch, scores, &mut trace, i)?; // [B·N, D]
             record(&mut trace, &format!("layers.{i}.hidden"), &out);
-            hidden = Some(out);
+            match (pruning, positions.take()) {
+                (Some(p), Some(pos)) => {
+                    let streams = TokenStreams {
+                        hidden: out,
+                        residual,
+                        positions: pos,
+                        len,
+                    };
+                    let kept = p.after_layer(rec, i, streams, ungated.as_ref(), batch, true)?;
+                    (residual, len) = (kept.residual, kept.len);
+                    hidden = Some(kept.hidden);
+                    positions = Some(kept.positions);
+                }
+                _ => hidden = Some(out),
+            }
         }
-        let normed = add_rmsnorm(rec, &residual, hidden.as_ref(), &self.norm_f, c.eps)?; // [B·L, D]
+        let normed = add_rmsnorm(rec, &residual, hidden.as_ref(), &self.norm_f, c.eps)?; // [B·N, D]
         let cls_rows = MatView {
             tensor: &normed,
             rows: batch,
             cols: d,
-            offset: c.cls_position() * d,
-            stride: l * d,
-        }; // [B, D], the class token of each image
+            offset: (len - 1) / 2 * d,
+            stride: len * d,
+        }; // [B, D], the class token of each image, kept in the middle by pruning
         let logits = matmul(rec, "logits", cls_rows, &self.head, Some(&self.head_bias))?; // [B, classes]
         record(&mut trace, "final_norm_out", &normed);
         Ok(logits)
@@ -315,12 +365,16 @@ impl Vim {
     /// The bidirectional "v2" mixer: shared in_proj and out_proj, one SSM branch per direction.
     /// out = out_proj((y_f + flip(y_b(flip(x), flip(z)))) / 2); the backward branch walks the
     /// tokens in reverse and adds into y_f, so nothing is flipped in memory.
+    /// With `scores` (clip, tensor), the scans also store their ungated outputs there, summed
+    /// over the two directions at original positions (pruning importance).
+    #[allow(clippy::too_many_arguments)] // the trace and layer index are for tracing only
     fn mixer(
         &self,
         rec: &mut Recorder,
         layer: &VimLayer,
         x: &Tensor,
         batch: usize,
+        scores: Option<(bool, &Tensor)>,
         trace: &mut Option<&mut Trace>,
         i: usize,
     ) -> Result<Tensor> {
@@ -333,8 +387,12 @@ impl Vim {
             layer.in_proj_bias.as_ref(),
         )?; // [B·L, 2E] = [x | z]
         let (x, z) = (xz.cols(0, e), xz.cols(e, e));
-        let none = (Carry::None, Carry::None);
-        let fwd = layer.forward.forward(rec, x, z, batch, false, none, None)?; // y_f [B·L, E]
+        let ungated = |add| scores.map(|(clip, tensor)| Ungated { tensor, clip, add });
+        let forward = BranchOptions {
+            ungated: ungated(false),
+            ..Default::default()
+        };
+        let fwd = layer.forward.forward(rec, x, z, batch, forward)?; // y_f [B·L, E]
         if trace.is_some() {
             record(trace, &format!("layers.{i}.xz"), &xz);
             record(trace, &format!("layers.{i}.fwd.conv_out"), &fwd.conv);
@@ -344,9 +402,13 @@ impl Vim {
                 &rec.snapshot("fwd.y", &fwd.y)?,
             );
         }
-        let bwd = layer
-            .backward
-            .forward(rec, x, z, batch, true, none, Some(&fwd.y))?; // y_f + y_b [B·L, E]
+        let backward = BranchOptions {
+            reverse: true,
+            accumulate: Some(&fwd.y),
+            ungated: ungated(true),
+            ..Default::default()
+        };
+        let bwd = layer.backward.forward(rec, x, z, batch, backward)?; // y_f + y_b [B·L, E]
         if trace.is_some() {
             record(trace, &format!("layers.{i}.bwd.conv_out"), &bwd.conv);
             record(trace, &format!("layers.{i}.y_sum"), &bwd.y);

@@ -8,6 +8,7 @@ use crate::models::plainmamba::PlainMamba;
 use crate::models::vim::Vim;
 use crate::models::{ModelDir, Trace};
 use crate::preprocess::Preprocess;
+use crate::prune::{PruneSchedule, Pruning};
 use crate::runtime::{Context, Recorder, Tensor};
 
 pub enum VisionModel {
@@ -21,6 +22,8 @@ pub struct Classifier {
     pub preprocess: Preprocess,
     /// Class names from config.json `labels`, else the class indices.
     pub labels: Vec<String>,
+    /// Token pruning applied by [`Classifier::logits`] (none after `load`).
+    pub pruning: Option<Pruning>,
 }
 
 impl Classifier {
@@ -67,6 +70,7 @@ impl Classifier {
             model,
             preprocess,
             labels,
+            pruning: None,
         })
     }
 
@@ -81,21 +85,29 @@ impl Classifier {
         }
         let pixels = ctx.upload_f32("pixel_values", &[batch, c, h, w], pixels)?;
         let mut rec = ctx.recorder();
-        let logits = self.model.forward(&mut rec, &pixels, None)?;
+        let logits = self
+            .model
+            .forward(&mut rec, &pixels, self.pruning.as_ref(), None)?;
         Ok(rec.submit_and_read(&[&logits]).await?.remove(0))
     }
 }
 
 impl VisionModel {
-    /// Record a forward pass over `pixels` `[batch, C, H, W]`; returns logits `[batch, classes]`.
+    /// Record a forward pass over `pixels` `[batch, C, H, W]`, pruned when asked; returns
+    /// logits `[batch, classes]`.
     pub fn forward(
         &self,
         rec: &mut Recorder,
         pixels: &Tensor,
+        pruning: Option<&Pruning>,
         trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
+        let pruning = pruning.filter(|p| !p.schedule.steps().is_empty());
         match self {
-            VisionModel::Vim(m) => m.forward(rec, pixels, trace),
+            VisionModel::Vim(m) => m.forward_pruned(rec, pixels, pruning, trace),
+            VisionModel::PlainMamba(_) if pruning.is_some() => Err(Error::InvalidInput(
+                "token pruning is implemented for Vim only so far, not PlainMamba".into(),
+            )),
             VisionModel::PlainMamba(m) => m.forward(rec, pixels, trace),
         }
     }
@@ -118,10 +130,10 @@ impl VisionModel {
         }
     }
 
-    /// Analytic FLOPs of one image at the model's input size.
-    pub fn flops(&self) -> f64 {
+    /// Analytic FLOPs of one image at the model's input size, under a pruning schedule.
+    pub fn flops(&self, schedule: Option<&PruneSchedule>) -> f64 {
         match self {
-            VisionModel::Vim(m) => m.config.flops(),
+            VisionModel::Vim(m) => m.config.flops(schedule),
             VisionModel::PlainMamba(m) => {
                 let (h, w) = m.image_size();
                 m.flops(h, w)

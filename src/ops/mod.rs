@@ -8,6 +8,7 @@ pub mod dwconv2d;
 pub mod embedding;
 pub mod gather_rows;
 pub mod im2col;
+pub mod importance;
 pub mod layernorm;
 pub mod matmul;
 pub mod rmsnorm;
@@ -40,6 +41,7 @@ pub const SHADERS: &[(&str, &str)] = &[
         include_str!("../../shaders/gather_rows.wgsl"),
     ),
     ("im2col", include_str!("../../shaders/im2col.wgsl")),
+    ("importance", include_str!("../../shaders/importance.wgsl")),
     ("layernorm", include_str!("../../shaders/layernorm.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),

@@ -13,6 +13,9 @@ const USE_STATE: u32 = 4;
 const WRITE_STATE: u32 = 8;
 const REVERSE: u32 = 16;
 const ACCUMULATE: u32 = 32;
+const UNGATED: u32 = 64;
+const UNGATED_CLIP: u32 = 128;
+const UNGATED_ADD: u32 = 256;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -70,6 +73,18 @@ pub struct ScanArgs<'a> {
     pub state: Carry<'a>,
     /// Add `y` into this `[batch * len, channels]` tensor (and return it) instead of a new one.
     pub accumulate: Option<&'a Tensor>,
+    /// Also store `scan + D·u` before the gate (token importance for pruning).
+    pub ungated: Option<Ungated<'a>>,
+}
+
+/// Where [`selective_scan`] stores its ungated output, `[batch * len, channels]`.
+#[derive(Clone, Copy)]
+pub struct Ungated<'a> {
+    pub tensor: &'a Tensor,
+    /// Store `max(0, y)`.
+    pub clip: bool,
+    /// Add into the tensor (a second scan direction) instead of overwriting it.
+    pub add: bool,
 }
 
 /// Returns `y` `[batch * len, channels]`.
@@ -86,6 +101,7 @@ pub fn selective_scan(rec: &mut Recorder, args: ScanArgs) -> Result<Tensor> {
         reverse,
         state,
         accumulate,
+        ungated,
     } = args;
     debug_assert!(std::ptr::eq(b.tensor.buffer(), c.tensor.buffer()) && b.stride == c.stride);
     let channels = u.cols;
@@ -101,9 +117,16 @@ pub fn selective_scan(rec: &mut Recorder, args: ScanArgs) -> Result<Tensor> {
         | if read_state != 0 { USE_STATE } else { 0 }
         | if write_state != 0 { WRITE_STATE } else { 0 }
         | if reverse { REVERSE } else { 0 }
-        | if accumulate.is_some() { ACCUMULATE } else { 0 };
+        | if accumulate.is_some() { ACCUMULATE } else { 0 }
+        | ungated.map_or(0, |g| {
+            UNGATED | if g.clip { UNGATED_CLIP } else { 0 } | if g.add { UNGATED_ADD } else { 0 }
+        });
     let dummy = rec.context().inner.dummy.clone();
     let z_buf = z.map(|z| z.buffer().clone()).unwrap_or(dummy);
+    let ungated_buf = ungated.map_or_else(
+        || rec.context().inner.dummy_rw.clone(),
+        |g| g.tensor.buffer().clone(),
+    );
     let p = Params {
         batch: batch as u32,
         len: (u.rows / batch) as u32,
@@ -135,6 +158,7 @@ pub fn selective_scan(rec: &mut Recorder, args: ScanArgs) -> Result<Tensor> {
             &z_buf,
             &state_buf,
             out.buffer(),
+            &ungated_buf,
         ],
         [channels.div_ceil(64) as u32, batch as u32, 1],
     );
@@ -218,6 +242,7 @@ impl ScanTensors {
             reverse: self.reverse,
             state,
             accumulate: None,
+            ungated: None,
         }
     }
 }

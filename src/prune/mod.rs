@@ -6,6 +6,10 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
+use crate::ops::gather_rows::gather_rows;
+use crate::ops::importance::{importance, Reduce};
+use crate::ops::topk::{topk, KeepOrder};
+use crate::runtime::{Recorder, Tensor};
 
 /// After 1-indexed layer `after_layer`, keep `keep_ratio` (in (0, 1]) of the tokens.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -240,4 +244,175 @@ mod tests {
         assert!(vim_t.check_depth(20).is_err());
         assert!(PruneSchedule::default().check_depth(1).is_ok());
     }
+}
+
+/// Which score decides the tokens a step keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Importance {
+    /// Mean over channels of the clipped SSM output `max(0, y)` (y before the gate), summed
+    /// over the scan directions at original positions (both papers' metric; the default).
+    #[default]
+    Clipped,
+    /// The same without the clip (ablation).
+    Unclipped,
+    /// Euclidean norm of the token's mixer output (ablation).
+    L2,
+    /// Uniformly random (ablation baseline).
+    Random,
+}
+
+impl Importance {
+    pub const NAMES: &[(&str, Importance)] = &[
+        ("clipped", Importance::Clipped),
+        ("unclipped", Importance::Unclipped),
+        ("l2", Importance::L2),
+        ("random", Importance::Random),
+    ];
+
+    /// Whether the scans must store their ungated output, and clipped.
+    pub fn from_scan(self) -> Option<bool> {
+        match self {
+            Importance::Clipped => Some(true),
+            Importance::Unclipped => Some(false),
+            Importance::L2 | Importance::Random => None,
+        }
+    }
+}
+
+/// Where kept tokens go in the compacted sequence.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Align {
+    /// In importance order, as ViT pruning leaves them (the baseline the paper says fails).
+    Score,
+    /// In original order: each scan then visits the kept tokens in its own order, with the
+    /// state carried over the pruned positions.
+    #[default]
+    Carry,
+}
+
+impl Align {
+    pub const NAMES: &[(&str, Align)] = &[("score", Align::Score), ("carry", Align::Carry)];
+}
+
+/// Parse `name` as one of `names` (a CLI option's value).
+pub fn parse_name<T: Copy>(what: &str, names: &[(&str, T)], name: &str) -> Result<T> {
+    names
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            let known: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
+            Error::InvalidInput(format!(
+                "unknown {what} `{name}` (one of: {})",
+                known.join(", ")
+            ))
+        })
+}
+
+/// A pruning configuration for a vision model's forward pass.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Pruning {
+    pub schedule: PruneSchedule,
+    pub importance: Importance,
+    pub align: Align,
+    /// For [`Importance::Random`].
+    pub seed: u32,
+}
+
+/// A vision model's token streams between two layers (all `[B·N, D]`) and the original index
+/// of every current token (u32 `[B, N]`).
+pub struct TokenStreams {
+    pub hidden: Tensor,
+    pub residual: Tensor,
+    pub positions: Tensor,
+    /// Tokens per image now.
+    pub len: usize,
+}
+
+impl Pruning {
+    /// The keep ratio of the step after 0-indexed layer `layer`, if there is one.
+    pub fn ratio_after(&self, layer: usize) -> Option<f64> {
+        self.schedule
+            .steps()
+            .iter()
+            .find(|s| s.after_layer == layer + 1 && s.keep_ratio < 1.0)
+            .map(|s| s.keep_ratio)
+    }
+
+    /// Whether layer `layer`'s scans must store their ungated output for this step's scores,
+    /// and clipped.
+    pub fn scan_scores(&self, layer: usize) -> Option<bool> {
+        self.ratio_after(layer).and(self.importance.from_scan())
+    }
+
+    /// Record one pruning step after layer `layer`: scores, top-k (the class token at
+    /// `(N - 1) / 2` kept in the middle when `has_cls`), and the gather of both streams and the
+    /// position map. `ungated` is the layer's summed scan output when [`Self::scan_scores`]
+    /// asked for it. Returns the streams unchanged when no step follows this layer.
+    pub fn after_layer(
+        &self,
+        rec: &mut Recorder,
+        layer: usize,
+        streams: TokenStreams,
+        ungated: Option<&Tensor>,
+        batch: usize,
+        has_cls: bool,
+    ) -> Result<TokenStreams> {
+        let Some(ratio) = self.ratio_after(layer) else {
+            return Ok(streams);
+        };
+        let keep = kept_tokens(streams.len, ratio, has_cls);
+        if keep == streams.len {
+            return Ok(streams);
+        }
+        let scores = match (self.importance, ungated) {
+            (Importance::Clipped | Importance::Unclipped, Some(ungated)) => {
+                importance(rec, ungated, batch, Reduce::Mean)?
+            }
+            (Importance::Clipped | Importance::Unclipped, None) => {
+                return Err(Error::InvalidInput(format!(
+                    "pruning after layer {}: the scan scores were not recorded",
+                    layer + 1
+                )))
+            }
+            (Importance::L2, _) => importance(rec, &streams.hidden, batch, Reduce::L2)?,
+            (Importance::Random, _) => importance(
+                rec,
+                &streams.hidden,
+                batch,
+                Reduce::Random {
+                    seed: self.seed ^ (layer as u32).wrapping_mul(0x9e37_79b9),
+                },
+            )?,
+        };
+        let order = match self.align {
+            Align::Score => KeepOrder::Score,
+            Align::Carry => KeepOrder::Ascending,
+        };
+        let cls = has_cls.then_some((streams.len - 1) / 2);
+        let kept = topk(rec, &scores, keep, cls, order)?;
+        let gathered = gather_rows(
+            rec,
+            &kept,
+            &streams.hidden,
+            Some(&streams.residual),
+            Some(&streams.positions),
+        )?;
+        let (residual, positions) = gathered
+            .y
+            .zip(gathered.positions)
+            .ok_or_else(|| Error::Gpu("gather_rows dropped a stream it was given".into()))?;
+        Ok(TokenStreams {
+            hidden: gathered.x,
+            residual,
+            positions,
+            len: keep,
+        })
+    }
+}
+
+/// The identity position map `[batch, len]` (token t of every image is original token t).
+pub fn initial_positions(rec: &Recorder, batch: usize, len: usize) -> Result<Tensor> {
+    let ids: Vec<u32> = (0..batch).flat_map(|_| 0..len as u32).collect();
+    rec.context().upload_u32("positions", &[batch, len], &ids)
 }
