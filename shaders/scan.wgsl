@@ -39,6 +39,8 @@ const ACCUMULATE: u32 = 32u;
 const UNGATED: u32 = 64u;
 const UNGATED_CLIP: u32 = 128u;
 const UNGATED_ADD: u32 = 256u;
+// Decay the state over the pruned positions between kept tokens (positions binding).
+const GAP_DECAY: u32 = 512u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> u: array<f32>;
@@ -54,6 +56,7 @@ const UNGATED_ADD: u32 = 256u;
 @group(0) @binding(6) var<storage, read_write> state: array<f32>;
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
 @group(0) @binding(8) var<storage, read_write> ungated: array<f32>;
+@group(0) @binding(9) var<storage, read> positions: array<u32>;
 
 // #include ssm_inputs
 
@@ -113,6 +116,12 @@ fn selective_scan(
     let m1 = vec4<f32>(vec4<u32>(4u, 5u, 6u, 7u) < vec4<u32>(ns));
     let m2 = vec4<f32>(vec4<u32>(8u, 9u, 10u, 11u) < vec4<u32>(ns));
     let m3 = vec4<f32>(vec4<u32>(12u, 13u, 14u, 15u) < vec4<u32>(ns));
+    // Delta of a pruned (zero-input) position, for GAP_DECAY.
+    var idle_dt = dt_bias;
+    if ((p.flags & SOFTPLUS) != 0u) {
+        idle_dt = select(log(1.0 + exp(dt_bias)), dt_bias, dt_bias > 20.0);
+    }
+    var prev_pos = 0u;
     for (var s = 0u; s < p.len; s++) {
         let t = select(s, p.len - 1u - s, reverse);
         let row = b * p.len + t;
@@ -120,6 +129,18 @@ fn selective_scan(
         var dt = delta[p.dt_offset + row * p.dt_stride + e] + dt_bias;
         if ((p.flags & SOFTPLUS) != 0u) {
             dt = select(log(1.0 + exp(dt)), dt, dt > 20.0);
+        }
+        if ((p.flags & GAP_DECAY) != 0u) {
+            let pos = positions[row];
+            if (s > 0u) {
+                let gap = f32(max(abs(i32(pos) - i32(prev_pos)), 1) - 1);
+                let g = gap * idle_dt;
+                h0 *= exp(g * a0);
+                h1 *= exp(g * a1);
+                h2 *= exp(g * a2);
+                h3 *= exp(g * a3);
+            }
+            prev_pos = pos;
         }
         let du = dt * ut;
         let bb = p.b_offset + row * p.bc_stride;

@@ -119,6 +119,7 @@ pub fn bench_scan(
         z: Some(&z),
         softplus: true,
         reverse: false,
+        gap_positions: None,
     };
     let on_gpu = inputs.upload(ctx)?;
     let gpu_ms = time_gpu(ctx, 5, 4, |rec| {

@@ -43,6 +43,7 @@ impl Inputs {
             z: self.z.as_deref(),
             softplus: self.softplus,
             reverse: false,
+            gap_positions: None,
         }
     }
 }

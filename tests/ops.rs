@@ -228,14 +228,16 @@ fn scan_matches_reference_in_every_mode() {
 fn scan_cases(ctx: &ssmgpu::Context) {
     let mut r = rng(5);
     let cases = [
-        // batch, len, channels, nstate, z, bias, softplus, reverse
-        (1, 1, 1, 1, true, true, true, false),
-        (2, 17, 5, 4, true, true, true, false),
-        (3, 9, 70, 16, false, false, false, false),
-        (1, 40, 33, 5, true, false, true, true),
-        (2, 64, 64, 16, true, true, true, true),
+        // batch, len, channels, nstate, z, bias, softplus, reverse, gap decay
+        (1, 1, 1, 1, true, true, true, false, false),
+        (2, 17, 5, 4, true, true, true, false, false),
+        (3, 9, 70, 16, false, false, false, false, false),
+        (1, 40, 33, 5, true, false, true, true, false),
+        (2, 64, 64, 16, true, true, true, true, false),
+        (2, 23, 40, 16, true, true, true, false, true),
+        (1, 30, 70, 16, true, true, true, true, true),
     ];
-    for (batch, len, channels, nstate, with_z, with_bias, softplus, reverse) in cases {
+    for (batch, len, channels, nstate, with_z, with_bias, softplus, reverse, gaps) in cases {
         let rows = batch * len;
         let u = randn(&mut r, rows * channels, 1.0);
         let delta = randn(&mut r, rows * channels, 1.0);
@@ -245,6 +247,18 @@ fn scan_cases(ctx: &ssmgpu::Context) {
         let d = randn(&mut r, channels, 1.0);
         let bias = randn(&mut r, channels, 1.0);
         let z = randn(&mut r, rows * channels, 2.0);
+        // Kept positions of a pruned sequence: increasing with gaps of 0..3 pruned tokens.
+        let positions: Vec<u32> = (0..batch)
+            .flat_map(|_| {
+                let mut p = 0u32;
+                (0..len)
+                    .map(|_| {
+                        p += 1 + r.random_range(0..4u32);
+                        p
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         let inputs = ScanRef {
             batch,
             len,
@@ -260,6 +274,7 @@ fn scan_cases(ctx: &ssmgpu::Context) {
             z: with_z.then_some(&z[..]),
             softplus,
             reverse,
+            gap_positions: gaps.then_some(&positions[..]),
         };
         let on_gpu = inputs.upload(ctx).unwrap();
         let st = ctx
@@ -282,7 +297,7 @@ fn scan_cases(ctx: &ssmgpu::Context) {
         let want = selective_scan_ref(&inputs, &mut state);
         let summed: Vec<f32> = base.iter().zip(&want).map(|(a, b)| a + b).collect();
         let what = format!(
-            "scan b{batch} l{len} e{channels} n{nstate} rev{reverse} (subgroups {})",
+            "scan b{batch} l{len} e{channels} n{nstate} rev{reverse} gaps{gaps} (subgroups {})",
             ctx.uses_subgroups()
         );
         assert_close(&what, &got[0], &want, 1e-5, 1e-4);
@@ -347,6 +362,7 @@ fn scan_split_in_two_with_carried_state_equals_whole() {
             z: None,
             softplus: true,
             reverse: false,
+            gap_positions: None,
         };
         let on_gpu = inputs.upload(ctx).unwrap();
         let mut rec = ctx.recorder();

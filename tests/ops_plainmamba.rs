@@ -230,6 +230,7 @@ fn zigzag_cases(ctx: &Context) {
             z: Some(&z),
             softplus: true,
             reverse: false,
+            gap_positions: None,
         };
         let orders = ScanOrders::new(h, w);
         let on_gpu = inputs.upload(ctx).unwrap();

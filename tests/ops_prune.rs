@@ -297,6 +297,7 @@ fn scan_ungated_output_matches_reference() {
             z,
             softplus: true,
             reverse,
+            gap_positions: None,
         };
         let z: &'static [f32] = Box::leak(z.into_boxed_slice());
         let fwd = inputs(Some(z), false).upload(ctx).unwrap();

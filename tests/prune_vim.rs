@@ -1,6 +1,6 @@
 //! Token pruning inside Vim: a keep ratio of 1 is the unpruned model bit for bit; a pruned run
 //! keeps the class token in the middle and the other kept tokens in original order (`carry`) or in
-//! score order (`score`), and its compacted streams are the unpruned ones at the kept positions.
+//! score order (`score`); `decay` changes the logits but not the kept set; and its compacted streams are the unpruned ones at the kept positions.
 
 mod common;
 
@@ -79,7 +79,8 @@ fn pruned_streams_are_the_unpruned_ones_at_the_kept_positions() {
     let keep = kept_tokens(len, 0.5, true);
     assert_eq!(keep, 9); // ceil(16 * 0.5) = 8, even, so 9 with the class token
     let mut kept_sets = Vec::new();
-    for align in [Align::Carry, Align::Score] {
+    let mut logits_by_mode: HashMap<(Align, Importance), Vec<f32>> = HashMap::new();
+    for align in [Align::Carry, Align::Decay, Align::Score] {
         for importance in [
             Importance::Clipped,
             Importance::Unclipped,
@@ -104,7 +105,7 @@ fn pruned_streams_are_the_unpruned_ones_at_the_kept_positions() {
                     model.config.cls_position(),
                     "{align:?} {row:?}"
                 );
-                if align == Align::Carry {
+                if align != Align::Score {
                     // Original order, except the class token, re-inserted in the middle as the
                     // authors' code does.
                     let others: Vec<usize> = row
@@ -141,9 +142,19 @@ fn pruned_streams_are_the_unpruned_ones_at_the_kept_positions() {
                     "{align:?} {importance:?} changed nothing"
                 );
             }
+            logits_by_mode.insert((align, importance), logits);
         }
     }
-    // Both orders keep the same tokens for the same importance.
-    let n = kept_sets.len() / 2;
-    assert_eq!(kept_sets[..n], kept_sets[n..]);
+    // Every alignment keeps the same tokens for the same importance (the first pruning step
+    // sees the same scores).
+    for importance in [Importance::Clipped, Importance::L2] {
+        assert_ne!(
+            logits_by_mode[&(Align::Carry, importance)],
+            logits_by_mode[&(Align::Decay, importance)],
+            "decay over pruned positions changed nothing"
+        );
+    }
+    let n = kept_sets.len() / 3;
+    assert_eq!(kept_sets[..n], kept_sets[n..2 * n]);
+    assert_eq!(kept_sets[..n], kept_sets[2 * n..]);
 }

@@ -170,6 +170,8 @@ pub(crate) struct BranchOptions<'a> {
     pub accumulate: Option<&'a Tensor>,
     /// Also store the ungated scan output (for pruning scores).
     pub ungated: Option<Ungated<'a>>,
+    /// Original token positions, for the scan's decay over pruned positions.
+    pub gap_positions: Option<&'a Tensor>,
 }
 
 impl Default for BranchOptions<'_> {
@@ -179,6 +181,7 @@ impl Default for BranchOptions<'_> {
             carry: (Carry::None, Carry::None),
             accumulate: None,
             ungated: None,
+            gap_positions: None,
         }
     }
 }
@@ -252,6 +255,7 @@ impl SsmBranch {
             carry: (conv_carry, ssm_carry),
             accumulate,
             ungated,
+            gap_positions,
         } = options;
         let SsmDims {
             d_state: n,
@@ -284,6 +288,7 @@ impl SsmBranch {
                 state: ssm_carry,
                 accumulate,
                 ungated,
+                gap_positions,
             },
         )?; // [B·L, E]
         Ok(BranchOutput { conv: u, y })

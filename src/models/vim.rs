@@ -12,7 +12,7 @@ use crate::ops::matmul::matmul;
 use crate::ops::rmsnorm::add_rmsnorm;
 use crate::ops::scan::{Ungated, MAX_STATE};
 use crate::ops::tokens::embed_tokens;
-use crate::prune::{initial_positions, PruneSchedule, Pruning, TokenStreams};
+use crate::prune::{initial_positions, Align, PruneSchedule, Pruning, TokenStreams};
 use crate::runtime::{Context, MatView, Recorder, Tensor};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -331,7 +331,11 @@ impl Vim {
                 None => None,
             };
             let scores = clip.zip(ungated.as_ref());
-            let out = self.mixer(rec, layer, &x, batch, scores, &mut trace, i)?; // [B·N, D]
+            // Decay over pruned positions once some are pruned.
+            let gaps = positions
+                .as_ref()
+                .filter(|_| len < c.seq_len() && pruning.is_some_and(|p| p.align == Align::Decay));
+            let out = self.mixer(rec, layer, &x, batch, (scores, gaps), &mut trace, i)?; // [B·N, D]
             record(&mut trace, &format!("layers.{i}.hidden"), &out);
             match (pruning, positions.take()) {
                 (Some(p), Some(pos)) => {
@@ -366,7 +370,8 @@ impl Vim {
     /// out = out_proj((y_f + flip(y_b(flip(x), flip(z)))) / 2); the backward branch walks the
     /// tokens in reverse and adds into y_f, so nothing is flipped in memory.
     /// With `scores` (clip, tensor), the scans also store their ungated outputs there, summed
-    /// over the two directions at original positions (pruning importance).
+    /// over the two directions at original positions (pruning importance); with `gaps` (the
+    /// position map) they decay the state over pruned positions.
     #[allow(clippy::too_many_arguments)] // the trace and layer index are for tracing only
     fn mixer(
         &self,
@@ -374,7 +379,7 @@ impl Vim {
         layer: &VimLayer,
         x: &Tensor,
         batch: usize,
-        scores: Option<(bool, &Tensor)>,
+        (scores, gaps): (Option<(bool, &Tensor)>, Option<&Tensor>),
         trace: &mut Option<&mut Trace>,
         i: usize,
     ) -> Result<Tensor> {
@@ -390,6 +395,7 @@ impl Vim {
         let ungated = |add| scores.map(|(clip, tensor)| Ungated { tensor, clip, add });
         let forward = BranchOptions {
             ungated: ungated(false),
+            gap_positions: gaps,
             ..Default::default()
         };
         let fwd = layer.forward.forward(rec, x, z, batch, forward)?; // y_f [B·L, E]
@@ -406,6 +412,7 @@ impl Vim {
             reverse: true,
             accumulate: Some(&fwd.y),
             ungated: ungated(true),
+            gap_positions: gaps,
             ..Default::default()
         };
         let bwd = layer.backward.forward(rec, x, z, batch, backward)?; // y_f + y_b [B·L, E]

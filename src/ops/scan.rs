@@ -16,6 +16,7 @@ const ACCUMULATE: u32 = 32;
 const UNGATED: u32 = 64;
 const UNGATED_CLIP: u32 = 128;
 const UNGATED_ADD: u32 = 256;
+const GAP_DECAY: u32 = 512;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -75,6 +76,10 @@ pub struct ScanArgs<'a> {
     pub accumulate: Option<&'a Tensor>,
     /// Also store `scan + D·u` before the gate (token importance for pruning).
     pub ungated: Option<Ungated<'a>>,
+    /// u32 `[batch, len]`: the original position of each (kept) token. Before a token, the
+    /// state decays as the pruned positions since the previous one would have decayed it
+    /// (zero input, `delta = softplus(dt_bias)`): pruning's `decay` alignment.
+    pub gap_positions: Option<&'a Tensor>,
 }
 
 /// Where [`selective_scan`] stores its ungated output, `[batch * len, channels]`.
@@ -102,6 +107,7 @@ pub fn selective_scan(rec: &mut Recorder, args: ScanArgs) -> Result<Tensor> {
         state,
         accumulate,
         ungated,
+        gap_positions,
     } = args;
     debug_assert!(std::ptr::eq(b.tensor.buffer(), c.tensor.buffer()) && b.stride == c.stride);
     let channels = u.cols;
@@ -118,11 +124,17 @@ pub fn selective_scan(rec: &mut Recorder, args: ScanArgs) -> Result<Tensor> {
         | if write_state != 0 { WRITE_STATE } else { 0 }
         | if reverse { REVERSE } else { 0 }
         | if accumulate.is_some() { ACCUMULATE } else { 0 }
+        | if gap_positions.is_some() {
+            GAP_DECAY
+        } else {
+            0
+        }
         | ungated.map_or(0, |g| {
             UNGATED | if g.clip { UNGATED_CLIP } else { 0 } | if g.add { UNGATED_ADD } else { 0 }
         });
-    let dummy = rec.context().inner.dummy.clone();
-    let z_buf = z.map(|z| z.buffer().clone()).unwrap_or(dummy);
+    let dummy_read = rec.context().inner.dummy.clone();
+    let z_buf = z.map(|z| z.buffer().clone()).unwrap_or(dummy_read.clone());
+    let positions_buf = gap_positions.map_or(&dummy_read, Tensor::buffer).clone();
     let ungated_buf = ungated.map_or_else(
         || rec.context().inner.dummy_rw.clone(),
         |g| g.tensor.buffer().clone(),
@@ -159,6 +171,7 @@ pub fn selective_scan(rec: &mut Recorder, args: ScanArgs) -> Result<Tensor> {
             &state_buf,
             out.buffer(),
             &ungated_buf,
+            &positions_buf,
         ],
         [channels.div_ceil(64) as u32, batch as u32, 1],
     );
@@ -184,6 +197,8 @@ pub struct ScanRef<'a> {
     pub z: Option<&'a [f32]>,
     pub softplus: bool,
     pub reverse: bool,
+    /// `[batch, len]`, see [`ScanArgs::gap_positions`].
+    pub gap_positions: Option<&'a [u32]>,
 }
 
 /// [`ScanRef`]'s inputs on the GPU in the layout the kernel binds (B and C packed side by side
@@ -198,6 +213,7 @@ pub struct ScanTensors {
     nstate: usize,
     softplus: bool,
     reverse: bool,
+    gap_positions: Option<Tensor>,
 }
 
 impl ScanRef<'_> {
@@ -223,6 +239,10 @@ impl ScanRef<'_> {
             nstate: n,
             softplus: self.softplus,
             reverse: self.reverse,
+            gap_positions: self
+                .gap_positions
+                .map(|p| ctx.upload_u32("positions", &[self.batch, self.len], p))
+                .transpose()?,
         })
     }
 }
@@ -243,6 +263,7 @@ impl ScanTensors {
             state,
             accumulate: None,
             ungated: None,
+            gap_positions: self.gap_positions.as_ref(),
         }
     }
 }
@@ -259,9 +280,18 @@ pub fn selective_scan_ref(r: &ScanRef, state: &mut [f32]) -> Vec<f32> {
                 let t = if r.reverse { l - 1 - s } else { s };
                 let row = b * l + t;
                 let u = r.u[row * e_n + e];
-                let mut dt = r.delta[row * e_n + e] + r.dt_bias.map_or(0.0, |v| v[e]);
+                let bias = r.dt_bias.map_or(0.0, |v| v[e]);
+                let mut dt = r.delta[row * e_n + e] + bias;
                 if r.softplus {
                     dt = softplus(dt);
+                }
+                if let (Some(pos), true) = (r.gap_positions, s > 0) {
+                    let prev = if r.reverse { row + 1 } else { row - 1 };
+                    let gap = (pos[row] as f32 - pos[prev] as f32).abs().max(1.0) - 1.0;
+                    let idle = if r.softplus { softplus(bias) } else { bias };
+                    for (n, hn) in h.iter_mut().enumerate() {
+                        *hn *= (gap * idle * r.a[e * n_n + n]).exp();
+                    }
                 }
                 let mut y = 0.0;
                 for (n, hn) in h.iter_mut().enumerate() {

@@ -217,6 +217,7 @@ pub fn zigzag_scan_ref(inputs: &ScanRef, direction_bs: &[f32], orders: &ScanOrde
             z: None,
             softplus: true,
             reverse: false,
+            gap_positions: None,
             ..*inputs
         };
         let y = selective_scan_ref(&scan, &mut vec![0.0; inputs.batch * e * n]);

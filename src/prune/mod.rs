@@ -247,7 +247,7 @@ mod tests {
 }
 
 /// Which score decides the tokens a step keeps.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Importance {
     /// Mean over channels of the clipped SSM output `max(0, y)` (y before the gate), summed
     /// over the scan directions at original positions (both papers' metric; the default).
@@ -280,7 +280,7 @@ impl Importance {
 }
 
 /// Where kept tokens go in the compacted sequence.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Align {
     /// In importance order, as ViT pruning leaves them (the baseline the paper says fails).
     Score,
@@ -288,10 +288,18 @@ pub enum Align {
     /// state carried over the pruned positions.
     #[default]
     Carry,
+    /// As `Carry`, but each pruned position between two kept tokens still decays the state as
+    /// a zero-input token would (`delta = softplus(dt_bias)`), so the distance between kept
+    /// tokens is the unpruned one (our reading of the paper's hidden state alignment).
+    Decay,
 }
 
 impl Align {
-    pub const NAMES: &[(&str, Align)] = &[("score", Align::Score), ("carry", Align::Carry)];
+    pub const NAMES: &[(&str, Align)] = &[
+        ("score", Align::Score),
+        ("carry", Align::Carry),
+        ("decay", Align::Decay),
+    ];
 }
 
 /// Parse `name` as one of `names` (a CLI option's value).
@@ -387,7 +395,7 @@ impl Pruning {
         };
         let order = match self.align {
             Align::Score => KeepOrder::Score,
-            Align::Carry => KeepOrder::Ascending,
+            Align::Carry | Align::Decay => KeepOrder::Ascending,
         };
         let cls = has_cls.then_some((streams.len - 1) / 2);
         let kept = topk(rec, &scores, keep, cls, order)?;
