@@ -56,7 +56,8 @@ def engine_ms(model_dir, batch, repeats):
 
 
 def torch_ms(model_dir, scan, batch, repeats):
-    model = vision_models.load_model_dir(str(model_dir), scan=scan).eval()
+    model, _ = vision_models.load_model_dir(str(model_dir), scan=scan)
+    model.eval()
     config = json.loads((model_dir / "config.json").read_text())
     size = config["img_size"]
     h, w = (size, size) if isinstance(size, int) else size
