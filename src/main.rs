@@ -98,6 +98,10 @@ enum Command {
         json: bool,
         #[command(flatten)]
         prune: PruneArgs,
+        /// With --prune: write the original positions of the tokens each layer ran on, and the
+        /// scores behind each pruning step, per image, to this JSON file.
+        #[arg(long)]
+        dump_masks: Option<PathBuf>,
     },
     /// Top-1 accuracy, speed and analytic GFLOPs on a test set (`test.safetensors` in the data
     /// folder: `images` u8 [N, H, W] grayscale, `labels` [N]).
@@ -189,7 +193,15 @@ fn run(command: Command) -> Result<()> {
             top,
             json,
             prune,
-        } => classify(&images, model.as_deref(), top, json, &prune),
+            dump_masks,
+        } => classify(
+            &images,
+            model.as_deref(),
+            top,
+            json,
+            &prune,
+            dump_masks.as_deref(),
+        ),
         Command::Eval {
             model,
             data,
@@ -234,6 +246,7 @@ fn classify(
     top: usize,
     json: bool,
     prune: &PruneArgs,
+    dump_masks: Option<&Path>,
 ) -> Result<()> {
     let model_dir = model.map_or_else(|| asset(DEFAULT_VISION_MODEL), Path::to_path_buf);
     let images = if images.is_empty() {
@@ -257,10 +270,13 @@ fn classify(
         let image = preprocess::load_image(path)?;
         pixels.push(classifier.preprocess.apply(&image)?);
     }
+    let pixels = preprocess::batch(&pixels)?;
     let start = std::time::Instant::now();
-    let logits =
-        pollster::block_on(classifier.logits(&ctx, &preprocess::batch(&pixels)?, images.len()))?;
+    let logits = pollster::block_on(classifier.logits(&ctx, &pixels, images.len()))?;
     let secs = start.elapsed().as_secs_f64();
+    if let Some(path) = dump_masks {
+        write_masks(&ctx, &classifier, &pixels, &images, path)?;
+    }
     let classes = classifier.labels.len();
     let mut results = Vec::new();
     for (path, row) in images.iter().zip(logits.chunks(classes)) {
@@ -304,6 +320,66 @@ fn classify(
         ctx.adapter_info().map_or("?", |i| i.name.as_str())
     );
     Ok(())
+}
+
+/// `classify --dump-masks`: one traced forward pass; per image, the original positions of the
+/// tokens every layer ran on and the scores of each pruning step.
+fn write_masks(
+    ctx: &Context,
+    classifier: &Classifier,
+    pixels: &[f32],
+    images: &[PathBuf],
+    path: &Path,
+) -> Result<()> {
+    let Some(pruning) = &classifier.pruning else {
+        return Err(Error::InvalidInput("--dump-masks needs --prune".into()));
+    };
+    let batch = images.len();
+    let [c, h, w] = classifier.preprocess.output_shape();
+    let pixels = ctx.upload_f32("pixel_values", &[batch, c, h, w], pixels)?;
+    let mut rec = ctx.recorder();
+    let mut trace = Vec::new();
+    classifier
+        .model
+        .forward(&mut rec, &pixels, Some(pruning), Some(&mut trace))?;
+    trace.retain(|(name, _)| name.ends_with(".positions") || name.ends_with(".scores"));
+    let tensors: Vec<&ssmgpu::Tensor> = trace.iter().map(|(_, t)| t).collect();
+    let values = rec.submit_and_read_blocking(&tensors)?;
+    let per_image: Vec<serde_json::Value> = images
+        .iter()
+        .enumerate()
+        .map(|(b, image)| {
+            let mut layers = Vec::new();
+            let mut steps = Vec::new();
+            for ((name, t), v) in trace.iter().zip(&values) {
+                let len = t.shape()[1];
+                let row = &v[b * len..(b + 1) * len];
+                let layer: usize = name
+                    .split('.')
+                    .nth(1)
+                    .and_then(|i| i.parse().ok())
+                    .unwrap_or(0);
+                if name.ends_with(".positions") {
+                    let positions: Vec<u32> = row.iter().map(|x| x.to_bits()).collect();
+                    layers.push(serde_json::json!({ "layer": layer + 1, "positions": positions }));
+                } else {
+                    steps.push(serde_json::json!({ "after_layer": layer + 1, "scores": row }));
+                }
+            }
+            serde_json::json!({
+                "image": image.display().to_string(),
+                "layers": layers,
+                "pruning_steps": steps,
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "schedule": pruning.schedule.to_string(),
+        "importance": format!("{:?}", pruning.importance),
+        "align": format!("{:?}", pruning.align),
+        "images": per_image,
+    });
+    std::fs::write(path, doc.to_string()).map_err(|e| Error::io(path, e))
 }
 
 fn softmax(logits: &[f32]) -> Vec<f32> {

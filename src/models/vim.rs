@@ -266,7 +266,8 @@ impl Vim {
     /// [`Self::forward`] with token pruning: after the layers the schedule names, the tokens
     /// are scored, the kept ones gathered from both streams, and later layers run on fewer.
     /// The trace then also records `layers.{i}.positions` (u32 `[B, N]`, original index of
-    /// every token a layer ran on).
+    /// every token a layer ran on) and, after a pruning step, `layers.{i}.scores` (`[B, N]`, the
+    /// importance of the tokens layer i ran on).
     pub fn forward_pruned(
         &self,
         rec: &mut Recorder,
@@ -344,8 +345,12 @@ impl Vim {
                         residual,
                         positions: pos,
                         len,
+                        scores: None,
                     };
                     let kept = p.after_layer(rec, i, streams, ungated.as_ref(), batch, true)?;
+                    if let Some(scores) = &kept.scores {
+                        record(&mut trace, &format!("layers.{i}.scores"), scores);
+                    }
                     (residual, len) = (kept.residual, kept.len);
                     hidden = Some(kept.hidden);
                     positions = Some(kept.positions);

@@ -335,6 +335,8 @@ pub struct TokenStreams {
     pub positions: Tensor,
     /// Tokens per image now.
     pub len: usize,
+    /// The importance scores `[B, N_before]` that decided the last pruning step, if any.
+    pub scores: Option<Tensor>,
 }
 
 impl Pruning {
@@ -415,6 +417,7 @@ impl Pruning {
             residual,
             positions,
             len: keep,
+            scores: Some(scores),
         })
     }
 }
