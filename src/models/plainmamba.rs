@@ -181,12 +181,14 @@ struct ConvBn {
 impl ConvBn {
     /// `conv` and `bn` are key prefixes; the weight is checked against PyTorch's `shape`
     /// (`[out, in, kh, kw]`). A dense conv is uploaded as an im2col matmul's `[out, in·kh·kw]`,
-    /// a depthwise one (`in` = 1) as [`dwconv2d`]'s `[kh, kw, out]`.
+    /// a depthwise one as [`dwconv2d`]'s `[kh, kw, out]` (a dense conv may have one input
+    /// channel too: a grayscale stem).
     fn load(
         ctx: &Context,
         dir: &ModelDir,
         (conv, bn): (&str, &str),
         shape: [usize; 4],
+        depthwise: bool,
     ) -> Result<Self> {
         let w = &dir.weights;
         let [out, cin, kh, kw] = shape;
@@ -210,7 +212,7 @@ impl ConvBn {
             .map(|o| (beta[o] as f64 - mean[o] as f64 * scale[o]) as f32)
             .collect();
         let name = format!("{conv}weight");
-        let weight = if cin == 1 {
+        let weight = if depthwise {
             ctx.upload_f32(&name, &[kh, kw, out], &pack_dwconv_weight(&folded, out))?
         } else {
             ctx.upload_f32(&name, &[out, cin * kh * kw], &folded)?
@@ -284,6 +286,7 @@ impl PlainMamba {
             dir,
             (&format!("{pe}stem.0."), &format!("{pe}stem.1.")),
             [s, cin, 7, 7],
+            false,
         )?;
         let convs = (0..c.num_convs_patch_embed)
             .map(|j| {
@@ -291,7 +294,7 @@ impl PlainMamba {
                     format!("{pe}convs.{}.", 3 * j),
                     format!("{pe}convs.{}.", 3 * j + 1),
                 );
-                ConvBn::load(ctx, dir, (&conv, &bn), [s, s, 3, 3])
+                ConvBn::load(ctx, dir, (&conv, &bn), [s, s, 3, 3], false)
             })
             .collect::<Result<Vec<_>>>()?;
         let half = c.patch_size / 2;
@@ -315,7 +318,7 @@ impl PlainMamba {
                 .contains(&i)
                 .then(|| {
                     let (conv, bn) = (format!("{p}dw.0."), format!("{p}dw.1."));
-                    ConvBn::load(ctx, dir, (&conv, &bn), [d, 1, 3, 3])
+                    ConvBn::load(ctx, dir, (&conv, &bn), [d, 1, 3, 3], true)
                 })
                 .transpose()?;
             layers.push(PlainMambaLayer {
