@@ -94,3 +94,138 @@ fn run_names_pixels_of_the_wrong_shape() {
         "{err}"
     );
 }
+
+fn repo(relative: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// `metrics.json` written by tools/train_mnist.py: the PyTorch model's results.
+fn torch_metrics(model: &str) -> serde_json::Value {
+    let path = repo(&format!("assets/models/{model}/metrics.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+#[test]
+fn classify_with_no_arguments_agrees_with_pytorch_on_the_shipped_samples() {
+    let (ok, out, err) = cli(&["classify", "--json", "--top", "2"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let results = v["results"].as_array().unwrap();
+    let samples = &torch_metrics("vim-mnist")["sample_predictions"];
+    assert_eq!(results.len(), samples.as_object().unwrap().len());
+    for r in results {
+        let image = r["image"].as_str().unwrap();
+        let name = std::path::Path::new(image)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
+        let torch = &samples[name];
+        let top = &r["top"].as_array().unwrap();
+        assert_eq!(top.len(), 2);
+        assert_eq!(
+            top[0]["label"].as_str().unwrap(),
+            torch["pred"].to_string(),
+            "{name}"
+        );
+        let p = top[0]["probability"].as_f64().unwrap();
+        assert!(p > 0.0 && p <= 1.0, "{name}: {p}");
+    }
+}
+
+#[test]
+fn eval_top1_matches_pytorch_on_the_shipped_test_split() {
+    for model in ["vim-mnist", "plainmamba-mnist"] {
+        let dir = repo(&format!("assets/models/{model}"));
+        let (ok, out, err) = cli(&["eval", "--model", dir.to_str().unwrap(), "--json"]);
+        assert!(ok, "{model}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let torch = torch_metrics(model);
+        let images = v["images"].as_u64().unwrap();
+        assert_eq!(images, torch["test_images"].as_u64().unwrap());
+        let top1 = v["top1"].as_f64().unwrap();
+        let torch_top1 = torch["test_top1_percent"].as_f64().unwrap();
+        eprintln!("{model}: engine top-1 {top1:.2}%, PyTorch {torch_top1:.2}%");
+        assert!(
+            (top1 - torch_top1).abs() <= 0.1,
+            "{model}: {top1} vs {torch_top1}"
+        );
+        assert!(top1 >= 98.5, "{model}: top-1 {top1}");
+        for key in ["images_per_s", "gflops_per_image"] {
+            assert!(v[key].as_f64().unwrap() > 0.0, "{model}: {key}");
+        }
+    }
+}
+
+#[test]
+fn classify_names_unreadable_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let corrupt = dir.path().join("corrupt.png");
+    std::fs::write(&corrupt, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let empty = dir.path().join("empty.jpg");
+    std::fs::write(&empty, b"").unwrap();
+    for path in [corrupt, empty, dir.path().join("missing.webp")] {
+        let (ok, _, err) = cli(&["classify", path.to_str().unwrap()]);
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert!(!ok && err.contains(name), "{name}: {err}");
+    }
+}
+
+#[test]
+fn classify_dumps_the_kept_positions_of_each_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let masks = dir.path().join("masks.json");
+    let model = golden_dir().join("vision/vim_small_case");
+    let samples = repo("assets/samples/mnist");
+    let mut images: Vec<_> = std::fs::read_dir(&samples)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    images.sort();
+    let images: Vec<&str> = images[..2].iter().map(|p| p.to_str().unwrap()).collect();
+    let mut args = vec![
+        "classify",
+        "--model",
+        model.to_str().unwrap(),
+        "--prune",
+        "2:0.5",
+        "--align",
+        "decay",
+        "--dump-masks",
+        masks.to_str().unwrap(),
+    ];
+    args.extend(&images);
+    let (ok, _, err) = cli(&args);
+    assert!(ok, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&masks).unwrap()).unwrap();
+    assert_eq!(v["align"], "Decay");
+    let dumped = v["images"].as_array().unwrap();
+    assert_eq!(dumped.len(), 2);
+    for image in dumped {
+        let layers = image["layers"].as_array().unwrap();
+        let lens: Vec<usize> = layers
+            .iter()
+            .map(|l| l["positions"].as_array().unwrap().len())
+            .collect();
+        assert_eq!(lens, [17, 17, 9, 9]);
+        // The class token (original position 8) stays in the middle.
+        assert_eq!(layers[2]["positions"][4], 8);
+        let steps = image["pruning_steps"].as_array().unwrap();
+        assert_eq!(steps.len(), 1);
+        assert_eq!(steps[0]["after_layer"], 2);
+        assert_eq!(steps[0]["scores"].as_array().unwrap().len(), 17);
+    }
+    // Bad pruning options are named.
+    let (ok, _, err) = cli(&[
+        "classify",
+        "--model",
+        model.to_str().unwrap(),
+        "--prune",
+        "2:0.5",
+        "--align",
+        "sideways",
+        images[0],
+    ]);
+    assert!(!ok && err.contains("sideways"), "{err}");
+}
