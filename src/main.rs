@@ -33,8 +33,9 @@ struct PruneArgs {
     /// Token importance: clipped (default), unclipped, l2, random.
     #[arg(long, default_value = "clipped")]
     importance: String,
-    /// Order of the kept tokens: carry (original order, default) or score (importance order).
-    #[arg(long, default_value = "carry")]
+    /// Kept tokens: decay (original order, state decayed over pruned positions; default),
+    /// carry (original order) or score (importance order).
+    #[arg(long, default_value = "decay")]
     align: String,
     /// Seed of the random importance.
     #[arg(long, default_value_t = 0)]

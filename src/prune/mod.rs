@@ -286,11 +286,12 @@ pub enum Align {
     Score,
     /// In original order: each scan then visits the kept tokens in its own order, with the
     /// state carried over the pruned positions.
-    #[default]
     Carry,
     /// As `Carry`, but each pruned position between two kept tokens still decays the state as
     /// a zero-input token would (`delta = softplus(dt_bias)`), so the distance between kept
-    /// tokens is the unpruned one (our reading of the paper's hidden state alignment).
+    /// tokens is the unpruned one (our reading of the paper's hidden state alignment). The
+    /// default: best top-1 at every keep ratio in docs/pruning.md.
+    #[default]
     Decay,
 }
 
