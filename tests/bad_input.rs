@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::{ctx, golden_dir};
 use safetensors::tensor::{Dtype, TensorView};
@@ -293,13 +292,8 @@ fn tensors_past_the_device_limit_are_refused_by_name() {
 }
 
 fn cli(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ssmgpu"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    (out.status.success(), stderr)
+    let (ok, _, stderr) = common::cli(args);
+    (ok, stderr)
 }
 
 fn cli_run(model: &str, input: &str, out: &str) -> (bool, String) {
@@ -376,25 +370,19 @@ fn cli_run_writes_logits_and_hidden_states() {
 
 #[test]
 fn cli_generate_matches_transformers() {
-    let out = Command::new(env!("CARGO_BIN_EXE_ssmgpu"))
-        .args([
-            "generate",
-            "--model",
-            tiny().to_str().unwrap(),
-            "--ids",
-            "195,206,30,25,113,189,15,191",
-            "--max-new-tokens",
-            "12",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let model = tiny();
+    let (ok, stdout, stderr) = common::cli(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--ids",
+        "195,206,30,25,113,189,15,191",
+        "--max-new-tokens",
+        "12",
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
         v["generated_ids"],
         serde_json::json!([191, 191, 191, 191, 191, 191, 191, 191, 191, 191, 191, 191])

@@ -3,22 +3,8 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::golden_dir;
+use common::{cli, golden_dir};
 use ssmgpu::loader::SafetensorsFile;
-
-/// Runs the binary; returns (success, stdout, stderr). A panic is always a failure.
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ssmgpu"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    (out.status.success(), stdout, stderr)
-}
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());

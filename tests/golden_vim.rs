@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_close, bcl_to_blc, ctx, f32s, golden, golden_dir};
+use common::{assert_close, bcl_to_blc, ctx, f32s, flip_tokens, golden, golden_dir};
 use ssmgpu::models::vim::Vim;
 use ssmgpu::models::ModelDir;
 
@@ -15,14 +15,6 @@ const RTOL: f32 = 1e-4;
 fn close_to_max(what: &str, got: &[f32], want: &[f32]) {
     let max = want.iter().fold(0f32, |m, v| m.max(v.abs()));
     assert_close(what, got, want, RTOL * max, 0.0);
-}
-
-/// Reverse the token order of each `[len, channels]` sequence.
-fn flip_tokens(x: &[f32], batch: usize, len: usize, channels: usize) -> Vec<f32> {
-    (0..batch)
-        .flat_map(|b| (0..len).rev().map(move |t| (b * len + t) * channels))
-        .flat_map(|start| x[start..start + channels].iter().copied())
-        .collect()
 }
 
 fn check_case(case: &str, suffix: &str) {

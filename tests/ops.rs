@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_close, contexts, ctx, randn, rng};
+use common::{assert_close, contexts, ctx, flip_tokens, randn, rng};
 use rand::Rng;
 use ssmgpu::ops::argmax::{argmax, argmax_ref};
 use ssmgpu::ops::conv1d::{conv1d_silu, conv1d_silu_ref, CONV_WIDTH};
@@ -304,17 +304,6 @@ fn scan_cases(ctx: &ssmgpu::Context) {
         assert_close(&format!("{what} state"), &got[1], &state, 1e-5, 1e-4);
         assert_close(&format!("{what} accumulate"), &got[2], &summed, 1e-5, 1e-4);
     }
-}
-
-/// Each `[len, channels]` sequence of a `[batch, len, channels]` tensor in reverse token order.
-fn flip_tokens(x: &[f32], batch: usize, len: usize, channels: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(x.len());
-    for b in 0..batch {
-        for t in (0..len).rev() {
-            out.extend_from_slice(&x[(b * len + t) * channels..][..channels]);
-        }
-    }
-    out
 }
 
 /// A = -(v + 1.5): negative, as -exp(A_log) is.

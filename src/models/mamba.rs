@@ -44,7 +44,7 @@ impl MambaConfig {
                 vocab_size: dir.usize_field(&["vocab_size"], None)?,
                 d_inner: dir.usize_field(&["intermediate_size"], Some(expand * d_model))?,
                 d_state: dir.usize_field(&["state_size"], Some(16))?,
-                dt_rank: dt_rank(dir, "time_step_rank", d_model)?,
+                dt_rank: dir.dt_rank_field("time_step_rank", d_model)?,
                 eps: dir.f64_field(&["layer_norm_epsilon"], 1e-5)? as f32,
                 proj_bias: dir.bool_field(&["use_bias"], false)?,
                 conv_bias: dir.bool_field(&["use_conv_bias"], true)?,
@@ -79,7 +79,7 @@ impl MambaConfig {
                 vocab_size: vocab.next_multiple_of(pad),
                 d_inner: expand * d_model,
                 d_state: dir.usize_field(&["ssm_cfg.d_state"], Some(16))?,
-                dt_rank: dt_rank(dir, "ssm_cfg.dt_rank", d_model)?,
+                dt_rank: dir.dt_rank_field("ssm_cfg.dt_rank", d_model)?,
                 eps: dir.f64_field(&["norm_epsilon"], 1e-5)? as f32,
                 proj_bias: dir.bool_field(&["ssm_cfg.bias"], false)?,
                 conv_bias: dir.bool_field(&["ssm_cfg.conv_bias"], true)?,
@@ -108,17 +108,6 @@ impl MambaConfig {
             return Err(dir.config_error("model sizes must be positive"));
         }
         Ok(cfg)
-    }
-}
-
-fn dt_rank(dir: &ModelDir, key: &str, d_model: usize) -> Result<usize> {
-    let auto = d_model.div_ceil(16);
-    match key.split_once('.').map_or(dir.config.get(key), |(a, b)| {
-        dir.config.get(a).and_then(|v| v.get(b))
-    }) {
-        None => Ok(auto),
-        Some(v) if v.as_str() == Some("auto") || v.is_null() => Ok(auto),
-        Some(_) => dir.usize_field(&[key], None),
     }
 }
 

@@ -83,6 +83,14 @@ impl ModelDir {
         Ok(default)
     }
 
+    /// mamba_ssm's `dt_rank`: an integer, or `"auto"` / absent / null for `ceil(d_model / 16)`.
+    pub fn dt_rank_field(&self, key: &str, d_model: usize) -> Result<usize> {
+        match lookup(&self.config, key) {
+            Some(v) if v.as_str() != Some("auto") => self.usize_field(&[key], None),
+            _ => Ok(d_model.div_ceil(16)),
+        }
+    }
+
     /// An image size: an integer (square) or `[height, width]`.
     pub fn size_field(&self, key: &str, default: usize) -> Result<(usize, usize)> {
         let bad = || self.config_error(format!("`{key}` must be an integer or [height, width]"));

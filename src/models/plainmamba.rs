@@ -92,11 +92,7 @@ impl PlainMambaConfig {
                 )
             }
         };
-        let dt_rank = match dir.config.get("dt_rank") {
-            None | Some(Value::Null) => embed_dims.div_ceil(16),
-            Some(v) if v.as_str() == Some("auto") => embed_dims.div_ceil(16),
-            Some(_) => dir.usize_field(&["dt_rank"], None)?,
-        };
+        let dt_rank = dir.dt_rank_field("dt_rank", embed_dims)?;
         let config = PlainMambaConfig {
             img_size: dir.size_field("img_size", 224)?,
             in_channels: dir.usize_field(&["in_channels"], Some(3))?,

@@ -75,11 +75,7 @@ impl VimConfig {
                 "d_state {d_state} is not supported (1..={MAX_STATE})"
             )));
         }
-        let dt_rank = match dir.config.get("dt_rank") {
-            None => embed_dim.div_ceil(16),
-            Some(v) if v.as_str() == Some("auto") || v.is_null() => embed_dim.div_ceil(16),
-            Some(_) => dir.usize_field(&["dt_rank"], None)?,
-        };
+        let dt_rank = dir.dt_rank_field("dt_rank", embed_dim)?;
         let config = VimConfig {
             img_size: dir.size_field("img_size", 224)?,
             channels: dir.usize_field(&["channels"], Some(3))?,

@@ -133,3 +133,23 @@ pub fn assert_close_elementwise(what: &str, got: &[f32], want: &[f32], rtol: f32
     }
     eprintln!("{what}: finite values within relative {worst:.3e}, non-finite pattern equal");
 }
+
+/// Runs the `ssmgpu` binary; returns (success, stdout, stderr). A panic is always a failure.
+pub fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ssmgpu"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    (out.status.success(), stdout, stderr)
+}
+
+/// Each `[len, channels]` sequence of a `[batch, len, channels]` tensor in reverse token order.
+pub fn flip_tokens(x: &[f32], batch: usize, len: usize, channels: usize) -> Vec<f32> {
+    (0..batch)
+        .flat_map(|b| (0..len).rev().map(move |t| (b * len + t) * channels))
+        .flat_map(|start| x[start..start + channels].iter().copied())
+        .collect()
+}
