@@ -3,13 +3,12 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::models::lm::{self, check_ids, Backbone, CausalLm};
+pub use crate::models::lm::{ForwardOutput, Logits, MambaCache};
 use crate::models::ModelDir;
-use crate::ops::argmax::argmax;
 use crate::ops::conv1d::{conv1d_silu, CONV_WIDTH};
-use crate::ops::embedding::embedding;
 use crate::ops::matmul::matmul;
-use crate::ops::rmsnorm::add_rmsnorm;
 use crate::ops::scan::{pack_ssm_params, selective_scan, ScanArgs, Ungated, MAX_STATE};
 use crate::ops::Carry;
 use crate::runtime::{Context, MatView, Recorder, Tensor};
@@ -49,7 +48,7 @@ impl MambaConfig {
                 proj_bias: dir.bool_field(&["use_bias"], false)?,
                 conv_bias: dir.bool_field(&["use_conv_bias"], true)?,
                 tie_embeddings: dir.bool_field(&["tie_word_embeddings"], true)?,
-                eos_token_id: eos(dir),
+                eos_token_id: dir.eos_token_id(),
             }
         } else {
             if let Some(layer) = dir
@@ -84,7 +83,7 @@ impl MambaConfig {
                 proj_bias: dir.bool_field(&["ssm_cfg.bias"], false)?,
                 conv_bias: dir.bool_field(&["ssm_cfg.conv_bias"], true)?,
                 tie_embeddings: dir.bool_field(&["tie_embeddings"], true)?,
-                eos_token_id: eos(dir),
+                eos_token_id: dir.eos_token_id(),
             }
         };
         if hf && dir.usize_field(&["conv_kernel"], Some(CONV_WIDTH))? != CONV_WIDTH {
@@ -111,15 +110,7 @@ impl MambaConfig {
     }
 }
 
-fn eos(dir: &ModelDir) -> Option<u32> {
-    dir.config
-        .get("eos_token_id")
-        .and_then(|v| v.as_u64())
-        .map(|v| v as u32)
-}
-
 struct MambaLayer {
-    norm: Tensor,
     in_proj: Tensor,
     in_proj_bias: Option<Tensor>,
     ssm: SsmBranch,
@@ -286,34 +277,8 @@ impl SsmBranch {
 
 pub struct MambaLm {
     pub config: MambaConfig,
-    embedding: Tensor,
-    lm_head: Option<Tensor>,
+    backbone: Backbone,
     layers: Vec<MambaLayer>,
-    norm_f: Tensor,
-}
-
-/// Per-layer recurrent state for generation: conv windows `[batch, E, 4]` and SSM states
-/// `[batch, E, N]`.
-pub struct MambaCache {
-    conv: Vec<Tensor>,
-    ssm: Vec<Tensor>,
-}
-
-/// Which logits a forward pass computes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Logits {
-    All,
-    /// Only each sequence's last token (prefill for generation).
-    Last,
-    None,
-}
-
-pub struct ForwardOutput {
-    /// `[batch * len, vocab]` or `[batch, vocab]` for [`Logits::Last`].
-    pub logits: Option<Tensor>,
-    /// transformers' `hidden_states` as transformers 5 returns them (golden data): index i is
-    /// the residual stream after layer i, and index n_layer is after the final norm.
-    pub hidden_states: Vec<Tensor>,
 }
 
 impl MambaLm {
@@ -325,25 +290,19 @@ impl MambaLm {
 
     pub fn from_model_dir(ctx: &Context, dir: &ModelDir, config: MambaConfig) -> Result<Self> {
         let c = &config;
-        let w = &dir.weights;
-        let embedding_name = ["backbone.embeddings.weight", "backbone.embedding.weight"]
-            .into_iter()
-            .find(|n| w.contains(n))
-            .ok_or_else(|| Error::MissingTensor {
-                path: w.path().to_path_buf(),
-                name: "backbone.embeddings.weight (or backbone.embedding.weight)".into(),
-            })?;
         let (d, e, n, r) = (c.d_model, c.d_inner, c.d_state, c.dt_rank);
-        let embedding = dir.upload(ctx, embedding_name, &[c.vocab_size, d])?;
-        let lm_head = if c.tie_embeddings {
-            None
-        } else {
-            Some(dir.upload(ctx, "lm_head.weight", &[c.vocab_size, d])?)
-        };
+        let backbone = Backbone::load(
+            ctx,
+            dir,
+            c.n_layer,
+            c.vocab_size,
+            d,
+            c.eps,
+            c.tie_embeddings,
+        )?;
         let mut layers = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
-            let p = format!("backbone.layers.{i}.");
-            let m = format!("{p}mixer.");
+            let m = format!("backbone.layers.{i}.mixer.");
             let bias = |name: &str, len: usize, present: bool| -> Result<Option<Tensor>> {
                 present
                     .then(|| dir.upload(ctx, &format!("{m}{name}"), &[len]))
@@ -355,7 +314,6 @@ impl MambaLm {
                 dt_rank: r,
             };
             layers.push(MambaLayer {
-                norm: dir.upload(ctx, &format!("{p}norm.weight"), &[d])?,
                 in_proj: dir.upload(ctx, &format!("{m}in_proj.weight"), &[2 * e, d])?,
                 in_proj_bias: bias("in_proj.bias", 2 * e, c.proj_bias)?,
                 ssm: SsmBranch::load(ctx, dir, &m, "", dims, c.conv_bias)?,
@@ -363,56 +321,26 @@ impl MambaLm {
                 out_proj_bias: bias("out_proj.bias", d, c.proj_bias)?,
             });
         }
-        let norm_f = dir.upload(ctx, "backbone.norm_f.weight", &[d])?;
         Ok(MambaLm {
             config,
-            embedding,
-            lm_head,
+            backbone,
             layers,
-            norm_f,
         })
     }
 
     /// Check token ids against the vocabulary and convert them for upload.
     pub fn check_ids(&self, ids: &[i64]) -> Result<Vec<u32>> {
-        if ids.is_empty() {
-            return Err(Error::InvalidInput("no tokens".into()));
-        }
-        ids.iter()
-            .enumerate()
-            .map(|(position, &id)| {
-                if id < 0 || id as usize >= self.config.vocab_size {
-                    Err(Error::TokenOutOfRange {
-                        id,
-                        position,
-                        vocab: self.config.vocab_size,
-                    })
-                } else {
-                    Ok(id as u32)
-                }
-            })
-            .collect()
+        check_ids(ids, self.config.vocab_size)
     }
 
     pub fn new_cache(&self, ctx: &Context, batch: usize) -> Result<MambaCache> {
         let (e, n) = (self.config.d_inner, self.config.d_state);
-        let mut cache = MambaCache {
-            conv: Vec::new(),
-            ssm: Vec::new(),
-        };
-        for _ in 0..self.config.n_layer {
-            cache.conv.push(ctx.upload_f32(
-                "conv_state",
-                &[batch, e, CONV_WIDTH],
-                &vec![0.0; batch * e * CONV_WIDTH],
-            )?);
-            cache.ssm.push(ctx.upload_f32(
-                "ssm_state",
-                &[batch, e, n],
-                &vec![0.0; batch * e * n],
-            )?);
-        }
-        Ok(cache)
+        MambaCache::zeros(
+            ctx,
+            self.config.n_layer,
+            &[batch, e, CONV_WIDTH],
+            &[batch, e, n],
+        )
     }
 
     /// Record a forward pass over `ids` (u32 `[batch * len]`). With a cache, `continue_cache`
@@ -427,43 +355,11 @@ impl MambaLm {
         hidden_states: bool,
         cache: Option<(&MambaCache, bool)>,
     ) -> Result<ForwardOutput> {
-        let c = &self.config;
-        let len = ids.numel() / batch;
-        let residual = embedding(rec, ids, &self.embedding)?; // [B·L, D]
-        let mut states = Vec::new();
-        let mut hidden: Option<Tensor> = None;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let x = add_rmsnorm(rec, &residual, hidden.as_ref(), &layer.norm, c.eps)?; // residual += hidden; [B·L, D]
-            if hidden_states && i > 0 {
-                states.push(rec.snapshot(&format!("hidden_states.{}", i - 1), &residual)?);
-            }
-            let carry = cache.map(|(cache, cont)| (&cache.conv[i], &cache.ssm[i], cont));
-            hidden = Some(self.mixer(rec, layer, &x, batch, carry)?); // [B·L, D]
-        }
-        let normed = add_rmsnorm(rec, &residual, hidden.as_ref(), &self.norm_f, c.eps)?; // [B·L, D]
-        if hidden_states {
-            states.push(residual.clone());
-            states.push(normed.clone());
-        }
-        let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
-        let logits = match logits {
-            Logits::All => Some(matmul(rec, "logits", normed.mat(), head, None)?),
-            Logits::Last => {
-                let last_rows = MatView {
-                    tensor: &normed,
-                    rows: batch,
-                    cols: c.d_model,
-                    offset: (len - 1) * c.d_model,
-                    stride: len * c.d_model,
-                };
-                Some(matmul(rec, "logits", last_rows, head, None)?)
-            }
-            Logits::None => None,
-        };
-        Ok(ForwardOutput {
-            logits,
-            hidden_states: states,
-        })
+        self.backbone
+            .forward(rec, ids, batch, logits, hidden_states, |rec, i, x| {
+                let carry = cache.map_or((Carry::None, Carry::None), |(c, cont)| c.carry(i, cont));
+                self.mixer(rec, &self.layers[i], x, batch, carry)
+            })
     }
 
     /// One Mamba block's mixer (mamba_ssm `Mamba.forward`), `x` `[B·L, D]` -> `[B·L, D]`.
@@ -473,14 +369,9 @@ impl MambaLm {
         l: &MambaLayer,
         x: &Tensor,
         batch: usize,
-        carry: Option<(&Tensor, &Tensor, bool)>,
+        carry: (Carry, Carry),
     ) -> Result<Tensor> {
         let e = self.config.d_inner;
-        let carry = match carry {
-            None => (Carry::None, Carry::None),
-            Some((conv, ssm, false)) => (Carry::Capture(conv), Carry::Capture(ssm)),
-            Some((conv, ssm, true)) => (Carry::Continue(conv), Carry::Continue(ssm)),
-        };
         let xz = matmul(rec, "in_proj", x.mat(), &l.in_proj, l.in_proj_bias.as_ref())?; // [B·L, 2E] = [x | z]
         let y = l
             .ssm
@@ -512,27 +403,10 @@ impl MambaLm {
         batch: usize,
         hidden_states: bool,
     ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
-        if batch == 0 || !ids.len().is_multiple_of(batch) {
-            return Err(Error::InvalidInput(format!(
-                "{} token ids do not split into {batch} sequences",
-                ids.len()
-            )));
-        }
-        let ids = self.check_ids(ids)?;
-        let ids = ctx.upload_u32("input_ids", &[ids.len()], &ids)?;
-        let mut rec = ctx.recorder();
-        let out = self.forward(&mut rec, &ids, batch, Logits::All, hidden_states, None)?;
-        let logits = out.logits.expect("requested");
-        let mut wanted = vec![&logits];
-        wanted.extend(out.hidden_states.iter());
-        let mut data = rec.submit_and_read(&wanted).await?;
-        let logits = data.remove(0);
-        Ok((logits, data))
+        lm::run(self, ctx, ids, batch, hidden_states).await
     }
 
-    /// Greedy decoding: one prefill over the prompt, then one recurrent step per new token
-    /// (the prefix is never re-run). Each step feeds the GPU's argmax straight back as the
-    /// next input and reads back only that id. Stops early at `eos`.
+    /// Greedy decoding, see [`lm::generate`].
     pub async fn generate(
         &self,
         ctx: &Context,
@@ -540,28 +414,28 @@ impl MambaLm {
         max_new_tokens: usize,
         eos: Option<u32>,
     ) -> Result<Vec<u32>> {
-        let prompt = self.check_ids(prompt)?;
-        let cache = self.new_cache(ctx, 1)?;
-        let mut input = ctx.upload_u32("prompt_ids", &[prompt.len()], &prompt)?;
-        let mut generated = Vec::with_capacity(max_new_tokens);
-        for step in 0..max_new_tokens {
-            let mut rec = ctx.recorder();
-            let out = self.forward(
-                &mut rec,
-                &input,
-                1,
-                Logits::Last,
-                false,
-                Some((&cache, step > 0)),
-            )?;
-            let next = argmax(&mut rec, &out.logits.expect("requested"))?;
-            let id = rec.submit_and_read(&[&next]).await?[0][0].to_bits();
-            generated.push(id);
-            if Some(id) == eos {
-                break;
-            }
-            input = next;
-        }
-        Ok(generated)
+        lm::generate(self, ctx, prompt, max_new_tokens, eos).await
+    }
+}
+
+impl CausalLm for MambaLm {
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn new_cache(&self, ctx: &Context, batch: usize) -> Result<MambaCache> {
+        MambaLm::new_cache(self, ctx, batch)
+    }
+
+    fn forward(
+        &self,
+        rec: &mut Recorder,
+        ids: &Tensor,
+        batch: usize,
+        logits: Logits,
+        hidden_states: bool,
+        cache: Option<(&MambaCache, bool)>,
+    ) -> Result<ForwardOutput> {
+        MambaLm::forward(self, rec, ids, batch, logits, hidden_states, cache)
     }
 }

@@ -1,6 +1,8 @@
 //! Models as plain code over ops. A model folder holds `config.json` and `model.safetensors`.
 
+pub mod lm;
 pub mod mamba;
+pub mod mamba2;
 pub mod plainmamba;
 pub mod vim;
 pub mod vision;
@@ -89,6 +91,14 @@ impl ModelDir {
             Some(v) if v.as_str() != Some("auto") => self.usize_field(&[key], None),
             _ => Ok(d_model.div_ceil(16)),
         }
+    }
+
+    /// `eos_token_id` when it is one integer.
+    pub fn eos_token_id(&self) -> Option<u32> {
+        self.config
+            .get("eos_token_id")
+            .and_then(|v| v.as_u64())
+            .map(|v| v as u32)
     }
 
     /// An image size: an integer (square) or `[height, width]`.

@@ -1,0 +1,360 @@
+//! What the causal language models (Mamba-1, Mamba-2) share: the backbone around their mixers
+//! (embedding, pre-norm residual blocks with an f32 residual stream, final norm, tied or
+//! separate head), token-id checks, the recurrent cache, `run` and greedy `generate`, and
+//! [`LanguageModel`], the one place that picks the model from config.json.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::models::mamba::{MambaConfig, MambaLm};
+use crate::models::mamba2::{Mamba2Config, Mamba2Lm};
+use crate::models::ModelDir;
+use crate::ops::argmax::argmax;
+use crate::ops::embedding::embedding;
+use crate::ops::matmul::matmul;
+use crate::ops::rmsnorm::add_rmsnorm;
+use crate::ops::Carry;
+use crate::runtime::{Context, MatView, Recorder, Tensor};
+
+/// Which logits a forward pass computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    All,
+    /// Only each sequence's last token (prefill for generation).
+    Last,
+    None,
+}
+
+pub struct ForwardOutput {
+    /// `[batch * len, vocab]` or `[batch, vocab]` for [`Logits::Last`].
+    pub logits: Option<Tensor>,
+    /// transformers' `hidden_states` as transformers 5 returns them (golden data): index i is
+    /// the residual stream after layer i, and index n_layer is after the final norm.
+    pub hidden_states: Vec<Tensor>,
+}
+
+/// Per-layer recurrent state for generation: the conv windows `[batch, channels, 4]` and the
+/// SSM states (Mamba-1 `[batch, E, N]`, Mamba-2 `[batch, heads, headdim, N]`).
+pub struct MambaCache {
+    pub(crate) conv: Vec<Tensor>,
+    pub(crate) ssm: Vec<Tensor>,
+}
+
+impl MambaCache {
+    /// Zero states for `layers` layers.
+    pub fn zeros(
+        ctx: &Context,
+        layers: usize,
+        conv_shape: &[usize],
+        ssm_shape: &[usize],
+    ) -> Result<Self> {
+        let zeros = |name: &str, shape: &[usize]| {
+            ctx.upload_f32(name, shape, &vec![0.0; shape.iter().product()])
+        };
+        Ok(MambaCache {
+            conv: (0..layers)
+                .map(|_| zeros("conv_state", conv_shape))
+                .collect::<Result<_>>()?,
+            ssm: (0..layers)
+                .map(|_| zeros("ssm_state", ssm_shape))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// Layer `i`'s (conv, ssm) carries: `continued` false starts from zero and stores the final
+    /// state (prefill), true continues it (decode step).
+    pub(crate) fn carry(&self, i: usize, continued: bool) -> (Carry<'_>, Carry<'_>) {
+        if continued {
+            (
+                Carry::Continue(&self.conv[i]),
+                Carry::Continue(&self.ssm[i]),
+            )
+        } else {
+            (Carry::Capture(&self.conv[i]), Carry::Capture(&self.ssm[i]))
+        }
+    }
+}
+
+/// Embedding, per-layer pre-norms, final norm and head: everything of a Mamba LM but the
+/// mixers (mamba_ssm `MixerModel` + `lm_head`, transformers `Mamba{,2}ForCausalLM`).
+pub(crate) struct Backbone {
+    embedding: Tensor,       // [V, D]
+    lm_head: Option<Tensor>, // [V, D], None when tied to the embedding
+    norms: Vec<Tensor>,      // per layer [D]
+    norm_f: Tensor,          // [D]
+    d_model: usize,
+    eps: f32,
+}
+
+impl Backbone {
+    /// The embedding is `backbone.embeddings.weight` (transformers) or
+    /// `backbone.embedding.weight` (state-spaces).
+    pub(crate) fn load(
+        ctx: &Context,
+        dir: &ModelDir,
+        n_layer: usize,
+        vocab_size: usize,
+        d_model: usize,
+        eps: f32,
+        tie_embeddings: bool,
+    ) -> Result<Self> {
+        let w = &dir.weights;
+        let embedding_name = ["backbone.embeddings.weight", "backbone.embedding.weight"]
+            .into_iter()
+            .find(|n| w.contains(n))
+            .ok_or_else(|| Error::MissingTensor {
+                path: w.path().to_path_buf(),
+                name: "backbone.embeddings.weight (or backbone.embedding.weight)".into(),
+            })?;
+        let embedding = dir.upload(ctx, embedding_name, &[vocab_size, d_model])?;
+        let lm_head = if tie_embeddings {
+            None
+        } else {
+            Some(dir.upload(ctx, "lm_head.weight", &[vocab_size, d_model])?)
+        };
+        let norms = (0..n_layer)
+            .map(|i| dir.upload(ctx, &format!("backbone.layers.{i}.norm.weight"), &[d_model]))
+            .collect::<Result<_>>()?;
+        let norm_f = dir.upload(ctx, "backbone.norm_f.weight", &[d_model])?;
+        Ok(Backbone {
+            embedding,
+            lm_head,
+            norms,
+            norm_f,
+            d_model,
+            eps,
+        })
+    }
+
+    /// Record a forward pass over `ids` (u32 `[batch * len]`): per layer i,
+    /// `residual += hidden; hidden = mixer(i, rmsnorm_i(residual))`, then the final norm and
+    /// the head. `mixer` maps `[B·L, D]` to `[B·L, D]`.
+    pub(crate) fn forward(
+        &self,
+        rec: &mut Recorder,
+        ids: &Tensor,
+        batch: usize,
+        logits: Logits,
+        hidden_states: bool,
+        mut mixer: impl FnMut(&mut Recorder, usize, &Tensor) -> Result<Tensor>,
+    ) -> Result<ForwardOutput> {
+        let (d, eps) = (self.d_model, self.eps);
+        let len = ids.numel() / batch;
+        let residual = embedding(rec, ids, &self.embedding)?; // [B·L, D]
+        let mut states = Vec::new();
+        let mut hidden: Option<Tensor> = None;
+        for (i, norm) in self.norms.iter().enumerate() {
+            let x = add_rmsnorm(rec, &residual, hidden.as_ref(), norm, eps)?; // residual += hidden; [B·L, D]
+            if hidden_states && i > 0 {
+                states.push(rec.snapshot(&format!("hidden_states.{}", i - 1), &residual)?);
+            }
+            hidden = Some(mixer(rec, i, &x)?); // [B·L, D]
+        }
+        let normed = add_rmsnorm(rec, &residual, hidden.as_ref(), &self.norm_f, eps)?; // [B·L, D]
+        if hidden_states {
+            states.push(residual.clone());
+            states.push(normed.clone());
+        }
+        let head = self.lm_head.as_ref().unwrap_or(&self.embedding); // [V, D]
+        let logits = match logits {
+            Logits::All => Some(matmul(rec, "logits", normed.mat(), head, None)?), // [B·L, V]
+            Logits::Last => {
+                let last_rows = MatView {
+                    tensor: &normed,
+                    rows: batch,
+                    cols: d,
+                    offset: (len - 1) * d,
+                    stride: len * d,
+                };
+                Some(matmul(rec, "logits", last_rows, head, None)?) // [B, V]
+            }
+            Logits::None => None,
+        };
+        Ok(ForwardOutput {
+            logits,
+            hidden_states: states,
+        })
+    }
+}
+
+/// A causal LM that [`run`] and [`generate`] drive.
+pub trait CausalLm {
+    fn vocab_size(&self) -> usize;
+
+    fn new_cache(&self, ctx: &Context, batch: usize) -> Result<MambaCache>;
+
+    /// Record a forward pass over `ids` (u32 `[batch * len]`). With a cache, `continue_cache`
+    /// false starts from zero state (prefill) and true continues it (decode); both leave the
+    /// final state in the cache.
+    fn forward(
+        &self,
+        rec: &mut Recorder,
+        ids: &Tensor,
+        batch: usize,
+        logits: Logits,
+        hidden_states: bool,
+        cache: Option<(&MambaCache, bool)>,
+    ) -> Result<ForwardOutput>;
+}
+
+/// Check token ids against the vocabulary and convert them for upload.
+pub fn check_ids(ids: &[i64], vocab: usize) -> Result<Vec<u32>> {
+    if ids.is_empty() {
+        return Err(Error::InvalidInput("no tokens".into()));
+    }
+    ids.iter()
+        .enumerate()
+        .map(|(position, &id)| {
+            if id < 0 || id as usize >= vocab {
+                Err(Error::TokenOutOfRange {
+                    id,
+                    position,
+                    vocab,
+                })
+            } else {
+                Ok(id as u32)
+            }
+        })
+        .collect()
+}
+
+/// Logits `[batch, len, vocab]` (flat) and, when asked, the hidden states (flat each).
+pub async fn run(
+    model: &impl CausalLm,
+    ctx: &Context,
+    ids: &[i64],
+    batch: usize,
+    hidden_states: bool,
+) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+    if batch == 0 || !ids.len().is_multiple_of(batch) {
+        return Err(Error::InvalidInput(format!(
+            "{} token ids do not split into {batch} sequences",
+            ids.len()
+        )));
+    }
+    let ids = check_ids(ids, model.vocab_size())?;
+    let ids = ctx.upload_u32("input_ids", &[ids.len()], &ids)?;
+    let mut rec = ctx.recorder();
+    let out = model.forward(&mut rec, &ids, batch, Logits::All, hidden_states, None)?;
+    let logits = out.logits.expect("requested");
+    let mut wanted = vec![&logits];
+    wanted.extend(out.hidden_states.iter());
+    let mut data = rec.submit_and_read(&wanted).await?;
+    let logits = data.remove(0);
+    Ok((logits, data))
+}
+
+/// Greedy decoding: one prefill over the prompt, then one recurrent step per new token (the
+/// prefix is never re-run). Each step feeds the GPU's argmax straight back as the next input
+/// and reads back only that id. Stops early at `eos`.
+pub async fn generate(
+    model: &impl CausalLm,
+    ctx: &Context,
+    prompt: &[i64],
+    max_new_tokens: usize,
+    eos: Option<u32>,
+) -> Result<Vec<u32>> {
+    let prompt = check_ids(prompt, model.vocab_size())?;
+    let cache = model.new_cache(ctx, 1)?;
+    let mut input = ctx.upload_u32("prompt_ids", &[prompt.len()], &prompt)?;
+    let mut generated = Vec::with_capacity(max_new_tokens);
+    for step in 0..max_new_tokens {
+        let mut rec = ctx.recorder();
+        let out = model.forward(
+            &mut rec,
+            &input,
+            1,
+            Logits::Last,
+            false,
+            Some((&cache, step > 0)),
+        )?;
+        let next = argmax(&mut rec, &out.logits.expect("requested"))?;
+        let id = rec.submit_and_read(&[&next]).await?[0][0].to_bits();
+        generated.push(id);
+        if Some(id) == eos {
+            break;
+        }
+        input = next;
+    }
+    Ok(generated)
+}
+
+/// A language model folder of either kind, picked by config.json: `model_type` `mamba2` (or
+/// state-spaces' `ssm_cfg.layer` `Mamba2`) is Mamba-2; `mamba` or none is Mamba-1.
+pub enum LanguageModel {
+    Mamba(MambaLm),
+    Mamba2(Mamba2Lm),
+}
+
+impl LanguageModel {
+    pub fn load(ctx: &Context, dir: &Path) -> Result<Self> {
+        let dir = ModelDir::open(dir)?;
+        let model_type = dir.config.get("model_type").and_then(|v| v.as_str());
+        let layer = dir
+            .config
+            .pointer("/ssm_cfg/layer")
+            .and_then(|v| v.as_str());
+        match (model_type, layer) {
+            (Some("mamba2"), _) | (None, Some("Mamba2")) => {
+                let config = Mamba2Config::from_model_dir(&dir)?;
+                Ok(Self::Mamba2(Mamba2Lm::from_model_dir(ctx, &dir, config)?))
+            }
+            (Some("mamba") | None, _) => {
+                let config = MambaConfig::from_model_dir(&dir)?;
+                Ok(Self::Mamba(MambaLm::from_model_dir(ctx, &dir, config)?))
+            }
+            (Some(other), _) => Err(dir.config_error(format!(
+                "model_type `{other}` is not a language model this engine runs (mamba, mamba2)"
+            ))),
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Self::Mamba(m) => m.config.vocab_size,
+            Self::Mamba2(m) => m.config.vocab_size,
+        }
+    }
+
+    pub fn d_model(&self) -> usize {
+        match self {
+            Self::Mamba(m) => m.config.d_model,
+            Self::Mamba2(m) => m.config.d_model,
+        }
+    }
+
+    pub fn eos_token_id(&self) -> Option<u32> {
+        match self {
+            Self::Mamba(m) => m.config.eos_token_id,
+            Self::Mamba2(m) => m.config.eos_token_id,
+        }
+    }
+
+    /// See [`run`].
+    pub async fn run(
+        &self,
+        ctx: &Context,
+        ids: &[i64],
+        batch: usize,
+        hidden_states: bool,
+    ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+        match self {
+            Self::Mamba(m) => run(m, ctx, ids, batch, hidden_states).await,
+            Self::Mamba2(m) => run(m, ctx, ids, batch, hidden_states).await,
+        }
+    }
+
+    /// See [`generate`].
+    pub async fn generate(
+        &self,
+        ctx: &Context,
+        prompt: &[i64],
+        max_new_tokens: usize,
+        eos: Option<u32>,
+    ) -> Result<Vec<u32>> {
+        match self {
+            Self::Mamba(m) => generate(m, ctx, prompt, max_new_tokens, eos).await,
+            Self::Mamba2(m) => generate(m, ctx, prompt, max_new_tokens, eos).await,
+        }
+    }
+}

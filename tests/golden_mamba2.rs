@@ -1,0 +1,126 @@
+//! The Mamba-2 LM against transformers' outputs (golden/mamba2_tiny: 37 tokens, chunk 16,
+//! 2 groups): logits and hidden states within 1e-4 absolute, greedy generation exactly, from
+//! the library and from the CLI (`run` and `generate` pick Mamba-2 from config.json).
+
+mod common;
+
+use common::{assert_close, cli, ctx, f32s, golden, golden_dir};
+use safetensors::tensor::{Dtype, TensorView};
+use ssmgpu::loader::SafetensorsFile;
+use ssmgpu::models::lm::LanguageModel;
+use ssmgpu::models::mamba2::Mamba2Lm;
+
+const ATOL: f32 = 1e-4;
+const CASE: &str = "mamba2_tiny";
+
+fn expected_generation() -> (Vec<i64>, Vec<i64>) {
+    let reference = golden(&format!("{CASE}/reference.safetensors"));
+    (
+        reference.ints("generate.prompt_ids").unwrap().1,
+        reference.ints("generate.output_ids").unwrap().1,
+    )
+}
+
+#[test]
+fn mamba2_tiny_matches_transformers() {
+    let ctx = ctx();
+    let model = Mamba2Lm::load(ctx, &golden_dir().join(CASE)).unwrap();
+    assert_eq!(
+        (model.config.n_groups, model.config.chunk_size),
+        (2, 16),
+        "the case this test is about"
+    );
+    let reference = golden(&format!("{CASE}/reference.safetensors"));
+    let (shape, ids) = reference.ints("input_ids").unwrap();
+    let (logits, hidden) = pollster::block_on(model.run(ctx, &ids, shape[0], true)).unwrap();
+    let err = assert_close(
+        &format!("{CASE} logits"),
+        &logits,
+        &f32s(&reference, "logits").1,
+        ATOL,
+        0.0,
+    );
+    eprintln!("{CASE}: logits max abs err {err:.2e}");
+    assert_eq!(hidden.len(), model.config.n_layer + 1);
+    for (i, h) in hidden.iter().enumerate() {
+        let want = f32s(&reference, &format!("hidden_states.{i}")).1;
+        assert_close(&format!("{CASE} hidden_states.{i}"), h, &want, ATOL, 0.0);
+    }
+
+    let (prompt, expected) = expected_generation();
+    let new = expected.len() - prompt.len();
+    let got = pollster::block_on(model.generate(ctx, &prompt, new, None)).unwrap();
+    let got: Vec<i64> = prompt
+        .iter()
+        .copied()
+        .chain(got.iter().map(|&t| t as i64))
+        .collect();
+    assert_eq!(got, expected, "{CASE}: greedy generation");
+}
+
+/// `LanguageModel::load` picks Mamba-2 from `model_type`, and the result is the same model.
+#[test]
+fn language_model_dispatches_on_model_type() {
+    let ctx = ctx();
+    let dir = golden_dir().join(CASE);
+    let model = LanguageModel::load(ctx, &dir).unwrap();
+    assert!(matches!(model, LanguageModel::Mamba2(_)));
+    let mamba1 = LanguageModel::load(ctx, &golden_dir().join("mamba1_tiny")).unwrap();
+    assert!(matches!(mamba1, LanguageModel::Mamba(_)));
+    let (prompt, expected) = expected_generation();
+    let got = pollster::block_on(model.generate(ctx, &prompt, 3, None)).unwrap();
+    let got: Vec<i64> = got.iter().map(|&t| t as i64).collect();
+    assert_eq!(got, expected[prompt.len()..prompt.len() + 3]);
+}
+
+#[test]
+fn cli_run_and_generate_take_a_mamba2_folder() {
+    let dir = golden_dir().join(CASE);
+    let reference = golden(&format!("{CASE}/reference.safetensors"));
+    let tmp = tempfile::tempdir().unwrap();
+    // run: input_ids in, logits out.
+    let (shape, ids) = reference.ints("input_ids").unwrap();
+    let input = tmp.path().join("in.safetensors");
+    let bytes: Vec<u8> = ids.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = TensorView::new(Dtype::I64, shape.clone(), &bytes).unwrap();
+    safetensors::serialize_to_file([("input_ids", view)], None, &input).unwrap();
+    let out = tmp.path().join("out.safetensors");
+    let (ok, _, stderr) = cli(&[
+        "run",
+        "--model",
+        dir.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let got = SafetensorsFile::open(&out).unwrap();
+    let (got_shape, logits) = got.f32("logits", None).unwrap();
+    assert_eq!(got_shape, vec![shape[0], shape[1], 256]);
+    assert_close(
+        "cli run logits",
+        &logits,
+        &f32s(&reference, "logits").1,
+        ATOL,
+        0.0,
+    );
+
+    // generate: the greedy ids.
+    let (prompt, expected) = expected_generation();
+    let prompt_arg: Vec<String> = prompt.iter().map(|v| v.to_string()).collect();
+    let new = (expected.len() - prompt.len()).to_string();
+    let (ok, stdout, stderr) = cli(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--ids",
+        &prompt_arg.join(","),
+        "--max-new-tokens",
+        &new,
+        "--ignore-eos",
+    ]);
+    assert!(ok, "{stderr}");
+    let want: Vec<String> = expected.iter().map(|v| v.to_string()).collect();
+    assert_eq!(stdout.trim(), want.join(","));
+}
