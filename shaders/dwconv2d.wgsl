@@ -6,6 +6,9 @@
 // channels' weights for a tap are adjacent: the vec4 entry point computes four channels of a
 // pixel per invocation from vec4 loads (a quarter of the loads, which is what a CPU driver
 // pays for); the scalar one, for any channel count or alignment, one output each.
+// With KEPT (after token pruning), each image holds `tokens` of its grid's cells: row i of
+// image b sits in cell positions[b, i], and slots[b, cell] names the row in each cell (NONE for
+// a pruned one, which reads as zero).
 
 struct Params {
     batch: u32,
@@ -17,16 +20,21 @@ struct Params {
     kernel: u32,
     activation: u32,
     has_bias: u32,
+    // Rows per image: height * width, or the kept tokens with KEPT.
+    tokens: u32,
+    kept: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
+
+const NONE: u32 = 0xffffffffu;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read> positions: array<u32>;
+@group(0) @binding(6) var<storage, read> slots: array<u32>;
 // The vec4 entry point's view of the same buffers (channels, offset and stride multiples of 4).
 @group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> weight4: array<vec4<f32>>;
@@ -34,18 +42,33 @@ struct Params {
 
 // #include activation
 
-// Where output pixel `pixel`'s window starts: (first row of its image, y - K/2, x - K/2).
-fn window(pixel: u32) -> vec3<i32> {
-    let xx = pixel % p.width;
-    let yy = (pixel / p.width) % p.height;
-    let half = i32(p.kernel / 2u);
-    return vec3<i32>(i32(pixel - yy * p.width - xx), i32(yy) - half, i32(xx) - half);
+// Output row `row`'s image and cell: (b, y, x).
+fn cell(row: u32) -> vec3<u32> {
+    let b = row / p.tokens;
+    var q = row - b * p.tokens;
+    if (p.kept != 0u) {
+        q = positions[row];
+    }
+    return vec3<u32>(b, q / p.width, q % p.width);
+}
+
+// The input row in cell (y, x) of image b, or -1 when that cell is pruned or off the grid.
+fn source(b: u32, y: i32, x: i32) -> i32 {
+    if (y < 0 || y >= i32(p.height) || x < 0 || x >= i32(p.width)) {
+        return -1;
+    }
+    let q = u32(y) * p.width + u32(x);
+    if (p.kept != 0u) {
+        let i = slots[b * p.height * p.width + q];
+        return select(i32(b * p.tokens + i), -1, i == NONE);
+    }
+    return i32(b * p.tokens + q);
 }
 
 @compute @workgroup_size(256)
 fn dwconv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let i = (wg.x + wg.y * nwg.x) * 256u + li;
-    if (i >= p.batch * p.height * p.width * p.channels) {
+    if (i >= p.batch * p.tokens * p.channels) {
         return;
     }
     let pixel = i / p.channels;
@@ -54,18 +77,14 @@ fn dwconv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     if (p.has_bias != 0u) {
         acc = bias[c];
     }
-    let win = window(pixel);
+    let at = cell(pixel);
+    let half = i32(p.kernel / 2u);
     for (var ky = 0u; ky < p.kernel; ky++) {
-        let sy = win.y + i32(ky);
-        if (sy < 0 || sy >= i32(p.height)) {
-            continue;
-        }
-        let row = u32(win.x + sy * i32(p.width));
         for (var kx = 0u; kx < p.kernel; kx++) {
-            let sx = win.z + i32(kx);
-            if (sx >= 0 && sx < i32(p.width)) {
+            let src = source(at.x, i32(at.y + ky) - half, i32(at.z + kx) - half);
+            if (src >= 0) {
                 let w = weight[(ky * p.kernel + kx) * p.channels + c];
-                acc = fma(w, x[p.x_offset + (row + u32(sx)) * p.x_stride + c], acc);
+                acc = fma(w, x[p.x_offset + u32(src) * p.x_stride + c], acc);
             }
         }
     }
@@ -76,7 +95,7 @@ fn dwconv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
 fn dwconv2d_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let i = (wg.x + wg.y * nwg.x) * 256u + li;
     let c4s = p.channels / 4u;
-    if (i >= p.batch * p.height * p.width * c4s) {
+    if (i >= p.batch * p.tokens * c4s) {
         return;
     }
     let pixel = i / c4s;
@@ -85,18 +104,14 @@ fn dwconv2d_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     if (p.has_bias != 0u) {
         acc = vec4<f32>(bias[4u * c4], bias[4u * c4 + 1u], bias[4u * c4 + 2u], bias[4u * c4 + 3u]);
     }
-    let win = window(pixel);
+    let at = cell(pixel);
+    let half = i32(p.kernel / 2u);
     for (var ky = 0u; ky < p.kernel; ky++) {
-        let sy = win.y + i32(ky);
-        if (sy < 0 || sy >= i32(p.height)) {
-            continue;
-        }
-        let row = u32(win.x + sy * i32(p.width));
         for (var kx = 0u; kx < p.kernel; kx++) {
-            let sx = win.z + i32(kx);
-            if (sx >= 0 && sx < i32(p.width)) {
+            let src = source(at.x, i32(at.y + ky) - half, i32(at.z + kx) - half);
+            if (src >= 0) {
                 let w = weight4[(ky * p.kernel + kx) * c4s + c4];
-                acc = fma(w, x4[(p.x_offset + (row + u32(sx)) * p.x_stride) / 4u + c4], acc);
+                acc = fma(w, x4[(p.x_offset + u32(src) * p.x_stride) / 4u + c4], acc);
             }
         }
     }

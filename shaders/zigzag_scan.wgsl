@@ -1,6 +1,7 @@
 // PlainMamba's 2-D selective scan (PlainMamba2D in ChenhongyiYang/PlainMamba): four snake-order
 // scans of each image, summed at the original positions and gated. For direction k with
-// order o = orders[k] and moves d = directions[k] (both over scan steps s):
+// order o = orders[k] and moves d = directions[k] (both over scan steps s, o indexing the
+// image's token sequence):
 //   dt  = softplus(delta[s] + dt_bias)
 //   h_n = exp(dt * A_n) * h_n + dt * (B[s, n] + dir_B[d[s], n]) * u[o[s]]
 //   y_k[o[s]] = sum_n C[s, n] * h_n + D * u[o[s]]
@@ -12,6 +13,11 @@
 // own output column (zeroed first), which a last pass gates. As in scan.wgsl, each
 // direction's 16 states live in four vec4 registers, and the subgroup variant loads each
 // step's B and C with one vec4 load per lane and broadcasts them.
+// After pruning, each image has its own tables (the kept tokens' scans over the grid), and
+// with DECAY the state first decays over the g = gaps[k][s] pruned tokens skipped before step
+// s, as zero-input tokens would: h *= exp(g * softplus(2 dt_bias) * A) (a zero token's dt_proj
+// output is its bias, which the scan adds again). With UNGATED, sum_k y_k (each clipped at
+// zero with UNGATED_CLIP) is also stored, for pruning's importance scores.
 
 struct Params {
     batch: u32,
@@ -27,10 +33,16 @@ struct Params {
     bc_stride: u32,
     z_offset: u32,
     z_stride: u32,
+    // 0: one table for every image; else each image's table size (12 len).
+    table_stride: u32,
+    flags: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
+
+const DECAY: u32 = 1u;
+const UNGATED: u32 = 2u;
+const UNGATED_CLIP: u32 = 4u;
+const UNGATED_ADD: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> u: array<f32>;
@@ -43,11 +55,12 @@ struct Params {
 // [A (channels x nstate) | D (channels) | dt_bias (channels)]
 @group(0) @binding(4) var<storage, read> ssm: array<f32>;
 @group(0) @binding(5) var<storage, read> z: array<f32>;
-// [orders (4 x len) | directions (4 x len)]
+// [orders (4 x len) | directions (4 x len) | gaps (4 x len)], per image or shared.
 @group(0) @binding(6) var<storage, read> tables: array<u32>;
 // [5 directions, 16 states] (zero past nstate), four vec4 per direction.
 @group(0) @binding(7) var<storage, read> dir_b: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> out: array<f32>;
+@group(0) @binding(9) var<storage, read_write> ungated: array<f32>;
 
 // #include ssm_inputs
 
@@ -75,11 +88,21 @@ struct Shared {
     c3: vec4<f32>,
 }
 
-// Step s of direction k for channel e of the image whose first row is `base`: update the
-// direction's state and add its y into the output at the position it visits.
-fn advance(st: ptr<function, State>, sh: Shared, k: u32, s: u32, base: u32, e: u32, d_skip: f32, valid: bool) {
-    let pos = base + tables[k * p.len + s];
-    let dir = tables[(4u + k) * p.len + s] * 4u;
+// Step s of direction k for channel e of the image whose first row is `base` and table
+// starts at `tb`: decay over skipped tokens, update the direction's state and add its y into
+// the output at the token it visits.
+fn advance(st: ptr<function, State>, sh: Shared, idle: State, k: u32, s: u32, base: u32, tb: u32, e: u32, d_skip: f32, valid: bool) {
+    let pos = base + tables[tb + k * p.len + s];
+    let dir = tables[tb + (4u + k) * p.len + s] * 4u;
+    if ((p.flags & DECAY) != 0u) {
+        let gap = f32(tables[tb + (8u + k) * p.len + s]);
+        if (gap > 0.0) {
+            (*st).h0 *= exp(gap * idle.h0);
+            (*st).h1 *= exp(gap * idle.h1);
+            (*st).h2 *= exp(gap * idle.h2);
+            (*st).h3 *= exp(gap * idle.h3);
+        }
+    }
     let ut = u[p.u_offset + pos * p.u_stride + e];
     let du = sh.dt * ut;
     // dir_b is zero past nstate, like sh.b*.
@@ -90,6 +113,9 @@ fn advance(st: ptr<function, State>, sh: Shared, k: u32, s: u32, base: u32, e: u
     let y = fma(d_skip, ut, dot((*st).h0, sh.c0) + dot((*st).h1, sh.c1) + dot((*st).h2, sh.c2) + dot((*st).h3, sh.c3));
     if (valid) {
         out[pos * p.channels + e] += y;
+        if ((p.flags & UNGATED) != 0u) {
+            ungated[pos * p.channels + e] += select(y, max(y, 0.0), (p.flags & UNGATED_CLIP) != 0u);
+        }
     }
 }
 
@@ -104,6 +130,7 @@ fn zigzag_scan(
     @builtin(local_invocation_index) li: u32,
 ) {
     let base = wg.y * p.len;
+    let tb = wg.y * p.table_stride;
     let e_raw = wg.x * 64u + li;
     let valid = e_raw < p.channels;
     let e = min(e_raw, p.channels - 1u);
@@ -119,9 +146,16 @@ fn zigzag_scan(
     let m1 = vec4<f32>(vec4<u32>(4u, 5u, 6u, 7u) < vec4<u32>(ns));
     let m2 = vec4<f32>(vec4<u32>(8u, 9u, 10u, 11u) < vec4<u32>(ns));
     let m3 = vec4<f32>(vec4<u32>(12u, 13u, 14u, 15u) < vec4<u32>(ns));
+    // A pruned token's delta: softplus(2 dt_bias).
+    let idle_dt = select(log(1.0 + exp(2.0 * dt_bias)), 2.0 * dt_bias, 2.0 * dt_bias > 20.0);
+    let idle = State(idle_dt * a0, idle_dt * a1, idle_dt * a2, idle_dt * a3);
     if (valid) {
+        let zero_ungated = (p.flags & (UNGATED | UNGATED_ADD)) == UNGATED;
         for (var s = 0u; s < p.len; s++) {
             out[(base + s) * p.channels + e] = 0.0;
+            if (zero_ungated) {
+                ungated[(base + s) * p.channels + e] = 0.0;
+            }
         }
     }
     let zero = State(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
@@ -152,10 +186,10 @@ fn zigzag_scan(
             bc4(cb, 0u), bc4(cb, 4u), bc4(cb, 8u), bc4(cb, 12u),
         );
 // #endif
-        advance(&st0, sh, 0u, s, base, e, d_skip, valid);
-        advance(&st1, sh, 1u, s, base, e, d_skip, valid);
-        advance(&st2, sh, 2u, s, base, e, d_skip, valid);
-        advance(&st3, sh, 3u, s, base, e, d_skip, valid);
+        advance(&st0, sh, idle, 0u, s, base, tb, e, d_skip, valid);
+        advance(&st1, sh, idle, 1u, s, base, tb, e, d_skip, valid);
+        advance(&st2, sh, idle, 2u, s, base, tb, e, d_skip, valid);
+        advance(&st3, sh, idle, 3u, s, base, tb, e, d_skip, valid);
     }
     if (valid) {
         for (var s = 0u; s < p.len; s++) {

@@ -32,7 +32,9 @@ fn run(model: &PlainMamba, shape: &[usize], pixels: &[f32]) -> (Vec<f32>, Vec<(S
     let pixels = ctx.upload_f32("pixel_values", shape, pixels).unwrap();
     let mut trace = Trace::new();
     let mut rec = ctx.recorder();
-    let logits = model.forward(&mut rec, &pixels, Some(&mut trace)).unwrap();
+    let logits = model
+        .forward(&mut rec, &pixels, None, Some(&mut trace))
+        .unwrap();
     let mut wanted: Vec<&Tensor> = vec![&logits];
     wanted.extend(trace.iter().map(|(_, t)| t));
     let mut data = rec.submit_and_read_blocking(&wanted).unwrap();
@@ -197,7 +199,7 @@ fn bad_pixels_are_typed_errors() {
             .upload_f32("pixel_values", &shape, &vec![0.0; n])
             .unwrap();
         let mut rec = ctx.recorder();
-        match model.forward(&mut rec, &pixels, None) {
+        match model.forward(&mut rec, &pixels, None, None) {
             Err(Error::InvalidInput(message)) => {
                 assert!(message.contains(why), "{shape:?}: {message}")
             }

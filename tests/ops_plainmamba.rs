@@ -133,6 +133,7 @@ fn dwconv2d_matches_reference() {
             &mut rec,
             view,
             (batch, h, w),
+            None,
             &wt,
             with_bias.then_some(&bt),
             activation,
@@ -257,11 +258,13 @@ fn zigzag_cases(ctx: &Context) {
                 orders: &table,
                 z: args.z.unwrap(),
                 batch,
+                decay: false,
+                ungated: None,
             },
         )
         .unwrap();
         let got = rec.submit_and_read_blocking(&[&y]).unwrap().remove(0);
-        let want = zigzag_scan_ref(&inputs, &direction_bs, &orders);
+        let want = zigzag_scan_ref(&inputs, &direction_bs, &vec![orders; batch], false, true).out;
         let what = format!(
             "zigzag scan b{batch} {h}x{w} e{channels} n{nstate} (subgroups {})",
             ctx.uses_subgroups()

@@ -3,7 +3,9 @@
 //! a conv patch embedding, absolute position embedding, `x + PlainMamba2D(LN(x))` layers (some
 //! followed by a depthwise conv), a final LayerNorm, mean pooling and a linear head.
 //!
-//! Tensors are token-major: `[B·L, D]` with the `L = H/16 · W/16` tokens in raster order.
+//! Tensors are token-major: `[B·L, D]` with the `L = H/16 · W/16` tokens in raster order;
+//! after token pruning `[B·N, D]`, each image's `N` kept tokens with their cells in a
+//! position map.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,13 +15,15 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::models::{record, ModelDir, Trace};
 use crate::ops::activation::Activation;
-use crate::ops::dwconv2d::{dwconv2d, pack_dwconv_weight};
+use crate::ops::dwconv2d::{dwconv2d, pack_dwconv_weight, KeptCells};
 use crate::ops::im2col::{im2col, ConvGeometry, Layout};
+use crate::ops::kept_grid::{kept_grid, KeptGrid, Walk};
 use crate::ops::layernorm::{layernorm, layernorm_mean};
 use crate::ops::matmul::{matmul, matmul_with, Epilogue};
-use crate::ops::scan::{pack_ssm_params, MAX_STATE};
+use crate::ops::scan::{pack_ssm_params, Ungated, MAX_STATE};
 use crate::ops::tokens::embed_tokens;
 use crate::ops::zigzag_scan::{pack_direction_bs, zigzag_scan, ScanOrders, ZigzagArgs, DIRECTIONS};
+use crate::prune::{initial_positions, Align, PruneSchedule, Pruning, TokenStreams};
 use crate::runtime::{Context, DType, Recorder, Tensor};
 
 /// Channels of the patch embedding's conv stem (fixed in `ConvPatchEmbed`).
@@ -246,8 +250,20 @@ struct PlainMambaLayer {
 struct GridTensors {
     /// `[L, D]`
     pos_embed: Tensor,
-    /// [`ScanOrders::table`], u32 `[8 L]`.
+    /// [`ScanOrders::table`], u32 `[12 L]`.
     scan_orders: Tensor,
+}
+
+/// The tokens a layer runs on: the whole grid, or after pruning each image's kept tokens.
+struct LayerTokens<'a> {
+    /// Where the kept tokens sit (none: every cell, in raster order).
+    cells: Option<KeptCells<'a>>,
+    /// The scans' [`ScanOrders::table`]: the grid's, or each image's over its kept tokens.
+    scans: &'a Tensor,
+    /// Decay the scan states over pruned tokens (`--align decay`).
+    decay: bool,
+    /// Where the scans also store their summed ungated output, for importance scores.
+    ungated: Option<Ungated<'a>>,
 }
 
 pub struct PlainMamba {
@@ -380,13 +396,13 @@ impl PlainMamba {
         self.config.num_classes
     }
 
-    /// Flops of one `h x w` image: 2 × the multiply-adds of every convolution and linear layer
-    /// (stem, patch convs, projection, in/x/dt/out projections, depthwise convs, head) and of
-    /// the 2-D scan, which counts 3 per direction, token, channel and state (exp argument,
-    /// state update, C dot; the exp itself is not counted), 1 per direction, token and
-    /// channel for `D·u`, and 1 per token and channel for the sum and gate. Norms,
-    /// activations, bias adds and pooling are not counted.
-    pub fn flops(&self, h: usize, w: usize) -> f64 {
+    /// Flops of one `h x w` image under a pruning schedule: 2 × the multiply-adds of every
+    /// convolution and linear layer (stem, patch convs, projection, in/x/dt/out projections,
+    /// depthwise convs, head) and of the 2-D scan, which counts 3 per direction, token, channel
+    /// and state (exp argument, state update, C dot; the exp itself is not counted), 1 per
+    /// direction, token and channel for `D·u`, and 1 per token and channel for the sum and
+    /// gate. Norms, activations, bias adds, pooling and the pruning steps are not counted.
+    pub fn flops(&self, h: usize, w: usize, schedule: Option<&PruneSchedule>) -> f64 {
         let c = &self.config;
         let (h2, w2) = c.stem_geometry().output_size(h, w);
         let (gh, gw) = c.grid(h, w);
@@ -405,9 +421,25 @@ impl PlainMamba {
             + c.num_convs_patch_embed as f64 * h2 as f64 * w2 as f64 * s * s * 9.0
             + l * d * s * half * half;
         let scan = 4.0 * (3.0 * e * n + e) + e;
-        let layer = l * (d * 2.0 * e + e * k * k + e * (r + 2.0 * n) + r * e + scan + e * d);
-        let dw = c.layers_with_dwconv.len() as f64 * l * d * 9.0;
-        2.0 * (patch_embed + c.num_layers as f64 * layer + dw + d * c.num_classes as f64)
+        let per_token = d * 2.0 * e + e * k * k + e * (r + 2.0 * n) + r * e + scan + e * d;
+        let counts =
+            schedule
+                .cloned()
+                .unwrap_or_default()
+                .token_counts(gh * gw, c.num_layers, false);
+        let layers: f64 = counts
+            .iter()
+            .enumerate()
+            .map(|(i, &tokens)| {
+                let dw = if c.layers_with_dwconv.contains(&i) {
+                    d * 9.0
+                } else {
+                    0.0
+                };
+                tokens as f64 * (per_token + dw)
+            })
+            .sum();
+        2.0 * (patch_embed + layers + d * c.num_classes as f64)
     }
 
     /// The pixel tensor the model takes: f32 `[batch, channels, H, W]`, H and W positive
@@ -448,38 +480,79 @@ impl PlainMamba {
         Ok((batch, h, w))
     }
 
-    /// Record a forward pass over `pixels` `[batch, C, H, W]`; returns logits `[batch, classes]`.
-    /// With a trace, records `patch_embed_out`, `embed_tokens`, `layers.{i}.mamba_out`,
-    /// `layers.{i}.out`, `final_norm_out` (each `[B·L, D]`) and `head_input` (`[B, D]`).
+    /// Record a forward pass over `pixels` `[batch, C, H, W]`, pruned when asked (the
+    /// tokens keep their original order but with `Align::Score`, and every later layer runs
+    /// on the kept ones: the scans over each image's kept cells, the 2-D convs reading pruned
+    /// cells as zero); returns logits `[batch, classes]`. With a trace, records
+    /// `patch_embed_out`, `embed_tokens`, `layers.{i}.mamba_out`, `layers.{i}.out`,
+    /// `final_norm_out` (each `[B·N, D]`), `head_input` (`[B, D]`) and, when pruning,
+    /// `layers.{i}.positions` (the cells layer i runs on, u32 `[B, N]`) and `layers.{i}.scores`
+    /// (the scores of the step after layer i, `[B, N]`).
     pub fn forward(
         &self,
         rec: &mut Recorder,
         pixels: &Tensor,
+        pruning: Option<&Pruning>,
         mut trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
         let c = &self.config;
         let (batch, h, w) = self.check_pixels(pixels)?;
+        if let Some(p) = pruning {
+            p.schedule.check_depth(c.num_layers)?;
+        }
         let grid = c.grid(h, w);
         let tables = self.grid_tensors(rec.context(), grid)?;
         let patches = self.patch_embed(rec, pixels, (batch, h, w))?; // [B·L, D]
         let mut x = embed_tokens(rec, &patches, batch, None, Some(&tables.pos_embed))?; // + pos_embed
         record(&mut trace, "patch_embed_out", &patches);
         record(&mut trace, "embed_tokens", &x);
+        let mut len = grid.0 * grid.1;
+        let mut positions = match pruning {
+            Some(_) => Some(initial_positions(rec, batch, len)?),
+            None => None,
+        };
+        // The kept tokens' cells and scans, from the first pruning step on.
+        let mut kept: Option<KeptGrid> = None;
         for (i, layer) in self.layers.iter().enumerate() {
+            if let Some(positions) = &positions {
+                record(&mut trace, &format!("layers.{i}.positions"), positions);
+            }
+            let clip = pruning.and_then(|p| p.scan_scores(i));
+            let ungated = match clip {
+                Some(_) => Some(rec.alloc("ungated", &[batch * len, c.d_inner])?),
+                None => None,
+            };
+            let cells = kept
+                .as_ref()
+                .zip(positions.as_ref())
+                .map(|(k, positions)| KeptCells {
+                    positions,
+                    slots: &k.slots,
+                });
+            let tokens = LayerTokens {
+                cells,
+                scans: kept.as_ref().map_or(&tables.scan_orders, |k| &k.tables),
+                decay: cells.is_some() && pruning.is_some_and(|p| p.align == Align::Decay),
+                ungated: clip.zip(ungated.as_ref()).map(|(clip, tensor)| Ungated {
+                    tensor,
+                    clip,
+                    add: false,
+                }),
+            };
             let normed = layernorm(
                 rec,
                 &x,
                 &layer.norm_weight,
                 &layer.norm_bias,
                 c.layer_norm_eps,
-            )?; // LN(x) [B·L, D]
+            )?; // LN(x) [B·N, D]
             x = self.mixer(
                 rec,
                 layer,
                 &normed,
                 &x,
                 (batch, grid),
-                &tables,
+                &tokens,
                 &mut trace,
                 i,
             )?; // x + PlainMamba2D(LN(x))
@@ -489,14 +562,43 @@ impl PlainMamba {
                     rec,
                     x.mat(),
                     (batch, grid.0, grid.1),
+                    tokens.cells,
                     &dw.weight,
                     Some(&dw.bias),
                     Activation::Gelu,
                 )?;
             }
             record(&mut trace, &format!("layers.{i}.out"), &x);
+            let (Some(pruning), Some(current)) = (pruning, positions.take()) else {
+                continue;
+            };
+            let streams = TokenStreams {
+                hidden: x,
+                residual: None,
+                positions: current,
+                len,
+                scores: None,
+            };
+            let next = pruning.after_layer(rec, i, streams, ungated.as_ref(), batch, false)?;
+            if let Some(scores) = &next.scores {
+                record(&mut trace, &format!("layers.{i}.scores"), scores);
+            }
+            if next.len != len {
+                let walk = match pruning.align {
+                    Align::Score => Walk::Sequence,
+                    Align::Carry | Align::Decay => Walk::Grid,
+                };
+                kept = Some(kept_grid(
+                    rec,
+                    &next.positions,
+                    grid,
+                    &tables.scan_orders,
+                    walk,
+                )?);
+            }
+            (x, len, positions) = (next.hidden, next.len, Some(next.positions));
         }
-        // ln1, then the neck's mean over tokens: [B·L, D], [B, D]
+        // ln1, then the neck's mean over the tokens: [B·N, D], [B, D]
         let (normed, pooled) = layernorm_mean(
             rec,
             &x,
@@ -563,7 +665,7 @@ impl PlainMamba {
         )
     }
 
-    /// `residual + PlainMamba2D(x)`, `x` = LN(residual) `[B·L, D]`. The residual add is fused
+    /// `residual + PlainMamba2D(x)`, `x` = LN(residual) `[B·N, D]`. The residual add is fused
     /// into out_proj; when tracing, out_proj also runs alone for `layers.{i}.mamba_out`.
     #[allow(clippy::too_many_arguments)] // the layer's inputs and where to trace
     fn mixer(
@@ -573,7 +675,7 @@ impl PlainMamba {
         x: &Tensor,
         residual: &Tensor,
         (batch, (gh, gw)): (usize, (usize, usize)),
-        tables: &GridTensors,
+        tokens: &LayerTokens,
         trace: &mut Option<&mut Trace>,
         i: usize,
     ) -> Result<Tensor> {
@@ -582,23 +684,24 @@ impl PlainMamba {
             self.config.d_state,
             self.config.dt_rank,
         );
-        let xz = matmul(rec, "in_proj", x.mat(), &l.in_proj, l.in_proj_bias.as_ref())?; // [B·L, 2E] = [x | z]
+        let xz = matmul(rec, "in_proj", x.mat(), &l.in_proj, l.in_proj_bias.as_ref())?; // [B·N, 2E] = [x | z]
         let u = dwconv2d(
             rec,
             xz.cols(0, e),
             (batch, gh, gw),
+            tokens.cells,
             &l.conv_weight,
             l.conv_bias.as_ref(),
             Activation::Silu,
-        )?; // SiLU(DWConv(x)) [B·L, E]
-        let q = matmul(rec, "x_proj", u.mat(), &l.x_proj, None)?; // [B·L, R + 2N] = [dt | B | C]
+        )?; // SiLU(DWConv(x)) [B·N, E]
+        let q = matmul(rec, "x_proj", u.mat(), &l.x_proj, None)?; // [B·N, R + 2N] = [dt | B | C]
         let dt = matmul(
             rec,
             "dt_proj",
             q.cols(0, r),
             &l.dt_proj,
             Some(&l.dt_proj_bias),
-        )?; // [B·L, E], bias included (the scan adds it again)
+        )?; // [B·N, E], bias included (the scan adds it again)
         let y = zigzag_scan(
             rec,
             ZigzagArgs {
@@ -608,11 +711,13 @@ impl PlainMamba {
                 c: q.cols(r + n, n),
                 params: &l.ssm,
                 direction_bs: &l.direction_bs,
-                orders: &tables.scan_orders,
+                orders: tokens.scans,
                 z: xz.cols(e, e),
                 batch,
+                decay: tokens.decay,
+                ungated: tokens.ungated,
             },
-        )?; // (Σ_k scan_k) · silu(z) [B·L, E]
+        )?; // (Σ_k scan_k) · silu(z) [B·N, E]
         if trace.is_some() {
             let out = matmul(
                 rec,
@@ -628,7 +733,7 @@ impl PlainMamba {
             residual: Some(residual),
             ..Epilogue::default()
         };
-        matmul_with(rec, "out_proj", y.mat(), &l.out_proj, epilogue) // residual + out_proj(y) [B·L, D]
+        matmul_with(rec, "out_proj", y.mat(), &l.out_proj, epilogue) // residual + out_proj(y) [B·N, D]
     }
 
     /// The position embedding and scan tables of a token grid, made on first use.

@@ -338,7 +338,7 @@ impl Vim {
                 (Some(p), Some(pos)) => {
                     let streams = TokenStreams {
                         hidden: out,
-                        residual,
+                        residual: Some(residual),
                         positions: pos,
                         len,
                         scores: None,
@@ -347,7 +347,10 @@ impl Vim {
                     if let Some(scores) = &kept.scores {
                         record(&mut trace, &format!("layers.{i}.scores"), scores);
                     }
-                    (residual, len) = (kept.residual, kept.len);
+                    residual = kept
+                        .residual
+                        .ok_or_else(|| Error::Gpu("pruning dropped the residual stream".into()))?;
+                    len = kept.len;
                     hidden = Some(kept.hidden);
                     positions = Some(kept.positions);
                 }

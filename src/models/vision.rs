@@ -105,10 +105,7 @@ impl VisionModel {
         let pruning = pruning.filter(|p| !p.schedule.steps().is_empty());
         match self {
             VisionModel::Vim(m) => m.forward_pruned(rec, pixels, pruning, trace),
-            VisionModel::PlainMamba(_) if pruning.is_some() => Err(Error::InvalidInput(
-                "token pruning is implemented for Vim only so far, not PlainMamba".into(),
-            )),
-            VisionModel::PlainMamba(m) => m.forward(rec, pixels, trace),
+            VisionModel::PlainMamba(m) => m.forward(rec, pixels, pruning, trace),
         }
     }
 
@@ -136,7 +133,7 @@ impl VisionModel {
             VisionModel::Vim(m) => m.config.flops(schedule),
             VisionModel::PlainMamba(m) => {
                 let (h, w) = m.image_size();
-                m.flops(h, w)
+                m.flops(h, w, schedule)
             }
         }
     }

@@ -18,7 +18,18 @@ struct Params {
     kernel: u32,
     activation: u32,
     has_bias: u32,
-    _pad: [u32; 3],
+    tokens: u32,
+    kept: u32,
+    _pad: u32,
+}
+
+/// The cells of a pruned grid: where each image's kept tokens sit.
+#[derive(Clone, Copy)]
+pub struct KeptCells<'a> {
+    /// u32 `[batch, tokens]`: the cell (raster index) of each kept token.
+    pub positions: &'a Tensor,
+    /// u32 `[batch, h * w]`: the token in each cell, or `kept_grid::NONE`.
+    pub slots: &'a Tensor,
 }
 
 /// PyTorch's depthwise weight `[C, 1, k, k]` in the kernel's tap-major layout `[k, k, C]`.
@@ -29,21 +40,24 @@ pub fn pack_dwconv_weight(weight: &[f32], channels: usize) -> Vec<f32> {
         .collect()
 }
 
-/// `x` is `[batch * h * w, C]` in raster order (any row stride), `weight` `[k, k, C]` from
-/// [`pack_dwconv_weight`] with `k` odd, `bias` `[C]`. Returns `act(conv(x) + bias)`
-/// `[batch * h * w, C]`.
+/// `x` is `[batch * h * w, C]` in raster order (any row stride) or, with `kept`, the
+/// `[batch * tokens, C]` kept tokens of each `h x w` grid (pruned cells read as zero);
+/// `weight` `[k, k, C]` from [`pack_dwconv_weight`] with `k` odd, `bias` `[C]`. Returns
+/// `act(conv(x) + bias)` with the rows of `x`.
 pub fn dwconv2d(
     rec: &mut Recorder,
     x: MatView,
     (batch, h, w): (usize, usize, usize),
+    kept: Option<KeptCells>,
     weight: &Tensor,
     bias: Option<&Tensor>,
     activation: Activation,
 ) -> Result<Tensor> {
     let channels = x.cols;
     let k = weight.shape()[0];
+    let tokens = x.rows / batch;
     debug_assert!(k % 2 == 1 && k * k * channels == weight.numel());
-    debug_assert_eq!(x.rows, batch * h * w);
+    debug_assert!(tokens == h * w || kept.is_some_and(|c| c.positions.numel() == x.rows));
     let out = rec.alloc("dwconv2d", &[x.rows, channels])?;
     let params = Params {
         batch: batch as u32,
@@ -55,7 +69,9 @@ pub fn dwconv2d(
         kernel: k as u32,
         activation: activation.code(),
         has_bias: bias.is_some() as u32,
-        _pad: [0; 3],
+        tokens: tokens as u32,
+        kept: kept.is_some() as u32,
+        _pad: 0,
     };
     let dummy = rec.context().inner.dummy.clone();
     let vec4 =
@@ -73,6 +89,8 @@ pub fn dwconv2d(
             weight.buffer(),
             bias.map_or(&dummy, Tensor::buffer),
             out.buffer(),
+            kept.map_or(&dummy, |c| c.positions.buffer()),
+            kept.map_or(&dummy, |c| c.slots.buffer()),
         ],
         grid((out.numel() / lanes).div_ceil(256) as u32),
     );

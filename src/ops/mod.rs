@@ -9,6 +9,7 @@ pub mod embedding;
 pub mod gather_rows;
 pub mod im2col;
 pub mod importance;
+pub mod kept_grid;
 pub mod layernorm;
 pub mod matmul;
 pub mod rmsnorm;
@@ -42,6 +43,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ),
     ("im2col", include_str!("../../shaders/im2col.wgsl")),
     ("importance", include_str!("../../shaders/importance.wgsl")),
+    ("kept_grid", include_str!("../../shaders/kept_grid.wgsl")),
     ("layernorm", include_str!("../../shaders/layernorm.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),

@@ -3,7 +3,7 @@
 //! per move direction, `D·u` inside every direction), summed and gated by `silu(z)`.
 
 use crate::error::Result;
-use crate::ops::scan::{selective_scan_ref, ScanRef, MAX_STATE};
+use crate::ops::scan::{selective_scan_ref, ScanRef, Ungated, MAX_STATE};
 use crate::ops::{kernel, silu};
 use crate::runtime::{MatView, Recorder, Tensor};
 
@@ -17,14 +17,18 @@ pub const DOWN: u32 = 4;
 /// Rows of `direction_Bs`.
 pub const DIRECTIONS: usize = 5;
 
-/// The four scans of an `height x width` grid: `orders[k][s]` is the raster index visited at
-/// step `s`, `directions[k][s]` the move that arrived there (`START` at step 0).
+/// The four scans of the tokens of an `height x width` grid: `orders[k][s]` is the token
+/// visited at step `s` (its raster index on the whole grid; its index in the compacted sequence
+/// once tokens are pruned, see [`crate::ops::kept_grid`]), `directions[k][s]` the move that
+/// arrived there (`START` at step 0), `gaps[k][s]` how many pruned tokens the scan skipped
+/// just before it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScanOrders {
     pub height: usize,
     pub width: usize,
     pub orders: [Vec<u32>; 4],
     pub directions: [Vec<u32>; 4],
+    pub gaps: [Vec<u32>; 4],
 }
 
 impl ScanOrders {
@@ -49,23 +53,34 @@ impl ScanOrders {
         ScanOrders {
             height,
             width,
+            gaps: orders.clone().map(|o| vec![0; o.len()]),
             orders,
             directions,
         }
     }
 
-    /// The kernel's table: `[orders (4 x L) | directions (4 x L)]`.
+    /// Tokens per scan.
+    pub fn len(&self) -> usize {
+        self.orders[0].len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The kernel's table: `[orders (4 x N) | directions (4 x N) | gaps (4 x N)]`.
     pub fn table(&self) -> Vec<u32> {
-        self.orders
-            .concat()
+        [&self.orders, &self.directions, &self.gaps]
             .into_iter()
-            .chain(self.directions.concat())
+            .flat_map(|t| t.concat())
             .collect()
     }
 }
 
-/// The move into each step of `order` on a grid `width` wide.
-fn moves(order: &[u32], width: usize) -> Vec<u32> {
+/// The move into each step of `order` (raster indices on a grid `width` wide); between tokens
+/// that are not neighbours, the one the snakes make: along the row when the row is the same,
+/// else up or down.
+pub fn moves(order: &[u32], width: usize) -> Vec<u32> {
     let w = width as u32;
     let steps = order.windows(2).map(|p| {
         let ((r0, c0), (r1, c1)) = ((p[0] / w, p[0] % w), (p[1] / w, p[1] % w));
@@ -108,8 +123,16 @@ struct Params {
     bc_stride: u32,
     z_offset: u32,
     z_stride: u32,
-    _pad: [u32; 3],
+    table_stride: u32,
+    flags: u32,
+    _pad: u32,
 }
+
+/// Kernel flags.
+const DECAY: u32 = 1;
+const UNGATED: u32 = 2;
+const UNGATED_CLIP: u32 = 4;
+const UNGATED_ADD: u32 = 8;
 
 pub struct ZigzagArgs<'a> {
     /// `[batch * len, channels]`, raster order: the conv'd input.
@@ -123,14 +146,23 @@ pub struct ZigzagArgs<'a> {
     pub params: &'a Tensor,
     /// From [`pack_direction_bs`].
     pub direction_bs: &'a Tensor,
-    /// [`ScanOrders::table`] of the grid, u32.
+    /// u32 [`ScanOrders::table`]: of the whole grid, shared by every image (`[12 len]`), or of
+    /// each image's kept tokens (`[batch, 12 len]`, from [`crate::ops::kept_grid`]).
     pub orders: &'a Tensor,
     /// `[batch * len, channels]`: the gate.
     pub z: MatView<'a>,
     pub batch: usize,
+    /// Before each step, decay the state over the pruned tokens the scan skipped
+    /// ([`ScanOrders::gaps`]) as zero-input tokens would: `delta = softplus(2 dt_bias)`, the
+    /// dt bias being added twice in this model.
+    pub decay: bool,
+    /// Also store `Σ_k y_k` before the gate (each `y_k` clipped at zero with `clip`), for
+    /// pruning's importance scores.
+    pub ungated: Option<Ungated<'a>>,
 }
 
-/// Returns `(Σ_k y_k) * silu(z)` `[batch * len, channels]`, raster order.
+/// Returns `(Σ_k y_k) * silu(z)` `[batch * len, channels]`: token `t` of each image is row `t`
+/// of its sequence (raster order on the whole grid).
 pub fn zigzag_scan(rec: &mut Recorder, args: ZigzagArgs) -> Result<Tensor> {
     let ZigzagArgs {
         u,
@@ -142,10 +174,17 @@ pub fn zigzag_scan(rec: &mut Recorder, args: ZigzagArgs) -> Result<Tensor> {
         orders,
         z,
         batch,
+        decay,
+        ungated,
     } = args;
     debug_assert!(std::ptr::eq(b.tensor.buffer(), c.tensor.buffer()) && b.stride == c.stride);
     let (channels, nstate, len) = (u.cols, b.cols, u.rows / batch);
-    debug_assert!(nstate <= MAX_STATE && orders.numel() == 8 * len);
+    let table = 12 * len;
+    debug_assert!(nstate <= MAX_STATE && [table, batch * table].contains(&orders.numel()));
+    let flags = if decay { DECAY } else { 0 }
+        | ungated.map_or(0, |g| {
+            UNGATED | if g.clip { UNGATED_CLIP } else { 0 } | if g.add { UNGATED_ADD } else { 0 }
+        });
     let out = rec.alloc("zigzag_out", &[u.rows, channels])?;
     let p = Params {
         batch: batch as u32,
@@ -161,8 +200,18 @@ pub fn zigzag_scan(rec: &mut Recorder, args: ZigzagArgs) -> Result<Tensor> {
         bc_stride: b.stride as u32,
         z_offset: z.offset as u32,
         z_stride: z.stride as u32,
-        _pad: [0; 3],
+        table_stride: if orders.numel() == table {
+            0
+        } else {
+            table as u32
+        },
+        flags,
+        _pad: 0,
     };
+    let ungated_buf = ungated.map_or_else(
+        || rec.context().inner.dummy_rw.clone(),
+        |g| g.tensor.buffer().clone(),
+    );
     // The subgroup variant loads B and C as vec4s.
     let aligned =
         b.offset.is_multiple_of(4) && c.offset.is_multiple_of(4) && b.stride.is_multiple_of(4);
@@ -179,54 +228,102 @@ pub fn zigzag_scan(rec: &mut Recorder, args: ZigzagArgs) -> Result<Tensor> {
             orders.buffer(),
             direction_bs.buffer(),
             out.buffer(),
+            &ungated_buf,
         ],
         [channels.div_ceil(64) as u32, batch as u32, 1],
     );
     Ok(out)
 }
 
-/// CPU reference, written as the authors' code runs it: for each direction, permute `u` into
-/// scan order, add the direction offsets to `B` (raster order), run the Mamba-1 reference scan
-/// and scatter its output back; then sum and gate. `inputs` are `[batch, len, ...]` as for
-/// [`selective_scan_ref`], with `z` the gate (required) and `dt_bias` added inside the scan;
-/// softplus is always applied. `direction_bs` is `[5, nstate]`.
-pub fn zigzag_scan_ref(inputs: &ScanRef, direction_bs: &[f32], orders: &ScanOrders) -> Vec<f32> {
+/// What [`zigzag_scan_ref`] computes: the gated output and the ungated sum.
+pub struct ZigzagRef {
+    pub out: Vec<f32>,
+    /// `Σ_k y_k`, each `y_k` clipped at zero when asked.
+    pub ungated: Vec<f32>,
+}
+
+/// CPU reference, written as the authors' code runs it: for each image and direction, permute
+/// `u` into scan order, add the direction offsets to `B` (sequence order), run the Mamba-1
+/// reference scan and scatter its output back; then sum and gate. `inputs` are
+/// `[batch, len, ...]` as for [`selective_scan_ref`], with `z` the gate (required) and
+/// `dt_bias` added inside the scan; softplus is always applied. `direction_bs` is
+/// `[5, nstate]`; `orders` holds each image's scans. With `decay`, the Mamba-1 reference's
+/// gap decay runs on each visited token's step in the unpruned scan.
+pub fn zigzag_scan_ref(
+    inputs: &ScanRef,
+    direction_bs: &[f32],
+    orders: &[ScanOrders],
+    decay: bool,
+    clip: bool,
+) -> ZigzagRef {
     let (len, e, n) = (inputs.len, inputs.channels, inputs.nstate);
     let z = inputs.z.expect("the zig-zag scan is gated");
+    let dt_bias = inputs.dt_bias.expect("the zig-zag scan has a dt bias");
     let mut sum = vec![0.0; inputs.u.len()];
-    for (order, dirs) in orders.orders.iter().zip(&orders.directions) {
-        // Row s of image b comes from row order[s] (scan order).
-        let source = |s: usize| s / len * len + order[s % len] as usize;
-        let rows = inputs.batch * len;
-        let u: Vec<f32> = (0..rows)
-            .flat_map(|s| &inputs.u[source(s) * e..][..e])
-            .copied()
+    let mut ungated = vec![0.0; inputs.u.len()];
+    // A pruned token's delta before the bias is the dt bias itself (dt_proj of zero), so its
+    // delta is softplus(2 dt_bias): the reference's gap decay, which uses softplus(bias), gets
+    // twice the bias with it taken off delta.
+    let twice_bias: Vec<f32> = dt_bias.iter().map(|b| 2.0 * b).collect();
+    let image = |x: &'_ [f32], b: usize, width: usize| x[b * len * width..][..len * width].to_vec();
+    for (img, scans) in orders.iter().enumerate().take(inputs.batch) {
+        let (u_img, delta) = (image(inputs.u, img, e), image(inputs.delta, img, e));
+        let less_bias: Vec<f32> = delta
+            .iter()
+            .enumerate()
+            .map(|(i, d)| d - dt_bias[i % e])
             .collect();
-        let b: Vec<f32> = (0..rows)
-            .flat_map(|s| {
-                let offset = &direction_bs[dirs[s % len] as usize * n..][..n];
-                inputs.b[s * n..][..n]
-                    .iter()
-                    .zip(offset)
-                    .map(|(b, o)| b + o)
-            })
-            .collect();
-        let scan = ScanRef {
-            u: &u,
-            b: &b,
-            z: None,
-            softplus: true,
-            reverse: false,
-            gap_positions: None,
-            ..*inputs
-        };
-        let y = selective_scan_ref(&scan, &mut vec![0.0; inputs.batch * e * n]);
-        for s in 0..rows {
-            let dst = &mut sum[source(s) * e..][..e];
-            dst.iter_mut()
-                .zip(&y[s * e..][..e])
-                .for_each(|(d, v)| *d += v);
+        for k in 0..4 {
+            let (order, dirs, gaps) = (&scans.orders[k], &scans.directions[k], &scans.gaps[k]);
+            let u: Vec<f32> = order
+                .iter()
+                .flat_map(|&t| &u_img[t as usize * e..][..e])
+                .copied()
+                .collect();
+            let b: Vec<f32> = (0..len)
+                .flat_map(|s| {
+                    let offset = &direction_bs[dirs[s] as usize * n..][..n];
+                    inputs.b[(img * len + s) * n..][..n]
+                        .iter()
+                        .zip(offset)
+                        .map(|(b, o)| b + o)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let steps: Vec<u32> = gaps
+                .iter()
+                .scan(0u32, |step, g| {
+                    *step += g;
+                    let at = *step;
+                    *step += 1;
+                    Some(at)
+                })
+                .collect();
+            let c = image(inputs.c, img, n);
+            let scan = ScanRef {
+                batch: 1,
+                u: &u,
+                b: &b,
+                c: &c,
+                delta: if decay { &less_bias } else { &delta },
+                dt_bias: Some(if decay { &twice_bias } else { dt_bias }),
+                z: None,
+                softplus: true,
+                reverse: false,
+                gap_positions: decay.then_some(&steps[..]),
+                ..*inputs
+            };
+            let y = selective_scan_ref(&scan, &mut vec![0.0; e * n]);
+            for (s, &t) in order.iter().enumerate() {
+                let row = (img * len + t as usize) * e;
+                for ch in 0..e {
+                    let v = y[s * e + ch];
+                    sum[row + ch] += v;
+                    ungated[row + ch] += if clip { v.max(0.0) } else { v };
+                }
+            }
         }
     }
-    sum.iter().zip(z).map(|(y, z)| y * silu(*z)).collect()
+    let out = sum.iter().zip(z).map(|(y, z)| y * silu(*z)).collect();
+    ZigzagRef { out, ungated }
 }

@@ -328,11 +328,11 @@ pub struct Pruning {
     pub seed: u32,
 }
 
-/// A vision model's token streams between two layers (all `[B·N, D]`) and the original index
-/// of every current token (u32 `[B, N]`).
+/// A vision model's token streams between two layers (all `[B·N, D]`; a residual stream in
+/// models that keep one apart) and the original index of every current token (u32 `[B, N]`).
 pub struct TokenStreams {
     pub hidden: Tensor,
-    pub residual: Tensor,
+    pub residual: Option<Tensor>,
     pub positions: Tensor,
     /// Tokens per image now.
     pub len: usize,
@@ -406,16 +406,15 @@ impl Pruning {
             rec,
             &kept,
             &streams.hidden,
-            Some(&streams.residual),
+            streams.residual.as_ref(),
             Some(&streams.positions),
         )?;
-        let (residual, positions) = gathered
-            .y
-            .zip(gathered.positions)
-            .ok_or_else(|| Error::Gpu("gather_rows dropped a stream it was given".into()))?;
+        let positions = gathered
+            .positions
+            .ok_or_else(|| Error::Gpu("gather_rows dropped the position map".into()))?;
         Ok(TokenStreams {
             hidden: gathered.x,
-            residual,
+            residual: gathered.y,
             positions,
             len: keep,
             scores: Some(scores),
