@@ -124,3 +124,77 @@ fn cli_run_and_generate_take_a_mamba2_folder() {
     let want: Vec<String> = expected.iter().map(|v| v.to_string()).collect();
     assert_eq!(stdout.trim(), want.join(","));
 }
+
+/// Bad Mamba-2 folders and inputs are typed errors naming what was wrong.
+#[test]
+fn bad_mamba2_input_is_a_typed_error() {
+    use ssmgpu::Error;
+    let ctx = ctx();
+    let src = golden_dir().join(CASE);
+    let weights = SafetensorsFile::open(src.join("model.safetensors")).unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = weights
+        .names()
+        .into_iter()
+        .map(|n| {
+            let (shape, data) = weights.f32(&n, None).unwrap();
+            (n, shape, data)
+        })
+        .collect();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let load = |edit: &dyn Fn(&mut serde_json::Value), keep: &dyn Fn(&str) -> bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config.clone();
+        edit(&mut c);
+        std::fs::write(dir.path().join("config.json"), c.to_string()).unwrap();
+        let kept: Vec<_> = tensors.iter().filter(|t| keep(&t.0)).cloned().collect();
+        ssmgpu::loader::write_f32(&dir.path().join("model.safetensors"), &kept).unwrap();
+        match LanguageModel::load(ctx, dir.path()) {
+            Ok(_) => panic!("loaded, expected an error"),
+            Err(e) => {
+                eprintln!("{e}");
+                e
+            }
+        }
+    };
+    let all = |_: &str| true;
+    let config_error = |e: Error, what: &str| match e {
+        Error::Config { message, .. } => assert!(message.contains(what), "{message}"),
+        e => panic!("{e:?}"),
+    };
+    config_error(
+        load(
+            &|c| c["time_step_limit"] = serde_json::json!([0.0, "lots"]),
+            &all,
+        ),
+        "time_step_limit",
+    );
+    config_error(
+        load(
+            &|c| c["time_step_limit"] = serde_json::json!([1.0, 0.5]),
+            &all,
+        ),
+        "time_step_limit",
+    );
+    config_error(load(&|c| c["num_heads"] = 7.into(), &all), "heads");
+    config_error(load(&|c| c["n_groups"] = 3.into(), &all), "groups");
+    config_error(load(&|c| c["model_type"] = "llama".into(), &all), "llama");
+    match load(&|_| {}, &|n| n != "backbone.layers.1.mixer.dt_bias") {
+        Error::MissingTensor { name, .. } => assert_eq!(name, "backbone.layers.1.mixer.dt_bias"),
+        e => panic!("{e:?}"),
+    }
+    // state_size 8 makes the in_proj and conv1d shapes wrong.
+    match load(&|c| c["state_size"] = 8.into(), &all) {
+        Error::ShapeMismatch { name, .. } => assert!(name.contains(".mixer."), "{name}"),
+        e => panic!("{e:?}"),
+    }
+    let model = Mamba2Lm::load(ctx, &src).unwrap();
+    match pollster::block_on(model.run(ctx, &[1, 2, 256], 1, false)) {
+        Err(Error::TokenOutOfRange { id: 256, .. }) => {}
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    assert!(matches!(
+        pollster::block_on(model.generate(ctx, &[], 2, None)),
+        Err(Error::InvalidInput(_))
+    ));
+}
