@@ -6,6 +6,7 @@ pub mod argmax;
 pub mod conv1d;
 pub mod dwconv2d;
 pub mod embedding;
+pub mod gated_rmsnorm;
 pub mod gather_rows;
 pub mod im2col;
 pub mod importance;
@@ -14,6 +15,7 @@ pub mod layernorm;
 pub mod matmul;
 pub mod rmsnorm;
 pub mod scan;
+pub mod ssd_scan;
 pub mod tokens;
 pub mod topk;
 pub mod zigzag_scan;
@@ -38,6 +40,10 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("dwconv2d", include_str!("../../shaders/dwconv2d.wgsl")),
     ("embedding", include_str!("../../shaders/embedding.wgsl")),
     (
+        "gated_rmsnorm",
+        include_str!("../../shaders/gated_rmsnorm.wgsl"),
+    ),
+    (
         "gather_rows",
         include_str!("../../shaders/gather_rows.wgsl"),
     ),
@@ -48,6 +54,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),
     ("scan", include_str!("../../shaders/scan.wgsl")),
+    ("ssd_scan", include_str!("../../shaders/ssd_scan.wgsl")),
     ("tokens", include_str!("../../shaders/tokens.wgsl")),
     ("topk", include_str!("../../shaders/topk.wgsl")),
     (
