@@ -198,3 +198,46 @@ fn bad_mamba2_input_is_a_typed_error() {
         Err(Error::InvalidInput(_))
     ));
 }
+
+/// The same weights in the state-spaces layout (`backbone.embedding.weight`, `d_model`,
+/// `ssm_cfg.layer = "Mamba2"`, ...) give the same logits.
+#[test]
+fn state_spaces_layout_loads_the_same_model() {
+    let ctx = ctx();
+    let src = golden_dir().join(CASE);
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = SafetensorsFile::open(src.join("model.safetensors")).unwrap();
+    let tensors: Vec<_> = weights
+        .names()
+        .into_iter()
+        .map(|name| {
+            let (shape, data) = weights.f32(&name, None).unwrap();
+            (
+                name.replace("backbone.embeddings.", "backbone.embedding."),
+                shape,
+                data,
+            )
+        })
+        .collect();
+    ssmgpu::loader::write_f32(&tmp.path().join("model.safetensors"), &tensors).unwrap();
+    let config = serde_json::json!({
+        "d_model": 64, "d_intermediate": 0, "n_layer": 2, "vocab_size": 256,
+        "pad_vocab_size_multiple": 8, "rms_norm": true, "residual_in_fp32": true,
+        "tie_embeddings": true,
+        "ssm_cfg": {"layer": "Mamba2", "d_state": 16, "headdim": 16, "ngroups": 2,
+                    "chunk_size": 16, "expand": 2}
+    });
+    std::fs::write(tmp.path().join("config.json"), config.to_string()).unwrap();
+    let model = LanguageModel::load(ctx, tmp.path()).unwrap();
+    assert!(matches!(model, LanguageModel::Mamba2(_)));
+    let reference = golden(&format!("{CASE}/reference.safetensors"));
+    let (shape, ids) = reference.ints("input_ids").unwrap();
+    let (logits, _) = pollster::block_on(model.run(ctx, &ids, shape[0], false)).unwrap();
+    assert_close(
+        "state-spaces layout logits",
+        &logits,
+        &f32s(&reference, "logits").1,
+        ATOL,
+        0.0,
+    );
+}
