@@ -77,7 +77,10 @@ impl SsdArgs<'_> {
                 "ssd_scan: {heads} heads do not split into {groups} groups"
             )));
         }
-        if self.b.cols % groups != 0 || self.x.cols % heads != 0 || self.dt.cols != heads {
+        if !self.b.cols.is_multiple_of(groups)
+            || !self.x.cols.is_multiple_of(heads)
+            || self.dt.cols != heads
+        {
             return Err(Error::InvalidInput(format!(
                 "ssd_scan: x {} / B {} / dt {} columns do not fit {heads} heads in {groups} groups",
                 self.x.cols, self.b.cols, self.dt.cols
