@@ -132,15 +132,8 @@ impl Context {
     pub async fn with_options(options: ContextOptions) -> Result<Self> {
         let adapter = select_adapter(&options).await?;
         let info = adapter.get_info();
-        let wanted =
-            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
         let (device, queue) = adapter
-            .request_device(&wgpu::DeviceDescriptor {
-                label: Some("ssmgpu"),
-                required_features: adapter.features() & wanted,
-                required_limits: adapter.limits(),
-                ..Default::default()
-            })
+            .request_device(&Self::device_descriptor(&adapter))
             .await
             .map_err(|e| {
                 Error::RequestDevice(format!("{} ({:?}): {e}", info.name, info.backend))
@@ -158,6 +151,21 @@ impl Context {
                 *lock(&lost) = Some(format!("{reason:?}: {message}"));
             });
         Ok(ctx)
+    }
+
+    /// The device the engine asks of `adapter`: the adapter's real limits (model tensors need
+    /// its full `max_storage_buffer_binding_size`) and the optional features the kernels and
+    /// timing use where the adapter has them (subgroups, f16, timestamp queries). A host that
+    /// creates the device for [`Context::from_device`] requests this, plus what it needs itself.
+    pub fn device_descriptor(adapter: &wgpu::Adapter) -> wgpu::DeviceDescriptor<'static> {
+        let wanted =
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+        wgpu::DeviceDescriptor {
+            label: Some("ssmgpu"),
+            required_features: adapter.features() & wanted,
+            required_limits: adapter.limits(),
+            ..Default::default()
+        }
     }
 
     /// Run on a device a host application (a game or graphics engine) already owns. The engine

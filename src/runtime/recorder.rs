@@ -98,6 +98,12 @@ impl Recorder {
         self.dispatches += 1;
     }
 
+    /// The command encoder the forward pass is recorded into, for a host's own commands
+    /// (timestamp queries, copies) that must run in order with it, in the same submission.
+    pub fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
+        &mut self.encoder
+    }
+
     /// A snapshot of `src` as it is at this point of the recorded work.
     pub fn snapshot(&mut self, name: &str, src: &Tensor) -> Result<Tensor> {
         let dst = self.ctx.alloc(name, src.shape(), src.dtype())?;
