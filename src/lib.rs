@@ -4,9 +4,11 @@
 //! WGSL kernel each, with a CPU reference), [`models`] (models as plain code over ops) and
 //! [`loader`] (safetensors checkpoints).
 
+pub mod assets;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 pub mod error;
+pub mod inspect;
 pub mod loader;
 pub mod models;
 pub mod ops;
