@@ -167,13 +167,13 @@ fn ssd_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
 }
 
-// Grid: x = blocks of NB state columns, y = h * nchunks + chunk, z = b. Invocations walk P.
+// Grid: x = blocks of NB state columns, y = chunk, z = b * heads + h. Invocations walk P.
 @compute @workgroup_size(64)
 fn ssd_chunk_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let n0 = wg.x * NB;
-    let h = wg.y / p.nchunks;
-    let c = wg.y % p.nchunks;
-    let b = wg.z;
+    let c = wg.y;
+    let h = wg.z % p.heads;
+    let b = wg.z / p.heads;
     let t0 = c * p.chunk;
     let q = min(p.chunk, p.len - t0);
     let row0 = b * p.len + t0;

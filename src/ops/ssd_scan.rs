@@ -184,8 +184,8 @@ pub fn ssd_chunked(rec: &mut Recorder, args: SsdArgs) -> Result<Tensor> {
         ],
         [
             nstate.div_ceil(NB) as u32,
-            (heads * nchunks) as u32,
-            batch as u32,
+            nchunks as u32,
+            (batch * heads) as u32,
         ],
     );
     rec.dispatch(
