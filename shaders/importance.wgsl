@@ -3,8 +3,8 @@
 //                  summed over directions when the metric is the paper's)
 //   mode 1 (l2):   Euclidean norm of the row
 //   mode 2 (random): a hash of (seed, token), uniform in [0, 1) (ablation baseline)
-// A workgroup reduces one row: 64 invocations stride over the channels, then a tree in
-// workgroup memory.
+// One invocation reduces one row: rows are few hundred to a few thousand and a software
+// driver pays dearly for workgroup barriers, which a tree reduction over channels needs.
 
 struct Params {
     rows: u32,
@@ -17,8 +17,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> scores: array<f32>;
 
-var<workgroup> partial: array<f32, 64>;
-
 fn hash(v: u32) -> u32 {
     // PCG-style integer hash.
     var h = v * 747796405u + 2891336453u;
@@ -28,32 +26,18 @@ fn hash(v: u32) -> u32 {
 
 @compute @workgroup_size(64)
 fn importance(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let row = wg.x + wg.y * nwg.x;
-    // No early return: every invocation reaches the barriers.
-    let valid = row < p.rows;
-    let r = min(row, p.rows - 1u);
+    let row = (wg.x + wg.y * nwg.x) * 64u + li;
+    if (row >= p.rows) {
+        return;
+    }
+    if (p.mode == 2u) {
+        scores[row] = f32(hash(hash(p.seed) ^ row) >> 8u) / 16777216.0;
+        return;
+    }
     var acc = 0.0;
-    if (p.mode != 2u) {
-        for (var c = li; c < p.channels; c += 64u) {
-            let v = x[r * p.channels + c];
-            acc += select(v, v * v, p.mode == 1u);
-        }
+    for (var c = 0u; c < p.channels; c++) {
+        let v = x[row * p.channels + c];
+        acc += select(v, v * v, p.mode == 1u);
     }
-    partial[li] = acc;
-    workgroupBarrier();
-    for (var width = 32u; width > 0u; width >>= 1u) {
-        if (li < width) {
-            partial[li] += partial[li + width];
-        }
-        workgroupBarrier();
-    }
-    if (valid && li == 0u) {
-        var s = partial[0] / f32(p.channels);
-        if (p.mode == 1u) {
-            s = sqrt(partial[0]);
-        } else if (p.mode == 2u) {
-            s = f32(hash(hash(p.seed) ^ row) >> 8u) / 16777216.0;
-        }
-        scores[row] = s;
-    }
+    scores[row] = select(acc / f32(p.channels), sqrt(acc), p.mode == 1u);
 }

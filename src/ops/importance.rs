@@ -44,7 +44,7 @@ pub fn importance(rec: &mut Recorder, x: &Tensor, batch: usize, reduce: Reduce) 
         &kernel!("importance", "importance"),
         &params,
         &[x.buffer(), scores.buffer()],
-        grid(rows as u32),
+        grid(rows.div_ceil(64) as u32),
     );
     Ok(scores)
 }
