@@ -206,3 +206,70 @@ pub fn bench_vision(
         dispatches,
     })
 }
+
+/// The kernels of the pruning machinery: scores, top-k, the gather of the token streams and
+/// (PlainMamba) the kept-token grid.
+pub const PRUNING_KERNELS: &[&str] = &["importance", "topk", "gather_rows", "kept_grid"];
+
+/// Where a forward pass spends its GPU time, from per-dispatch timestamps.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct KernelProfile {
+    /// Sum of all dispatches' GPU time.
+    pub gpu_ms: f64,
+    /// Per kernel file: (name, ms, dispatches), slowest first.
+    pub kernels: Vec<(String, f64, usize)>,
+    /// The [`PRUNING_KERNELS`]' share of `gpu_ms`.
+    pub pruning_ms: f64,
+    pub pruning_share: f64,
+}
+
+/// Profile a vision model's forward pass (the run with the median total of `reps`, after a
+/// warm-up) on the same pixels as [`bench_vision`].
+pub fn profile_vision(
+    ctx: &Context,
+    model: &crate::models::vision::VisionModel,
+    pruning: Option<&crate::prune::Pruning>,
+    batch: usize,
+    reps: usize,
+) -> Result<KernelProfile> {
+    let (c, h, w) = model.input_shape();
+    let pixels = ctx.upload_f32(
+        "pixel_values",
+        &[batch, c, h, w],
+        &values(batch * c * h * w, 11),
+    )?;
+    let mut runs = Vec::with_capacity(reps);
+    for i in 0..=reps.max(1) {
+        let mut rec = ctx.recorder();
+        rec.profile()?;
+        let logits = model.forward(&mut rec, &pixels, pruning, None)?;
+        let times = pollster::block_on(rec.submit_profiled())?;
+        drop(logits);
+        if i > 0 {
+            runs.push(times);
+        }
+    }
+    let total = |run: &[(&str, f64)]| run.iter().map(|(_, ms)| ms).sum::<f64>();
+    runs.sort_by(|a, b| total(a).total_cmp(&total(b)));
+    let run = &runs[runs.len() / 2];
+    let mut kernels: Vec<(String, f64, usize)> = Vec::new();
+    for &(name, ms) in run {
+        match kernels.iter_mut().find(|k| k.0 == name) {
+            Some(k) => (k.1, k.2) = (k.1 + ms, k.2 + 1),
+            None => kernels.push((name.to_string(), ms, 1)),
+        }
+    }
+    kernels.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let gpu_ms = total(run);
+    let pruning_ms: f64 = kernels
+        .iter()
+        .filter(|k| PRUNING_KERNELS.contains(&k.0.as_str()))
+        .map(|k| k.1)
+        .sum();
+    Ok(KernelProfile {
+        gpu_ms,
+        kernels,
+        pruning_ms,
+        pruning_share: pruning_ms / gpu_ms,
+    })
+}

@@ -13,7 +13,18 @@ pub struct Recorder {
     encoder: wgpu::CommandEncoder,
     scope: wgpu::ErrorScopeGuard,
     dispatches: usize,
+    profile: Option<Profile>,
 }
+
+/// Timestamps around every dispatch, when profiling (see [`Recorder::profile`]).
+struct Profile {
+    queries: wgpu::QuerySet,
+    /// The kernel file of each timed dispatch, in order.
+    kernels: Vec<&'static str>,
+}
+
+/// Query sets hold at most 4096 queries: two per dispatch.
+const MAX_PROFILED: usize = 2048;
 
 /// Spread `groups` workgroups over x and y; kernels rebuild the linear index as
 /// `wg.x + wg.y * num_wg.x` and skip the overshoot.
@@ -38,7 +49,36 @@ impl Recorder {
             encoder,
             scope,
             dispatches: 0,
+            profile: None,
         }
+    }
+
+    /// Time every dispatch recorded from now on (the first 2048) with GPU timestamps; read the
+    /// times with [`Recorder::submit_profiled`]. Needs `TIMESTAMP_QUERY`.
+    pub fn profile(&mut self) -> Result<()> {
+        if !self
+            .ctx
+            .device()
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            return Err(Error::Gpu(
+                "profiling needs timestamp queries, which this device lacks".into(),
+            ));
+        }
+        let queries = self
+            .ctx
+            .device()
+            .create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("ssmgpu.profile"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2 * MAX_PROFILED as u32,
+            });
+        self.profile = Some(Profile {
+            queries,
+            kernels: Vec::new(),
+        });
+        Ok(())
     }
 
     pub fn context(&self) -> &Context {
@@ -86,11 +126,24 @@ impl Recorder {
                 layout: &pipeline.get_bind_group_layout(0),
                 entries: &entries,
             });
+        let timestamp_writes = self
+            .profile
+            .as_mut()
+            .filter(|p| p.kernels.len() < MAX_PROFILED)
+            .map(|p| {
+                let at = 2 * p.kernels.len() as u32;
+                p.kernels.push(kernel.name);
+                wgpu::ComputePassTimestampWrites {
+                    query_set: &p.queries,
+                    beginning_of_pass_write_index: Some(at),
+                    end_of_pass_write_index: Some(at + 1),
+                }
+            });
         let mut pass = self
             .encoder
             .begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(kernel.entry),
-                timestamp_writes: None,
+                timestamp_writes,
             });
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
@@ -175,6 +228,51 @@ impl Recorder {
         }
         ctx.check_alive()?;
         Ok(out)
+    }
+
+    /// Submit a profiled recording ([`Recorder::profile`]); returns the GPU milliseconds of
+    /// each timed dispatch with its kernel file, in order.
+    pub async fn submit_profiled(mut self) -> Result<Vec<(&'static str, f64)>> {
+        let Some(profile) = self.profile.take() else {
+            return Err(Error::InvalidInput(
+                "submit_profiled: the recording was not profiled".into(),
+            ));
+        };
+        let n = profile.kernels.len();
+        if n == 0 {
+            self.submit().await?;
+            return Ok(Vec::new());
+        }
+        let resolved = self.ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("ssmgpu.profile.resolve"),
+            size: 16 * n as u64,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        self.encoder
+            .resolve_query_set(&profile.queries, 0..2 * n as u32, &resolved, 0);
+        // Read back through a tensor: each u64 timestamp as two u32 words.
+        let ticks = self.ctx.alloc("profile", &[4 * n], DType::U32)?;
+        self.encoder
+            .copy_buffer_to_buffer(&resolved, 0, ticks.buffer(), 0, 16 * n as u64);
+        let period_ns = self.ctx.queue().get_timestamp_period() as f64;
+        let words = self.submit_and_read(&[&ticks]).await?.remove(0);
+        let stamp = |i: usize| {
+            let (lo, hi) = (
+                words[2 * i].to_bits() as u64,
+                words[2 * i + 1].to_bits() as u64,
+            );
+            lo | hi << 32
+        };
+        Ok(profile
+            .kernels
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| {
+                let ticks = stamp(2 * i + 1).saturating_sub(stamp(2 * i));
+                (k, ticks as f64 * period_ns * 1e-6)
+            })
+            .collect())
     }
 
     #[cfg(not(target_arch = "wasm32"))]
