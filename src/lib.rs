@@ -8,6 +8,8 @@ pub mod assets;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 pub mod error;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod eval;
 pub mod inspect;
 pub mod loader;
 pub mod models;
@@ -15,6 +17,8 @@ pub mod ops;
 pub mod preprocess;
 pub mod prune;
 pub mod runtime;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod study;
 
 pub use error::{Error, Result};
 pub use runtime::{Context, ContextOptions, Recorder, Tensor};

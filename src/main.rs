@@ -4,13 +4,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use ssmgpu::eval::{accuracy, LabelledImages};
 use ssmgpu::loader::{write_f32, SafetensorsFile};
-use ssmgpu::models::mamba::MambaLm;
+use ssmgpu::models::lm::LanguageModel;
 use ssmgpu::models::vision::Classifier;
-use ssmgpu::preprocess;
 use ssmgpu::prune::{parse_name, Align, Importance, PruneSchedule, Pruning};
 use ssmgpu::runtime::DType;
-use ssmgpu::{Context, Error, Result};
+use ssmgpu::{assets, preprocess};
+use ssmgpu::{study, Context, Error, Result};
 
 #[derive(Parser)]
 #[command(
@@ -144,11 +145,13 @@ enum Command {
     /// 1024 tokens, state 16; the matmul (197 x 384) @ (384 x 1536)); with `--model`, a vision
     /// model's forward pass instead.
     Bench {
-        /// A vision model folder to time (random pixels at its input size).
+        /// A vision model folder to time (random pixels at its input size), unpruned and, with
+        /// `--prune`, pruned in the same run.
         #[arg(long)]
         model: Option<PathBuf>,
-        #[arg(long, default_value_t = 1)]
-        batch: usize,
+        /// Batch sizes to time the model at, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,16")]
+        batch: Vec<usize>,
         /// Timed forward passes (after one warm-up); the median is reported.
         #[arg(long, default_value_t = 10)]
         reps: usize,
@@ -156,6 +159,25 @@ enum Command {
         json: bool,
         #[command(flatten)]
         prune: PruneArgs,
+    },
+    /// Zero-shot pruning study: top-1 against FLOPs reduction for every alignment and
+    /// importance, written as a Markdown report with a PNG plot.
+    PruneStudy {
+        /// Model folders (default: the shipped vim-mnist and plainmamba-mnist).
+        #[arg(long = "model")]
+        models: Vec<PathBuf>,
+        /// Data folder (default: the shipped MNIST test split).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Evaluate only the first N images.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value = "docs/pruning.md")]
+        out: PathBuf,
+        #[arg(long, default_value = "docs/pruning.png")]
+        plot: PathBuf,
     },
 }
 
@@ -224,22 +246,18 @@ fn run(command: Command) -> Result<()> {
             reps,
             json,
             prune,
-        } => bench_model(&model, batch, reps, json, &prune),
+        } => bench_model(&model, &batch, reps, json, &prune),
         Command::Bench { json, .. } => bench(json),
+        Command::PruneStudy {
+            models,
+            data,
+            batch,
+            limit,
+            out,
+            plot,
+        } => prune_study(&models, data.as_deref(), batch, limit, (&out, &plot)),
     }
 }
-
-/// A shipped asset: relative to the working directory, else to the source tree this binary
-/// was built from (so `cargo run` works from anywhere in the checkout).
-fn asset(relative: &str) -> PathBuf {
-    let here = PathBuf::from(relative);
-    if here.exists() {
-        return here;
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
-}
-
-const DEFAULT_VISION_MODEL: &str = "assets/models/vim-mnist";
 
 fn classify(
     images: &[PathBuf],
@@ -249,16 +267,9 @@ fn classify(
     prune: &PruneArgs,
     dump_masks: Option<&Path>,
 ) -> Result<()> {
-    let model_dir = model.map_or_else(|| asset(DEFAULT_VISION_MODEL), Path::to_path_buf);
+    let model_dir = model.map_or_else(|| assets::path(assets::VIM_MNIST), Path::to_path_buf);
     let images = if images.is_empty() {
-        let dir = asset("assets/samples/mnist");
-        let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map_err(|e| Error::io(&dir, e))?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "png"))
-            .collect();
-        found.sort();
-        found
+        assets::mnist_samples()?
     } else {
         images.to_vec()
     };
@@ -281,15 +292,7 @@ fn classify(
     let classes = classifier.labels.len();
     let mut results = Vec::new();
     for (path, row) in images.iter().zip(logits.chunks(classes)) {
-        let probs = softmax(row);
-        let mut order: Vec<usize> = (0..classes).collect();
-        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-        let best: Vec<(String, f32)> = order
-            .iter()
-            .take(top.max(1))
-            .map(|&i| (classifier.labels[i].clone(), probs[i]))
-            .collect();
-        results.push((path, best));
+        results.push((path, classifier.top(row, top.max(1))));
     }
     if json {
         let list: Vec<_> = results
@@ -339,34 +342,45 @@ fn write_masks(
     let [c, h, w] = classifier.preprocess.output_shape();
     let pixels = ctx.upload_f32("pixel_values", &[batch, c, h, w], pixels)?;
     let mut rec = ctx.recorder();
-    let mut trace = Vec::new();
-    classifier
+    let (_, maps) = classifier
         .model
-        .forward(&mut rec, &pixels, Some(pruning), Some(&mut trace))?;
-    trace.retain(|(name, _)| name.ends_with(".positions") || name.ends_with(".scores"));
-    let tensors: Vec<&ssmgpu::Tensor> = trace.iter().map(|(_, t)| t).collect();
+        .forward_with_token_maps(&mut rec, &pixels, Some(pruning))?;
+    let steps: Vec<(usize, &ssmgpu::Tensor)> = maps
+        .scores
+        .iter()
+        .enumerate()
+        .filter_map(|(layer, s)| s.as_ref().map(|s| (layer, s)))
+        .collect();
+    let mut tensors: Vec<&ssmgpu::Tensor> = maps.positions.iter().collect();
+    tensors.extend(steps.iter().map(|(_, t)| *t));
     let values = rec.submit_and_read_blocking(&tensors)?;
+    let (positions, scores) = values.split_at(maps.positions.len());
+    // Image `b`'s row of a `[B, N]` tensor read back.
+    let row = |t: &ssmgpu::Tensor, v: &[f32], b: usize| {
+        let len = t.shape()[1];
+        v[b * len..(b + 1) * len].to_vec()
+    };
     let per_image: Vec<serde_json::Value> = images
         .iter()
         .enumerate()
         .map(|(b, image)| {
-            let mut layers = Vec::new();
-            let mut steps = Vec::new();
-            for ((name, t), v) in trace.iter().zip(&values) {
-                let len = t.shape()[1];
-                let row = &v[b * len..(b + 1) * len];
-                let layer: usize = name
-                    .split('.')
-                    .nth(1)
-                    .and_then(|i| i.parse().ok())
-                    .unwrap_or(0);
-                if name.ends_with(".positions") {
-                    let positions: Vec<u32> = row.iter().map(|x| x.to_bits()).collect();
-                    layers.push(serde_json::json!({ "layer": layer + 1, "positions": positions }));
-                } else {
-                    steps.push(serde_json::json!({ "after_layer": layer + 1, "scores": row }));
-                }
-            }
+            let layers: Vec<_> = maps
+                .positions
+                .iter()
+                .zip(positions)
+                .enumerate()
+                .map(|(layer, (t, v))| {
+                    let positions: Vec<u32> = row(t, v, b).iter().map(|x| x.to_bits()).collect();
+                    serde_json::json!({ "layer": layer + 1, "positions": positions })
+                })
+                .collect();
+            let steps: Vec<_> = steps
+                .iter()
+                .zip(scores)
+                .map(|((layer, t), v)| {
+                    serde_json::json!({ "after_layer": layer + 1, "scores": row(t, v, b) })
+                })
+                .collect();
             serde_json::json!({
                 "image": image.display().to_string(),
                 "layers": layers,
@@ -383,13 +397,6 @@ fn write_masks(
     std::fs::write(path, doc.to_string()).map_err(|e| Error::io(path, e))
 }
 
-fn softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let exps: Vec<f32> = logits.iter().map(|v| (v - max).exp()).collect();
-    let sum: f32 = exps.iter().sum();
-    exps.iter().map(|e| e / sum).collect()
-}
-
 fn eval(
     model: Option<&Path>,
     data: Option<&Path>,
@@ -399,69 +406,24 @@ fn eval(
     prune: &PruneArgs,
 ) -> Result<()> {
     let pruning = prune.pruning()?;
-    let model_dir = model.map_or_else(|| asset(DEFAULT_VISION_MODEL), Path::to_path_buf);
-    let data_file = data
-        .map_or_else(|| asset("assets/data/mnist"), Path::to_path_buf)
-        .join("test.safetensors");
-    let set = SafetensorsFile::open(&data_file)?;
-    let (shape, images) = set.ints("images")?;
-    let (_, labels) = set.ints("labels")?;
-    let [n, h, w] = shape[..] else {
-        return Err(Error::InvalidInput(format!(
-            "{}: `images` must be [N, H, W], got {shape:?}",
-            data_file.display()
-        )));
-    };
-    if labels.len() != n || n == 0 || batch == 0 {
-        return Err(Error::InvalidInput(format!(
-            "{}: {n} images, {} labels, batch {batch}",
-            data_file.display(),
-            labels.len()
-        )));
-    }
-    let n = limit.map_or(n, |l| l.min(n));
+    let model_dir = model.map_or_else(|| assets::path(assets::VIM_MNIST), Path::to_path_buf);
+    let set = LabelledImages::load(&test_split(data))?;
     let ctx = Context::new_blocking()?;
     let mut classifier = Classifier::load(&ctx, &model_dir)?;
     classifier.pruning = pruning;
-    let classes = classifier.labels.len();
-    let pixels_u8: Vec<u8> = images.iter().map(|&v| v.clamp(0, 255) as u8).collect();
-    let mut correct = 0;
-    let mut gpu_secs = 0.0;
-    let start = std::time::Instant::now();
-    for first in (0..n).step_by(batch) {
-        let count = batch.min(n - first);
-        let mut pixels = Vec::with_capacity(count);
-        for i in first..first + count {
-            let image = &pixels_u8[i * h * w..(i + 1) * h * w];
-            pixels.push(
-                classifier
-                    .preprocess
-                    .apply_gray_u8(image, h as u32, w as u32)?,
-            );
-        }
-        let pixels = preprocess::batch(&pixels)?;
-        let t = std::time::Instant::now();
-        let logits = pollster::block_on(classifier.logits(&ctx, &pixels, count))?;
-        gpu_secs += t.elapsed().as_secs_f64();
-        for (i, row) in logits.chunks(classes).enumerate() {
-            let best = (0..classes).max_by(|&a, &b| row[a].total_cmp(&row[b]));
-            correct += usize::from(best == Some(labels[first + i] as usize));
-        }
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let top1 = 100.0 * correct as f64 / n as f64;
+    let a = accuracy(&ctx, &classifier, &set, batch, limit)?;
     let schedule = classifier.pruning.as_ref().map(|p| &p.schedule);
     let gflops = classifier.model.flops(schedule) / 1e9;
     let flops_reduction = 1.0 - gflops * 1e9 / classifier.model.flops(None);
-    let images_per_s = n as f64 / gpu_secs;
+    let images_per_s = a.images as f64 / a.forward_secs;
     if json {
         println!(
             "{}",
             serde_json::json!({
                 "model": model_dir.display().to_string(),
-                "data": data_file.display().to_string(),
-                "images": n,
-                "top1": top1,
+                "data": set.path.display().to_string(),
+                "images": a.images,
+                "top1": a.top1,
                 "images_per_s": images_per_s,
                 "gflops_per_image": gflops,
                 "flops_reduction": flops_reduction,
@@ -469,17 +431,73 @@ fn eval(
                 "importance": prune.importance,
                 "align": prune.align,
                 "batch": batch,
-                "seconds_total": secs,
+                "seconds_total": a.total_secs,
                 "adapter": ctx.adapter_info().map(|i| i.name.clone()),
             })
         );
     } else {
-        println!("{}: top-1 {top1:.2}% ({correct}/{n})", model_dir.display());
+        println!(
+            "{}: top-1 {:.2}% ({}/{})",
+            model_dir.display(),
+            a.top1,
+            a.correct,
+            a.images
+        );
         println!(
             "{images_per_s:.1} images/s (forward passes at batch {batch}, upload and readback included), {gflops:.4} GFLOPs per image ({:.1}% fewer than unpruned)",
             flops_reduction * 100.0
         );
     }
+    Ok(())
+}
+
+/// `test.safetensors` in the data folder (default: the shipped MNIST test split).
+fn test_split(data: Option<&Path>) -> PathBuf {
+    data.map_or_else(|| assets::path(assets::MNIST_TEST), Path::to_path_buf)
+        .join("test.safetensors")
+}
+
+/// `prune-study`: every model's sweep, then the Markdown report and the plot.
+fn prune_study(
+    models: &[PathBuf],
+    data: Option<&Path>,
+    batch: usize,
+    limit: Option<usize>,
+    (out, plot): (&Path, &Path),
+) -> Result<()> {
+    let set = LabelledImages::load(&test_split(data))?;
+    let ctx = Context::new_blocking()?;
+    let models: Vec<PathBuf> = match models {
+        [] => [assets::VIM_MNIST, assets::PLAINMAMBA_MNIST]
+            .map(assets::path)
+            .to_vec(),
+        given => given.to_vec(),
+    };
+    let studies = models
+        .iter()
+        .map(|m| study::study_model(&ctx, m, &set, (batch, limit), |line| eprintln!("{line}")))
+        .collect::<Result<Vec<_>>>()?;
+    let mut command = String::from("ssmgpu prune-study");
+    if let Some(l) = limit {
+        command += &format!(" --limit {l}");
+    }
+    let plot_link = plot
+        .strip_prefix(out.parent().unwrap_or(Path::new("")))
+        .unwrap_or(plot);
+    let doc = study::markdown(
+        &studies,
+        &set.path,
+        &command,
+        &plot_link.display().to_string(),
+    );
+    for path in [out, plot] {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+    }
+    std::fs::write(out, doc).map_err(|e| Error::io(out, e))?;
+    study::plot(&studies, plot)?;
+    println!("wrote {} and {}", out.display(), plot.display());
     Ok(())
 }
 
@@ -569,18 +587,18 @@ fn run_model(
         )));
     }
     let ctx = Context::new_blocking()?;
-    let model = MambaLm::load(&ctx, model_dir)?;
+    let model = LanguageModel::load(&ctx, model_dir)?;
     let (logits, states) = pollster::block_on(model.run(&ctx, &ids, shape[0], hidden_states))?;
     let (batch, len) = (shape[0], shape[1]);
     let mut tensors = vec![(
         "logits".to_string(),
-        vec![batch, len, model.config.vocab_size],
+        vec![batch, len, model.vocab_size()],
         logits,
     )];
     for (i, h) in states.into_iter().enumerate() {
         tensors.push((
             format!("hidden_states.{i}"),
-            vec![batch, len, model.config.d_model],
+            vec![batch, len, model.d_model()],
             h,
         ));
     }
@@ -644,11 +662,11 @@ fn generate(
     json: bool,
 ) -> Result<()> {
     let ctx = Context::new_blocking()?;
-    let model = MambaLm::load(&ctx, model_dir)?;
+    let model = LanguageModel::load(&ctx, model_dir)?;
     let eos = if ignore_eos {
         None
     } else {
-        model.config.eos_token_id
+        model.eos_token_id()
     };
     let start = std::time::Instant::now();
     let new = pollster::block_on(model.generate(&ctx, ids, max_new_tokens, eos))?;
@@ -681,12 +699,12 @@ fn generate(
 
 fn bench_model(
     model_dir: &Path,
-    batch: usize,
+    batches: &[usize],
     reps: usize,
     json: bool,
     prune: &PruneArgs,
 ) -> Result<()> {
-    if batch == 0 || reps == 0 {
+    if batches.is_empty() || batches.contains(&0) || reps == 0 {
         return Err(Error::InvalidInput(
             "--batch and --reps must be positive".into(),
         ));
@@ -694,54 +712,98 @@ fn bench_model(
     let pruning = prune.pruning()?;
     let ctx = Context::new_blocking()?;
     let classifier = Classifier::load(&ctx, model_dir)?;
-    let unpruned = ssmgpu::bench::bench_vision(&ctx, &classifier.model, None, batch, reps)?;
-    let pruned = match &pruning {
-        Some(p) => Some(ssmgpu::bench::bench_vision(
+    let model = &classifier.model;
+    let flops_ratio = model.flops(None) / model.flops(pruning.as_ref().map(|p| &p.schedule));
+    let mut rows = Vec::new();
+    for &batch in batches {
+        let unpruned = ssmgpu::bench::bench_vision(&ctx, model, None, batch, reps)?;
+        let pruned = pruning
+            .as_ref()
+            .map(|p| ssmgpu::bench::bench_vision(&ctx, model, Some(p), batch, reps))
+            .transpose()?;
+        rows.push((batch, unpruned, pruned));
+    }
+    // Where the pruned pass spends its GPU time, at the first batch size, when the device
+    // has timestamps.
+    let timestamps = ctx
+        .device()
+        .features()
+        .contains(wgpu::Features::TIMESTAMP_QUERY);
+    let profile = match &pruning {
+        Some(p) if timestamps => Some(ssmgpu::bench::profile_vision(
             &ctx,
-            &classifier.model,
+            model,
             Some(p),
-            batch,
+            batches[0],
             reps,
         )?),
-        None => None,
+        _ => None,
     };
+    let per_image = |r: &ssmgpu::bench::ModelBench| r.ms_per_batch / r.batch as f64;
     let adapter = ctx.adapter_info().map(|i| i.name.clone());
     if json {
+        let batches: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(batch, unpruned, pruned)| {
+                let mut v = serde_json::json!({
+                    "batch": batch,
+                    "ms_unpruned": per_image(unpruned),
+                    "unpruned": unpruned,
+                });
+                if let Some(p) = pruned {
+                    v["ms_pruned"] = serde_json::json!(per_image(p));
+                    v["speedup"] = serde_json::json!(unpruned.ms_per_batch / p.ms_per_batch);
+                    v["pruned"] = serde_json::json!(p);
+                }
+                v
+            })
+            .collect();
         let mut v = serde_json::json!({
             "model": model_dir.display().to_string(),
             "adapter": adapter,
-            "result": unpruned,
+            "prune": prune.prune,
+            "flops_ratio": flops_ratio,
+            "profile": profile,
         });
-        if let Some(p) = &pruned {
-            v["pruned"] = serde_json::json!(p);
-            v["prune"] = serde_json::json!(prune.prune);
-            v["ms_unpruned"] = serde_json::json!(unpruned.ms_per_batch);
-            v["ms_pruned"] = serde_json::json!(p.ms_per_batch);
-            v["speedup"] = serde_json::json!(unpruned.ms_per_batch / p.ms_per_batch);
-            v["flops_ratio"] = serde_json::json!(unpruned.gflops_per_image / p.gflops_per_image);
+        // The first batch size's figures at the top level.
+        for key in ["batch", "ms_unpruned", "ms_pruned", "speedup"] {
+            if let Some(x) = batches[0].get(key) {
+                v[key] = x.clone();
+            }
         }
+        v["batches"] = serde_json::json!(batches);
         println!("{v}");
         return Ok(());
     }
-    for (label, r) in
-        std::iter::once(("unpruned", &unpruned)).chain(pruned.as_ref().map(|p| ("pruned", p)))
-    {
-        println!(
-            "{} ({label}): batch {} {:.2} ms ({:.1} images/s), {:.3} GFLOPs/image, {:.1} GFLOP/s, {} dispatches",
-            model_dir.display(),
-            r.batch,
-            r.ms_per_batch,
-            r.images_per_s,
-            r.gflops_per_image,
-            r.gflops_per_s,
-            r.dispatches
+    println!(
+        "{} on {}",
+        model_dir.display(),
+        adapter.as_deref().unwrap_or("?")
+    );
+    for (batch, unpruned, pruned) in &rows {
+        print!(
+            "batch {batch}: unpruned {:.2} ms/image ({} dispatches)",
+            per_image(unpruned),
+            unpruned.dispatches
         );
+        match pruned {
+            Some(p) => println!(
+                ", pruned {:.2} ms/image ({} dispatches): speedup {:.2}x for a FLOPs ratio of {flops_ratio:.2}x",
+                per_image(p),
+                p.dispatches,
+                unpruned.ms_per_batch / p.ms_per_batch
+            ),
+            None => println!(),
+        }
     }
-    if let Some(p) = &pruned {
+    if let Some(p) = &profile {
         println!(
-            "speedup {:.2}x for a FLOPs ratio of {:.2}x",
-            unpruned.ms_per_batch / p.ms_per_batch,
-            unpruned.gflops_per_image / p.gflops_per_image
+            "pruning machinery ({}): {:.3} ms of {:.2} ms GPU time at batch {} ({:.1}%)",
+            ssmgpu::bench::PRUNING_KERNELS.join(", "),
+            p.pruning_ms,
+            p.gpu_ms,
+            batches[0],
+            p.pruning_share * 100.0
         );
     }
     Ok(())

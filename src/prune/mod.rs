@@ -318,6 +318,14 @@ pub fn parse_name<T: Copy>(what: &str, names: &[(&str, T)], name: &str) -> Resul
         })
 }
 
+/// The CLI name of `value` in `names` (the inverse of [`parse_name`]).
+pub fn name_of<T: PartialEq>(names: &[(&'static str, T)], value: T) -> &'static str {
+    names
+        .iter()
+        .find(|(_, v)| *v == value)
+        .map_or("?", |(n, _)| *n)
+}
+
 /// A pruning configuration for a vision model's forward pass.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Pruning {
