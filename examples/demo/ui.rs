@@ -158,7 +158,15 @@ impl Demo {
                     let pruning = pruning.as_ref().filter(|_| ran_pruned);
                     let timer = self.timer.as_ref();
                     match session::time(&self.ctx, timer, model, &inference.pixels, pruning) {
-                        Ok(t) => self.timing = Some(t),
+                        Ok(t) => {
+                            log::info!(
+                                "forward pass: {:.2} ms unpruned, {:?} ms pruned ({})",
+                                t.unpruned_ms,
+                                t.pruned_ms,
+                                t.clock
+                            );
+                            self.timing = Some(t);
+                        }
                         Err(e) => problems.push(("timing", e)),
                     }
                 }
