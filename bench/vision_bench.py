@@ -92,13 +92,14 @@ def main():
             models.append(("vim-mnist (28 px, 197 tokens)", mnist))
         for name, model_dir in models:
             engine = engine_ms(model_dir, args.batch, args.repeats)
+            result = engine["batches"][0]["unpruned"]
             row = {
                 "model": name,
                 "batch": args.batch,
                 "adapter": engine["adapter"],
-                "ssmgpu_ms": engine["result"]["ms_per_batch"],
-                "gflops_per_image": engine["result"]["gflops_per_image"],
-                "dispatches": engine["result"]["dispatches"],
+                "ssmgpu_ms": result["ms_per_batch"],
+                "gflops_per_image": result["gflops_per_image"],
+                "dispatches": result["dispatches"],
             }
             for scan in ("ref", "pscan"):
                 ms = torch_ms(model_dir, scan, args.batch, args.repeats)

@@ -215,3 +215,101 @@ fn classify_dumps_the_kept_positions_of_each_layer() {
     ]);
     assert!(!ok && err.contains("sideways"), "{err}");
 }
+
+#[test]
+fn bench_times_unpruned_and_pruned_in_one_run() {
+    let model = repo("assets/models/plainmamba-mnist");
+    let (ok, out, err) = cli(&[
+        "bench",
+        "--model",
+        model.to_str().unwrap(),
+        "--prune",
+        "1:0.5,2:0.5",
+        "--batch",
+        "1,2",
+        "--reps",
+        "1",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for key in ["ms_unpruned", "ms_pruned", "speedup", "flops_ratio"] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {v}");
+    }
+    assert!(v["flops_ratio"].as_f64().unwrap() > 1.2, "{v}");
+    let batches: Vec<u64> = v["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["batch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(batches, [1, 2]);
+    // lavapipe has timestamps: the machinery's kernels are in the profile.
+    let profile = &v["profile"];
+    let share = profile["pruning_share"].as_f64().unwrap();
+    assert!(share > 0.0 && share < 1.0, "{profile}");
+    let kernels: Vec<&str> = profile["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k[0].as_str().unwrap())
+        .collect();
+    for k in [
+        "topk",
+        "gather_rows",
+        "kept_grid",
+        "importance",
+        "zigzag_scan",
+    ] {
+        assert!(kernels.contains(&k), "{k} not in {kernels:?}");
+    }
+}
+
+#[test]
+fn prune_study_writes_a_table_and_a_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (md, png) = (dir.path().join("study.md"), dir.path().join("study.png"));
+    let model = repo("assets/models/plainmamba-mnist");
+    let (ok, _, err) = cli(&[
+        "prune-study",
+        "--model",
+        model.to_str().unwrap(),
+        "--limit",
+        "16",
+        "--out",
+        md.to_str().unwrap(),
+        "--plot",
+        png.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let doc = std::fs::read_to_string(&md).unwrap();
+    assert!(
+        doc.contains("## plainmamba-mnist") && doc.contains("(study.png)"),
+        "{doc}"
+    );
+    // One row per schedule, from 0.9 down until 60% fewer FLOPs, 6 methods each.
+    let rows: Vec<&str> = doc.lines().filter(|l| l.starts_with("| 1:0.")).collect();
+    assert!(rows.len() >= 5, "{doc}");
+    assert!(
+        rows.iter().all(|r| r.matches(" | ").count() == 7),
+        "{rows:?}"
+    );
+    let last: f64 = rows
+        .last()
+        .unwrap()
+        .split(" | ")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('%')
+        .parse()
+        .unwrap();
+    assert!(last >= 60.0, "{doc}");
+    let plot = image::open(&png).unwrap().to_rgb8();
+    assert_eq!(plot.dimensions(), (560, 460));
+    // Lines in colour on white, not a blank frame.
+    let coloured = plot
+        .pixels()
+        .filter(|p| p.0.iter().max().unwrap() - p.0.iter().min().unwrap() > 60)
+        .count();
+    assert!(coloured > 500, "{coloured} coloured pixels");
+}
