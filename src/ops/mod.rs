@@ -16,6 +16,7 @@ pub mod matmul;
 pub mod rmsnorm;
 pub mod scan;
 pub mod ssd_scan;
+pub mod token_reduce;
 pub mod tokens;
 pub mod topk;
 pub mod zigzag_scan;
@@ -55,6 +56,10 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),
     ("scan", include_str!("../../shaders/scan.wgsl")),
     ("ssd_scan", include_str!("../../shaders/ssd_scan.wgsl")),
+    (
+        "token_reduce",
+        include_str!("../../shaders/token_reduce.wgsl"),
+    ),
     ("tokens", include_str!("../../shaders/tokens.wgsl")),
     ("topk", include_str!("../../shaders/topk.wgsl")),
     (

@@ -1,0 +1,251 @@
+// Token reduction for SSM language models (ALGORITHMS.md 5.3): per sequence b of `len` tokens,
+// remove `remove` tokens by pruning or merging them into a similar kept token, in both the
+// hidden-state and the residual stream with one set of indices. Five dispatches:
+//   utr_roles:  split into A (candidates for removal) and B (kept, merge targets):
+//               split 0: the len/2 least important tokens (scores) are A;
+//               split 1: even positions are A (ToMe/PuMer bipartite);
+//               split 2: every token is A, ranked by score (EViT-style pruning; no matching).
+//               The last token is always B: the next-token logits must exist.
+//   utr_match:  for each A token, its most cosine-similar B token and that similarity.
+//   utr_select: the `remove` A tokens with the highest key (similarity, or -score for split 2),
+//               numbered 0.. by key order (sel); the others get NONE.
+//   utr_plan:   kept tokens in original order, and per kept token the selected tokens that
+//               merge into it (a CSR list: hidden-stream sources first, then residual-only).
+//               A selected token with sel < hidden_pruned is pruned in the hidden stream,
+//               with sel < residual_pruned in the residual stream; otherwise it is merged.
+//   utr_merge:  out[slot] = mean of the kept token and its merged sources, per stream, and
+//               the position map gathered alongside.
+// Everything is O(len^2) per sequence with one invocation per token: no workgroup sync.
+
+struct Params {
+    batch: u32,
+    len: u32,
+    remove: u32,
+    dim: u32,
+    split: u32,
+    hidden_pruned: u32,
+    residual_pruned: u32,
+    // Kept tokens per sequence (len - remove).
+    keep: u32,
+}
+
+const NONE: u32 = 0xffffffffu;
+const ROLE_A: u32 = 0u;
+const ROLE_B: u32 = 1u;
+const SPLIT_SCORE: u32 = 0u;
+const SPLIT_ALTERNATE: u32 = 1u;
+const SPLIT_NONE: u32 = 2u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+// Per token, 4 words: role, best match (NONE if none), key (f32 bits), selection rank (NONE).
+@group(0) @binding(1) var<storage, read> scores: array<f32>;
+@group(0) @binding(2) var<storage, read_write> info: array<u32>;
+@group(0) @binding(1) var<storage, read> feat: array<f32>;
+@group(0) @binding(1) var<storage, read_write> info_sel: array<u32>;
+@group(0) @binding(1) var<storage, read> info_in: array<u32>;
+// Per kept slot, 4 words: token, CSR offset, hidden-stream count, residual-stream count.
+@group(0) @binding(2) var<storage, read_write> plan: array<u32>;
+@group(0) @binding(3) var<storage, read_write> srcs: array<u32>;
+
+fn token_id(wg: vec3<u32>, nwg: vec3<u32>, li: u32) -> u32 {
+    return (wg.x + wg.y * nwg.x) * 64u + li;
+}
+
+// Score of token j of the row at base; the last token ranks above everything.
+fn score_key(base: u32, j: u32) -> f32 {
+    return select(scores[base + j], 3.4e38, j == p.len - 1u);
+}
+
+@compute @workgroup_size(64)
+fn utr_roles(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let t = token_id(wg, nwg, li);
+    if (t >= p.batch * p.len) {
+        return;
+    }
+    let i = t % p.len;
+    let base = t - i;
+    let last = i == p.len - 1u;
+    var role = ROLE_A;
+    var key = -3.4e38;
+    if (p.split == SPLIT_SCORE) {
+        // Rank = tokens that beat this one (higher score, ties to the lower index).
+        let s = score_key(base, i);
+        var rank = 0u;
+        for (var j = 0u; j < p.len; j++) {
+            let o = score_key(base, j);
+            rank += u32(o > s || (o == s && j < i));
+        }
+        role = select(ROLE_B, ROLE_A, rank >= p.len - p.len / 2u);
+    } else if (p.split == SPLIT_ALTERNATE) {
+        role = select(ROLE_B, ROLE_A, i % 2u == 0u && !last);
+    } else {
+        role = select(ROLE_A, ROLE_B, last);
+        key = -scores[t];
+    }
+    info[4u * t] = role;
+    info[4u * t + 1u] = NONE;
+    info[4u * t + 2u] = bitcast<u32>(key);
+    info[4u * t + 3u] = NONE;
+}
+
+fn dot_rows(a: u32, b: u32) -> f32 {
+    var acc = 0.0;
+    for (var c = 0u; c < p.dim; c++) {
+        acc += feat[a * p.dim + c] * feat[b * p.dim + c];
+    }
+    return acc;
+}
+
+@compute @workgroup_size(64)
+fn utr_match(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let t = token_id(wg, nwg, li);
+    if (t >= p.batch * p.len || info[4u * t] != ROLE_A) {
+        return;
+    }
+    let base = t - t % p.len;
+    let na = sqrt(dot_rows(t, t));
+    var best = NONE;
+    var best_sim = -3.4e38;
+    for (var j = 0u; j < p.len; j++) {
+        let u = base + j;
+        if (info[4u * u] == ROLE_B) {
+            // Zero vectors get similarity 0 instead of 0/0.
+            let sim = dot_rows(t, u) / max(na * sqrt(dot_rows(u, u)), 1e-12);
+            if (sim > best_sim) {
+                best = j;
+                best_sim = sim;
+            }
+        }
+    }
+    info[4u * t + 1u] = best;
+    info[4u * t + 2u] = bitcast<u32>(best_sim);
+}
+
+@compute @workgroup_size(64)
+fn utr_select(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let t = token_id(wg, nwg, li);
+    if (t >= p.batch * p.len || info_sel[4u * t] != ROLE_A) {
+        return;
+    }
+    let i = t % p.len;
+    let base = t - i;
+    let k = bitcast<f32>(info_sel[4u * t + 2u]);
+    var rank = 0u;
+    for (var j = 0u; j < p.len; j++) {
+        let u = base + j;
+        if (info_sel[4u * u] == ROLE_A) {
+            let o = bitcast<f32>(info_sel[4u * u + 2u]);
+            rank += u32(o > k || (o == k && j < i));
+        }
+    }
+    if (rank < p.remove) {
+        info_sel[4u * t + 3u] = rank;
+    }
+}
+
+fn sel_of(u: u32) -> u32 {
+    return info_in[4u * u + 3u];
+}
+
+fn target_of(u: u32) -> u32 {
+    return info_in[4u * u + 1u];
+}
+
+// Selected token u merges into a kept token in the residual stream (and in the hidden stream,
+// which prunes at least as many, when sel >= hidden_pruned).
+fn merges_residual(u: u32) -> bool {
+    let s = sel_of(u);
+    return s != NONE && s >= p.residual_pruned && target_of(u) != NONE;
+}
+
+fn merges_hidden(u: u32) -> bool {
+    return merges_residual(u) && sel_of(u) >= p.hidden_pruned;
+}
+
+@compute @workgroup_size(64)
+fn utr_plan(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let t = token_id(wg, nwg, li);
+    if (t >= p.batch * p.len) {
+        return;
+    }
+    let i = t % p.len;
+    let b = t / p.len;
+    let base = t - i;
+    // The CSR list of kept token k starts after the sources of every kept token before it.
+    var dest = i;
+    if (sel_of(t) != NONE) {
+        if (!merges_residual(t)) {
+            return;
+        }
+        dest = target_of(t);
+    }
+    var offset = 0u;
+    var slot = 0u;
+    var count_h = 0u;
+    var count_r = 0u;
+    var before_h = 0u;
+    var before_r = 0u;
+    for (var j = 0u; j < p.len; j++) {
+        let u = base + j;
+        slot += u32(j < i && sel_of(u) == NONE);
+        if (merges_residual(u)) {
+            let into = target_of(u);
+            offset += u32(into < dest);
+            if (into == dest) {
+                let h = merges_hidden(u);
+                count_h += u32(h);
+                count_r += 1u;
+                before_h += u32(h && j < i);
+                before_r += u32(!h && j < i);
+            }
+        }
+    }
+    if (sel_of(t) == NONE) {
+        let s = 4u * (b * p.keep + slot);
+        plan[s] = i;
+        plan[s + 1u] = offset;
+        plan[s + 2u] = count_h;
+        plan[s + 3u] = count_r;
+    } else {
+        // Hidden-stream sources first, then the residual-only ones.
+        let within = select(count_h + before_r, before_h, merges_hidden(t));
+        srcs[base + offset + within] = i;
+    }
+}
+
+@group(0) @binding(1) var<storage, read> plan_in: array<u32>;
+@group(0) @binding(2) var<storage, read> srcs_in: array<u32>;
+@group(0) @binding(3) var<storage, read> x0: array<f32>;
+@group(0) @binding(4) var<storage, read> x1: array<f32>;
+@group(0) @binding(5) var<storage, read> pos_in: array<u32>;
+@group(0) @binding(6) var<storage, read_write> out0: array<f32>;
+@group(0) @binding(7) var<storage, read_write> out1: array<f32>;
+@group(0) @binding(8) var<storage, read_write> pos_out: array<u32>;
+
+// Mean of the kept token and its first `count` sources in channel c of x (0: hidden, 1: residual).
+fn merged(stream: u32, base: u32, s: u32, count: u32, c: u32) -> f32 {
+    let token = plan_in[s];
+    var acc = select(x1[(base + token) * p.dim + c], x0[(base + token) * p.dim + c], stream == 0u);
+    for (var k = 0u; k < count; k++) {
+        let src = base + srcs_in[base + plan_in[s + 1u] + k];
+        acc += select(x1[src * p.dim + c], x0[src * p.dim + c], stream == 0u);
+    }
+    return acc / f32(1u + count);
+}
+
+@compute @workgroup_size(64)
+fn utr_merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let e = token_id(wg, nwg, li);
+    if (e >= p.batch * p.keep * p.dim) {
+        return;
+    }
+    let row = e / p.dim;
+    let c = e % p.dim;
+    let base = row / p.keep * p.len;
+    let s = 4u * row;
+    out0[e] = merged(0u, base, s, plan_in[s + 2u], c);
+    out1[e] = merged(1u, base, s, plan_in[s + 3u], c);
+    if (c == 0u) {
+        pos_out[row] = pos_in[base + plan_in[s]];
+    }
+}

@@ -1,0 +1,260 @@
+//! Token reduction for causal SSM language models (ALGORITHMS.md 5.3): split the tokens into a
+//! removable half and a kept half, match, select the tokens to remove, and prune or merge them
+//! in the hidden-state and residual streams with one set of indices. See
+//! `shaders/token_reduce.wgsl` for the dispatches.
+
+use std::cmp::Ordering;
+
+use crate::error::{Error, Result};
+use crate::ops::kernel;
+use crate::runtime::{grid, DType, Recorder, Tensor};
+
+/// How the tokens split into removal candidates (A) and kept ones (B). The last token is
+/// always in B, so next-token logits exist after every reduction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    /// The `len / 2` least important tokens are A (the paper's unified method).
+    Importance,
+    /// Even positions are A (ToMe / PuMer bipartite merging).
+    Alternate,
+    /// Every token is a candidate, the least important removed first; no matching (EViT).
+    Prune,
+}
+
+/// One reduction: `remove` tokens per sequence; of them, the `hidden_pruned` most similar (or,
+/// with [`Split::Prune`], least important) are pruned in the hidden stream and the
+/// `residual_pruned` first in the residual stream; the rest merge into their match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReduceArgs {
+    pub split: Split,
+    pub remove: usize,
+    pub hidden_pruned: usize,
+    pub residual_pruned: usize,
+}
+
+impl ReduceArgs {
+    /// The most tokens a sequence of `len` can lose under this split.
+    pub fn max_remove(split: Split, len: usize) -> usize {
+        match split {
+            Split::Importance => len / 2,
+            Split::Alternate => len.div_ceil(2) - usize::from(len % 2 == 1),
+            Split::Prune => len.saturating_sub(1),
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    batch: u32,
+    len: u32,
+    remove: u32,
+    dim: u32,
+    split: u32,
+    hidden_pruned: u32,
+    residual_pruned: u32,
+    keep: u32,
+}
+
+/// The reduced streams `[B * keep, D]` and position map u32 `[B, keep]`.
+pub struct Reduced {
+    pub hidden: Tensor,
+    pub residual: Tensor,
+    pub positions: Tensor,
+}
+
+/// `scores` `[B, N]` (importance), `features` `[B * N, F]` (what similarity compares),
+/// `hidden` and `residual` `[B * N, D]`, `positions` u32 `[B, N]`.
+pub fn token_reduce(
+    rec: &mut Recorder,
+    args: ReduceArgs,
+    scores: &Tensor,
+    features: &Tensor,
+    hidden: &Tensor,
+    residual: &Tensor,
+    positions: &Tensor,
+) -> Result<Reduced> {
+    let bad = |what: String| Err(Error::InvalidInput(format!("token_reduce: {what}")));
+    let &[batch, len] = scores.shape() else {
+        return bad(format!(
+            "scores must be [batch, tokens], got {:?}",
+            scores.shape()
+        ));
+    };
+    let rows = batch * len;
+    let dim = hidden.numel() / rows.max(1);
+    let fdim = features.numel() / rows.max(1);
+    if rows == 0 || dim == 0 || fdim == 0 {
+        return bad("empty input".into());
+    }
+    if hidden.numel() != rows * dim
+        || residual.numel() != rows * dim
+        || features.numel() != rows * fdim
+        || positions.numel() != rows
+        || positions.dtype() != DType::U32
+    {
+        return bad(format!(
+            "streams {:?} / {:?}, features {:?} and positions {:?} do not fit {batch} x {len} tokens",
+            hidden.shape(),
+            residual.shape(),
+            features.shape(),
+            positions.shape()
+        ));
+    }
+    let max = ReduceArgs::max_remove(args.split, len);
+    if args.remove > max
+        || args.hidden_pruned > args.remove
+        || args.residual_pruned > args.hidden_pruned
+    {
+        return bad(format!(
+            "cannot remove {} of {len} tokens (at most {max}) pruning {} hidden / {} residual",
+            args.remove, args.hidden_pruned, args.residual_pruned
+        ));
+    }
+    let keep = len - args.remove;
+    let params = Params {
+        batch: batch as u32,
+        len: len as u32,
+        remove: args.remove as u32,
+        dim: dim as u32,
+        split: args.split as u32,
+        hidden_pruned: args.hidden_pruned as u32,
+        residual_pruned: args.residual_pruned as u32,
+        keep: keep as u32,
+    };
+    let ctx = rec.context().clone();
+    let info = ctx.alloc("reduce_info", &[rows, 4], DType::U32)?;
+    let plan = ctx.alloc("reduce_plan", &[batch * keep, 4], DType::U32)?;
+    let srcs = ctx.alloc("reduce_sources", &[rows], DType::U32)?;
+    let tokens = grid(rows.div_ceil(64) as u32);
+    rec.dispatch(
+        &kernel!("token_reduce", "utr_roles"),
+        &params,
+        &[scores.buffer(), info.buffer()],
+        tokens,
+    );
+    if args.split != Split::Prune {
+        // The similarity uses the feature width, not the stream width.
+        let match_params = Params {
+            dim: fdim as u32,
+            ..params
+        };
+        rec.dispatch(
+            &kernel!("token_reduce", "utr_match"),
+            &match_params,
+            &[features.buffer(), info.buffer()],
+            tokens,
+        );
+    }
+    rec.dispatch(
+        &kernel!("token_reduce", "utr_select"),
+        &params,
+        &[info.buffer()],
+        tokens,
+    );
+    rec.dispatch(
+        &kernel!("token_reduce", "utr_plan"),
+        &params,
+        &[info.buffer(), plan.buffer(), srcs.buffer()],
+        tokens,
+    );
+    let out_hidden = rec.alloc("reduced_hidden", &[batch * keep, dim])?;
+    let out_residual = rec.alloc("reduced_residual", &[batch * keep, dim])?;
+    let out_positions = ctx.alloc("positions", &[batch, keep], DType::U32)?;
+    rec.dispatch(
+        &kernel!("token_reduce", "utr_merge"),
+        &params,
+        &[
+            plan.buffer(),
+            srcs.buffer(),
+            hidden.buffer(),
+            residual.buffer(),
+            positions.buffer(),
+            out_hidden.buffer(),
+            out_residual.buffer(),
+            out_positions.buffer(),
+        ],
+        grid((batch * keep * dim).div_ceil(64) as u32),
+    );
+    Ok(Reduced {
+        hidden: out_hidden,
+        residual: out_residual,
+        positions: out_positions,
+    })
+}
+
+/// CPU reference of [`token_reduce`] for one sequence, from the definition (sorts, explicit
+/// groups). Returns the kept original indices and the reduced `hidden` and `residual` rows.
+pub fn token_reduce_ref(
+    args: ReduceArgs,
+    scores: &[f32],
+    features: &[f32],
+    hidden: &[f32],
+    residual: &[f32],
+) -> (Vec<usize>, Vec<f32>, Vec<f32>) {
+    let len = scores.len();
+    let (fdim, dim) = (features.len() / len, hidden.len() / len);
+    let last = len - 1;
+    let desc = |a: f32, b: f32| b.partial_cmp(&a).unwrap_or(Ordering::Equal);
+    // A: the removal candidates.
+    let a: Vec<usize> = match args.split {
+        Split::Importance => {
+            let mut order: Vec<usize> = (0..len).collect();
+            let key = |i: usize| if i == last { f32::MAX } else { scores[i] };
+            order.sort_by(|&i, &j| desc(key(i), key(j)));
+            order[len - len / 2..].to_vec()
+        }
+        Split::Alternate => (0..last).step_by(2).collect(),
+        Split::Prune => (0..last).collect(),
+    };
+    let row = |x: &[f32], w: usize, i: usize| x[i * w..(i + 1) * w].to_vec();
+    let cos = |i: usize, j: usize| {
+        let (u, v) = (row(features, fdim, i), row(features, fdim, j));
+        let dot: f32 = u.iter().zip(&v).map(|(a, b)| a * b).sum();
+        let norm = |w: &[f32]| w.iter().map(|a| a * a).sum::<f32>().sqrt();
+        dot / (norm(&u) * norm(&v)).max(1e-12)
+    };
+    // (token, match, key) per candidate; sorted by key descending, ties to the lower index.
+    let mut edges: Vec<(usize, Option<usize>, f32)> = a
+        .iter()
+        .map(|&i| match args.split {
+            Split::Prune => (i, None, -scores[i]),
+            _ => {
+                let mut best = (None, f32::MIN);
+                for j in (0..len).filter(|j| !a.contains(j)) {
+                    let s = cos(i, j);
+                    if s > best.1 {
+                        best = (Some(j), s);
+                    }
+                }
+                (i, best.0, best.1)
+            }
+        })
+        .collect();
+    edges.sort_by(|x, y| desc(x.2, y.2).then(x.0.cmp(&y.0)));
+    edges.truncate(args.remove);
+    let removed: Vec<usize> = edges.iter().map(|e| e.0).collect();
+    let kept: Vec<usize> = (0..len).filter(|i| !removed.contains(i)).collect();
+    let stream = |x: &[f32], pruned: usize| -> Vec<f32> {
+        let mut out = Vec::with_capacity(kept.len() * dim);
+        for &k in &kept {
+            let mut group = vec![k];
+            group.extend(
+                edges[pruned..]
+                    .iter()
+                    .filter(|e| e.1 == Some(k))
+                    .map(|e| e.0),
+            );
+            for c in 0..dim {
+                let sum: f32 = group.iter().map(|&g| x[g * dim + c]).sum();
+                out.push(sum / group.len() as f32);
+            }
+        }
+        out
+    };
+    (
+        kept.clone(),
+        stream(hidden, args.hidden_pruned),
+        stream(residual, args.residual_pruned),
+    )
+}
