@@ -1,6 +1,7 @@
 // LayerNorm over the last dimension, as torch.nn.LayerNorm (biased variance, two passes):
 //   out = (x - mean(x)) * (var(x) + eps)^-1/2 * weight + bias
-// `layernorm`: one workgroup per row. `layernorm_mean`: one workgroup per image that normalises
+// `layernorm`: one invocation per row (a software driver pays dearly for the barriers of a
+// workgroup reduction, and rows are many). `layernorm_mean`: one workgroup per image that normalises
 // its `len` tokens in turn and also writes their mean (a classifier's pooled features); each
 // invocation owns the same channels in every row, so it accumulates the mean in `pooled`
 // without races.
@@ -37,7 +38,7 @@ fn workgroup_sum(v: f32, li: u32) -> f32 {
     return partial[0];
 }
 
-// Normalises row `row` into `out` (called by the whole workgroup).
+// Normalises row `row` into `out` with the whole workgroup (layernorm_mean).
 fn normalize_row(row: u32, li: u32) {
     let base = row * p.dim;
     var s = 0.0;
@@ -58,12 +59,25 @@ fn normalize_row(row: u32, li: u32) {
 
 @compute @workgroup_size(64)
 fn layernorm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let row = wg.x + wg.y * nwg.x;
-    // Whole workgroups leave together, so the barriers stay uniform.
+    let row = (wg.x + wg.y * nwg.x) * WG + li;
     if (row >= p.rows) {
         return;
     }
-    normalize_row(row, li);
+    let base = row * p.dim;
+    var s = 0.0;
+    for (var d = 0u; d < p.dim; d++) {
+        s += x[base + d];
+    }
+    let mean = s / f32(p.dim);
+    var sq = 0.0;
+    for (var d = 0u; d < p.dim; d++) {
+        let c = x[base + d] - mean;
+        sq = fma(c, c, sq);
+    }
+    let rstd = inverseSqrt(sq / f32(p.dim) + p.eps);
+    for (var d = 0u; d < p.dim; d++) {
+        out[base + d] = fma((x[base + d] - mean) * rstd, weight[d], bias[d]);
+    }
 }
 
 @compute @workgroup_size(64)

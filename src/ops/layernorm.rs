@@ -34,7 +34,7 @@ pub fn layernorm(
         &kernel!("layernorm", "layernorm"),
         &params,
         &[x.buffer(), weight.buffer(), bias.buffer(), out.buffer()],
-        grid(rows as u32),
+        grid(rows.div_ceil(64) as u32),
     );
     Ok(out)
 }
