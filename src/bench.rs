@@ -176,6 +176,20 @@ pub struct ModelBench {
     pub dispatches: usize,
 }
 
+/// Fixed pseudo-random pixels `[batch, C, H, W]` at the model's input size.
+fn random_pixels(
+    ctx: &Context,
+    model: &crate::models::vision::VisionModel,
+    batch: usize,
+) -> Result<Tensor> {
+    let (c, h, w) = model.input_shape();
+    ctx.upload_f32(
+        "pixel_values",
+        &[batch, c, h, w],
+        &values(batch * c * h * w, 11),
+    )
+}
+
 /// A vision model's forward pass at `batch` on fixed pseudo-random pixels, pruned when asked.
 pub fn bench_vision(
     ctx: &Context,
@@ -184,12 +198,7 @@ pub fn bench_vision(
     batch: usize,
     reps: usize,
 ) -> Result<ModelBench> {
-    let (c, h, w) = model.input_shape();
-    let pixels = ctx.upload_f32(
-        "pixel_values",
-        &[batch, c, h, w],
-        &values(batch * c * h * w, 11),
-    )?;
+    let pixels = random_pixels(ctx, model, batch)?;
     let mut dispatches = 0;
     let ms = time_gpu(ctx, reps, 1, |rec| {
         let logits = model.forward(rec, &pixels, pruning, None);
@@ -232,12 +241,7 @@ pub fn profile_vision(
     batch: usize,
     reps: usize,
 ) -> Result<KernelProfile> {
-    let (c, h, w) = model.input_shape();
-    let pixels = ctx.upload_f32(
-        "pixel_values",
-        &[batch, c, h, w],
-        &values(batch * c * h * w, 11),
-    )?;
+    let pixels = random_pixels(ctx, model, batch)?;
     let mut runs = Vec::with_capacity(reps);
     for i in 0..=reps.max(1) {
         let mut rec = ctx.recorder();

@@ -4,17 +4,12 @@
 
 mod common;
 
-use common::{assert_close, contexts, ctx, randn, rng};
+use common::{assert_close, contexts, ctx, randn, rng, ZigzagCase};
 use ssmgpu::ops::activation::Activation;
 use ssmgpu::ops::dwconv2d::{dwconv2d, dwconv2d_ref, pack_dwconv_weight};
 use ssmgpu::ops::layernorm::{layernorm, layernorm_mean, layernorm_ref, mean_tokens_ref};
 use ssmgpu::ops::matmul::{matmul_with, matmul_with_ref, Epilogue};
-use ssmgpu::ops::scan::ScanRef;
-use ssmgpu::ops::zigzag_scan::{
-    pack_direction_bs, zigzag_scan, zigzag_scan_ref, ScanOrders, ZigzagArgs, DIRECTIONS, DOWN,
-    LEFT, RIGHT, START, UP,
-};
-use ssmgpu::ops::Carry;
+use ssmgpu::ops::zigzag_scan::{zigzag_scan_ref, ScanOrders, DOWN, LEFT, RIGHT, START, UP};
 use ssmgpu::runtime::MatView;
 use ssmgpu::Context;
 
@@ -203,68 +198,17 @@ fn zigzag_cases(ctx: &Context) {
         (3, (2, 3), 70, 5),
     ];
     for (batch, (h, w), channels, nstate) in cases {
-        let (len, rows) = (h * w, batch * h * w);
-        let u = randn(&mut r, rows * channels, 1.0);
-        let delta = randn(&mut r, rows * channels, 1.0);
-        let b = randn(&mut r, rows * nstate, 1.0);
-        let c = randn(&mut r, rows * nstate, 1.0);
-        let a: Vec<f32> = randn(&mut r, channels * nstate, 1.0)
-            .iter()
-            .map(|v| -(v + 1.5))
-            .collect();
-        let d = randn(&mut r, channels, 1.0);
-        let bias = randn(&mut r, channels, 1.0);
-        let z = randn(&mut r, rows * channels, 2.0);
-        let direction_bs = randn(&mut r, DIRECTIONS * nstate, 0.5);
-        let inputs = ScanRef {
-            batch,
-            len,
-            channels,
-            nstate,
-            u: &u,
-            delta: &delta,
-            b: &b,
-            c: &c,
-            a: &a,
-            d: Some(&d),
-            dt_bias: Some(&bias),
-            z: Some(&z),
-            softplus: true,
-            reverse: false,
-            gap_positions: None,
-        };
+        let case = ZigzagCase::random(&mut r, batch, h * w, channels, nstate);
         let orders = ScanOrders::new(h, w);
-        let on_gpu = inputs.upload(ctx).unwrap();
-        let args = on_gpu.args(Carry::None);
-        let dir_b = ctx
-            .upload_f32(
-                "direction_bs",
-                &[DIRECTIONS, 16],
-                &pack_direction_bs(&direction_bs, nstate),
-            )
-            .unwrap();
-        let table = orders.table();
-        let table = ctx.upload_u32("orders", &[table.len()], &table).unwrap();
-        let mut rec = ctx.recorder();
-        let y = zigzag_scan(
-            &mut rec,
-            ZigzagArgs {
-                u: args.u,
-                delta: args.delta,
-                b: args.b,
-                c: args.c,
-                params: args.params,
-                direction_bs: &dir_b,
-                orders: &table,
-                z: args.z.unwrap(),
-                batch,
-                decay: false,
-                ungated: None,
-            },
+        let (got, _) = case.gpu(ctx, &orders.table(), false, None);
+        let want = zigzag_scan_ref(
+            &case.scan_ref(),
+            &case.direction_bs,
+            &vec![orders; batch],
+            false,
+            true,
         )
-        .unwrap();
-        let got = rec.submit_and_read_blocking(&[&y]).unwrap().remove(0);
-        let want = zigzag_scan_ref(&inputs, &direction_bs, &vec![orders; batch], false, true).out;
+        .out;
         let what = format!(
             "zigzag scan b{batch} {h}x{w} e{channels} n{nstate} (subgroups {})",
             ctx.uses_subgroups()

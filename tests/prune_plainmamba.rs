@@ -4,18 +4,14 @@
 
 mod common;
 
-use common::{assert_close, ctx, randn, rng};
+use common::{assert_close, ctx, randn, rng, ZigzagCase};
 use rand::seq::index::sample;
 use rand::Rng;
 use ssmgpu::models::vision::Classifier;
 use ssmgpu::ops::activation::Activation;
 use ssmgpu::ops::dwconv2d::{dwconv2d, dwconv2d_ref, pack_dwconv_weight, KeptCells};
 use ssmgpu::ops::kept_grid::{kept_grid, kept_grid_ref, Walk, NONE};
-use ssmgpu::ops::scan::{ScanRef, Ungated};
-use ssmgpu::ops::zigzag_scan::{
-    pack_direction_bs, zigzag_scan, zigzag_scan_ref, ScanOrders, ZigzagArgs, DIRECTIONS,
-};
-use ssmgpu::ops::Carry;
+use ssmgpu::ops::zigzag_scan::{zigzag_scan_ref, ScanOrders, DIRECTIONS};
 use ssmgpu::prune::{Align, Importance, PruneSchedule, Pruning};
 use ssmgpu::Tensor;
 
@@ -182,86 +178,26 @@ fn zigzag_scan_over_kept_tokens_matches_reference() {
             (Walk::Grid, false, false),
             (Walk::Sequence, false, true),
         ] {
-            let rows = batch * keep;
-            let u = randn(&mut r, rows * channels, 1.0);
-            let delta = randn(&mut r, rows * channels, 1.0);
-            let b = randn(&mut r, rows * nstate, 1.0);
-            let c = randn(&mut r, rows * nstate, 1.0);
-            let a: Vec<f32> = randn(&mut r, channels * nstate, 1.0)
-                .iter()
-                .map(|v| -(v.abs() + 0.1))
-                .collect();
-            let d = randn(&mut r, channels, 1.0);
-            let bias = randn(&mut r, channels, 1.0);
-            let z = randn(&mut r, rows * channels, 2.0);
-            let direction_bs = randn(&mut r, DIRECTIONS * nstate, 0.5);
-            let inputs = ScanRef {
-                batch,
-                len: keep,
-                channels,
-                nstate,
-                u: &u,
-                delta: &delta,
-                b: &b,
-                c: &c,
-                a: &a,
-                d: Some(&d),
-                dt_bias: Some(&bias),
-                z: Some(&z),
-                softplus: true,
-                reverse: false,
-                gap_positions: None,
-            };
+            let case = ZigzagCase::random(&mut r, batch, keep, channels, nstate);
             let grid = ScanOrders::new(h, w);
             let cells = random_cells(&mut r, batch, h * w, keep, walk == Walk::Grid);
             let per_image: Vec<ScanOrders> = (0..batch)
                 .map(|i| kept_grid_ref(&cells[i * keep..][..keep], &grid, walk).1)
                 .collect();
             let table: Vec<u32> = per_image.iter().flat_map(ScanOrders::table).collect();
-            let on_gpu = inputs.upload(ctx).unwrap();
-            let args = on_gpu.args(Carry::None);
-            let dir_b = ctx
-                .upload_f32(
-                    "direction_bs",
-                    &[DIRECTIONS, 16],
-                    &pack_direction_bs(&direction_bs, nstate),
-                )
-                .unwrap();
-            let table = ctx
-                .upload_u32("orders", &[batch, 12 * keep], &table)
-                .unwrap();
-            let ungated = ctx
-                .alloc("ungated", &[rows, channels], ssmgpu::runtime::DType::F32)
-                .unwrap();
-            let mut rec = ctx.recorder();
-            let y = zigzag_scan(
-                &mut rec,
-                ZigzagArgs {
-                    u: args.u,
-                    delta: args.delta,
-                    b: args.b,
-                    c: args.c,
-                    params: args.params,
-                    direction_bs: &dir_b,
-                    orders: &table,
-                    z: args.z.unwrap(),
-                    batch,
-                    decay,
-                    ungated: Some(Ungated {
-                        tensor: &ungated,
-                        clip,
-                        add: false,
-                    }),
-                },
-            )
-            .unwrap();
-            let got = rec.submit_and_read_blocking(&[&y, &ungated]).unwrap();
-            let want = zigzag_scan_ref(&inputs, &direction_bs, &per_image, decay, clip);
+            let (out, ungated) = case.gpu(ctx, &table, decay, Some(clip));
+            let want = zigzag_scan_ref(
+                &case.scan_ref(),
+                &case.direction_bs,
+                &per_image,
+                decay,
+                clip,
+            );
             let what = format!("kept zigzag b{batch} {h}x{w} keep {keep} {walk:?} decay {decay}");
-            assert_close(&what, &got[0], &want.out, 1e-5, 1e-4);
+            assert_close(&what, &out, &want.out, 1e-5, 1e-4);
             assert_close(
                 &format!("{what} ungated"),
-                &got[1],
+                &ungated.unwrap(),
                 &want.ungated,
                 1e-5,
                 1e-4,
@@ -277,38 +213,9 @@ fn zigzag_scan_over_kept_tokens_matches_reference() {
 fn decay_reference_differs_from_carry_only_across_gaps() {
     // The reference itself: with no gaps the decay changes nothing; with gaps it must.
     let mut r = rng(44);
-    let (len, channels, nstate) = (6, 3, 4);
-    let v = |r: &mut _, n| randn(r, n, 1.0);
-    let (u, delta, b, c, z) = (
-        v(&mut r, len * channels),
-        v(&mut r, len * channels),
-        v(&mut r, len * nstate),
-        v(&mut r, len * nstate),
-        v(&mut r, len * channels),
-    );
-    let a: Vec<f32> = v(&mut r, channels * nstate)
-        .iter()
-        .map(|x| -(x.abs() + 0.5))
-        .collect();
-    let bias = v(&mut r, channels);
-    let inputs = ScanRef {
-        batch: 1,
-        len,
-        channels,
-        nstate,
-        u: &u,
-        delta: &delta,
-        b: &b,
-        c: &c,
-        a: &a,
-        d: None,
-        dt_bias: Some(&bias),
-        z: Some(&z),
-        softplus: true,
-        reverse: false,
-        gap_positions: None,
-    };
-    let dir_b = vec![0.0; DIRECTIONS * nstate];
+    let case = ZigzagCase::random(&mut r, 1, 6, 3, 4);
+    let inputs = case.scan_ref();
+    let dir_b = vec![0.0; DIRECTIONS * case.nstate];
     let full = [ScanOrders::new(2, 3)];
     let carry = zigzag_scan_ref(&inputs, &dir_b, &full, false, true).out;
     let decay = zigzag_scan_ref(&inputs, &dir_b, &full, true, true).out;

@@ -153,3 +153,126 @@ pub fn flip_tokens(x: &[f32], batch: usize, len: usize, channels: usize) -> Vec<
         .flat_map(|start| x[start..start + channels].iter().copied())
         .collect()
 }
+
+/// Random inputs of PlainMamba's 2-D scan over `batch` images of `len` tokens, run on the GPU
+/// and on the CPU reference.
+pub struct ZigzagCase {
+    pub batch: usize,
+    pub len: usize,
+    pub channels: usize,
+    pub nstate: usize,
+    data: [Vec<f32>; 8],
+    pub direction_bs: Vec<f32>,
+}
+
+impl ZigzagCase {
+    pub fn random(
+        r: &mut impl Rng,
+        batch: usize,
+        len: usize,
+        channels: usize,
+        nstate: usize,
+    ) -> Self {
+        let rows = batch * len;
+        let mut v = |n, scale| randn(r, n, scale);
+        let (u, delta, b, c) = (
+            v(rows * channels, 1.0),
+            v(rows * channels, 1.0),
+            v(rows * nstate, 1.0),
+            v(rows * nstate, 1.0),
+        );
+        // A < 0, as -exp(A_log) is.
+        let a = v(channels * nstate, 1.0)
+            .iter()
+            .map(|x| -(x.abs() + 0.1))
+            .collect();
+        let (d, bias, z) = (v(channels, 1.0), v(channels, 1.0), v(rows * channels, 2.0));
+        ZigzagCase {
+            batch,
+            len,
+            channels,
+            nstate,
+            data: [u, delta, b, c, a, d, bias, z],
+            direction_bs: v(ssmgpu::ops::zigzag_scan::DIRECTIONS * nstate, 0.5),
+        }
+    }
+
+    pub fn scan_ref(&self) -> ssmgpu::ops::scan::ScanRef<'_> {
+        let [u, delta, b, c, a, d, bias, z] = &self.data;
+        ssmgpu::ops::scan::ScanRef {
+            batch: self.batch,
+            len: self.len,
+            channels: self.channels,
+            nstate: self.nstate,
+            u,
+            delta,
+            b,
+            c,
+            a,
+            d: Some(d),
+            dt_bias: Some(bias),
+            z: Some(z),
+            softplus: true,
+            reverse: false,
+            gap_positions: None,
+        }
+    }
+
+    /// The GPU scan with `table` (one [`ScanOrders::table`] for every image, or each image's
+    /// in turn); returns the output and, with `clip`, the ungated sum.
+    ///
+    /// [`ScanOrders::table`]: ssmgpu::ops::zigzag_scan::ScanOrders::table
+    pub fn gpu(
+        &self,
+        ctx: &Context,
+        table: &[u32],
+        decay: bool,
+        clip: Option<bool>,
+    ) -> (Vec<f32>, Option<Vec<f32>>) {
+        use ssmgpu::ops::zigzag_scan::{pack_direction_bs, zigzag_scan, ZigzagArgs, DIRECTIONS};
+        let inputs = self.scan_ref();
+        let on_gpu = inputs.upload(ctx).unwrap();
+        let args = on_gpu.args(ssmgpu::ops::Carry::None);
+        let dir_b = ctx
+            .upload_f32(
+                "direction_bs",
+                &[DIRECTIONS, 16],
+                &pack_direction_bs(&self.direction_bs, self.nstate),
+            )
+            .unwrap();
+        let table = ctx.upload_u32("orders", &[table.len()], table).unwrap();
+        let rows = self.batch * self.len;
+        let ungated = ctx
+            .alloc(
+                "ungated",
+                &[rows, self.channels],
+                ssmgpu::runtime::DType::F32,
+            )
+            .unwrap();
+        let mut rec = ctx.recorder();
+        let y = zigzag_scan(
+            &mut rec,
+            ZigzagArgs {
+                u: args.u,
+                delta: args.delta,
+                b: args.b,
+                c: args.c,
+                params: args.params,
+                direction_bs: &dir_b,
+                orders: &table,
+                z: args.z.unwrap(),
+                batch: self.batch,
+                decay,
+                ungated: clip.map(|clip| ssmgpu::ops::scan::Ungated {
+                    tensor: &ungated,
+                    clip,
+                    add: false,
+                }),
+            },
+        )
+        .unwrap();
+        let mut got = rec.submit_and_read_blocking(&[&y, &ungated]).unwrap();
+        let ungated = got.pop();
+        (got.remove(0), ungated.filter(|_| clip.is_some()))
+    }
+}
