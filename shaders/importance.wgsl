@@ -3,6 +3,7 @@
 //                  summed over directions when the metric is the paper's)
 //   mode 1 (l2):   Euclidean norm of the row
 //   mode 2 (random): a hash of (seed, token), uniform in [0, 1) (ablation baseline)
+//   mode 3 (clipped mean): mean over channels of max(0, x) (the SSM LM reduction's Eq. 5)
 // One invocation reduces one row: rows are few hundred to a few thousand and a software
 // driver pays dearly for workgroup barriers, which a tree reduction over channels needs.
 
@@ -37,7 +38,7 @@ fn importance(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     var acc = 0.0;
     for (var c = 0u; c < p.channels; c++) {
         let v = x[row * p.channels + c];
-        acc += select(v, v * v, p.mode == 1u);
+        acc += select(select(v, v * v, p.mode == 1u), max(v, 0.0), p.mode == 3u);
     }
     scores[row] = select(acc / f32(p.channels), sqrt(acc), p.mode == 1u);
 }

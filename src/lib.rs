@@ -11,6 +11,7 @@ pub mod error;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod eval;
 pub mod inspect;
+pub mod lm_eval;
 pub mod loader;
 pub mod models;
 pub mod ops;

@@ -160,6 +160,33 @@ enum Command {
         #[command(flatten)]
         prune: PruneArgs,
     },
+    /// Perplexity of a text (bytes as token ids) and next-token top-1 agreement with the
+    /// unreduced model under a token reduction (unified, prune-only or merge-only).
+    LmEval {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        text: PathBuf,
+        /// After these 0-indexed layers, keep this fraction: `12,17,22:0.905`, or a preset
+        /// (`mamba2-2.7b`, `mamba-2.8b`, `mamba2-1.3b`, `mamba-1.4b`) with optional `:RATIO`.
+        #[arg(long)]
+        reduce: String,
+        /// Instead of the ratio: the FLOPs reduction (%) to aim for at the window length.
+        #[arg(long)]
+        flops: Option<f64>,
+        /// unified (default), prune-only (EViT) or merge-only (PuMer).
+        #[arg(long, default_value = "unified")]
+        method: String,
+        /// Importance from the SSM output before the gate (ssm, the paper) or the block output
+        /// (block, the authors' code).
+        #[arg(long, default_value = "ssm")]
+        metric: String,
+        /// Bytes per forward pass.
+        #[arg(long, default_value_t = 512)]
+        window: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Zero-shot pruning study: top-1 against FLOPs reduction for every alignment and
     /// importance, written as a Markdown report with a PNG plot.
     PruneStudy {
@@ -179,6 +206,43 @@ enum Command {
         #[arg(long, default_value = "docs/pruning.png")]
         plot: PathBuf,
     },
+}
+
+fn lm_eval(
+    model: &Path,
+    text: &Path,
+    (spec, flops, method, metric): (&str, Option<f64>, &str, &str),
+    window: usize,
+    json: bool,
+) -> Result<()> {
+    use ssmgpu::prune::reduce::Reduction;
+    let ctx = Context::new_blocking()?;
+    let lm = LanguageModel::load(&ctx, model)?;
+    let mut reduction = Reduction::parse(spec, method.parse()?, metric.parse()?)?;
+    if let Some(pct) = flops {
+        let ratio = Reduction::ratio_for_flops(reduction.layers(), window, lm.n_layer(), pct / 100.0, reduction.method)?;
+        reduction = Reduction::new(reduction.layers().to_vec(), ratio, reduction.method, reduction.metric)?;
+    }
+    let bytes = std::fs::read(text).map_err(|e| Error::InvalidInput(format!("{}: {e}", text.display())))?;
+    let r = pollster::block_on(ssmgpu::lm_eval::evaluate(&ctx, &lm, &bytes, window, &reduction))?;
+    if json {
+        let mut v = serde_json::to_value(&r).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        v["ratio"] = reduction.ratio().into();
+        println!("{v}");
+    } else {
+        println!(
+            "{} windows of {window} bytes, ratio {:.4}, FLOPs reduction {:.1}%, kept {:.1}% of tokens",
+            r.windows, reduction.ratio(), 100.0 * r.flops_reduction, 100.0 * r.kept
+        );
+        println!("unreduced perplexity {:.4}", r.unreduced_perplexity);
+        for (name, s) in [("paper rule", &r.paper), ("positions", &r.positions)] {
+            println!(
+                "{name}: perplexity {:.4}, top-1 agreement {:.2}% ({} outputs)",
+                s.perplexity, 100.0 * s.agreement, s.scored
+            );
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -248,6 +312,16 @@ fn run(command: Command) -> Result<()> {
             prune,
         } => bench_model(&model, &batch, reps, json, &prune),
         Command::Bench { json, .. } => bench(json),
+        Command::LmEval {
+            model,
+            text,
+            reduce,
+            flops,
+            method,
+            metric,
+            window,
+            json,
+        } => lm_eval(&model, &text, (&reduce, flops, &method, &metric), window, json),
         Command::PruneStudy {
             models,
             data,

@@ -7,6 +7,7 @@ use common::{assert_close, ctx, randn, rng};
 use ssmgpu::ops::token_reduce::{token_reduce, token_reduce_ref, ReduceArgs, Split};
 use ssmgpu::Error;
 
+#[allow(clippy::too_many_arguments)]
 fn check(
     split: Split,
     batch: usize,

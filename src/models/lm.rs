@@ -14,6 +14,7 @@ use crate::ops::embedding::embedding;
 use crate::ops::matmul::matmul;
 use crate::ops::rmsnorm::add_rmsnorm;
 use crate::ops::Carry;
+use crate::prune::reduce::Reduction;
 use crate::runtime::{Context, MatView, Recorder, Tensor};
 
 /// Which logits a forward pass computes.
@@ -31,6 +32,15 @@ pub struct ForwardOutput {
     /// transformers' `hidden_states` as transformers 5 returns them (golden data): index i is
     /// the residual stream after layer i, and index n_layer is after the final norm.
     pub hidden_states: Vec<Tensor>,
+    /// With a reduction: u32 `[batch, len']`, the input position of each output token (a
+    /// merged token sits at the position of the token it was merged into).
+    pub positions: Option<Tensor>,
+}
+
+/// A mixer's output `[B·L, D]` and, when asked, its SSM output before the gate `[B·L, E]`.
+pub(crate) struct MixerOut {
+    pub hidden: Tensor,
+    pub ssm_y: Option<Tensor>,
 }
 
 /// Per-layer recurrent state for generation: the conv windows `[batch, channels, 4]` and the
@@ -128,7 +138,9 @@ impl Backbone {
 
     /// Record a forward pass over `ids` (u32 `[batch * len]`): per layer i,
     /// `residual += hidden; hidden = mixer(i, rmsnorm_i(residual))`, then the final norm and
-    /// the head. `mixer` maps `[B·L, D]` to `[B·L, D]`.
+    /// the head. `mixer(rec, i, x, want_ssm_y)` maps `[B·L, D]` to `[B·L, D]`. With a
+    /// reduction, both streams shrink after its layers and later layers run on fewer tokens.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward(
         &self,
         rec: &mut Recorder,
@@ -136,11 +148,18 @@ impl Backbone {
         batch: usize,
         logits: Logits,
         hidden_states: bool,
-        mut mixer: impl FnMut(&mut Recorder, usize, &Tensor) -> Result<Tensor>,
+        reduction: Option<&Reduction>,
+        mut mixer: impl FnMut(&mut Recorder, usize, &Tensor, bool) -> Result<MixerOut>,
     ) -> Result<ForwardOutput> {
         let (d, eps) = (self.d_model, self.eps);
-        let len = ids.numel() / batch;
-        let residual = embedding(rec, ids, &self.embedding)?; // [B·L, D]
+        let mut len = ids.numel() / batch;
+        let mut residual = embedding(rec, ids, &self.embedding)?; // [B·L, D]
+        let mut positions = reduction
+            .map(|_| {
+                let iota: Vec<u32> = (0..batch).flat_map(|_| 0..len as u32).collect();
+                rec.context().upload_u32("positions", &[batch, len], &iota)
+            })
+            .transpose()?;
         let mut states = Vec::new();
         let mut hidden: Option<Tensor> = None;
         for (i, norm) in self.norms.iter().enumerate() {
@@ -148,7 +167,20 @@ impl Backbone {
             if hidden_states && i > 0 {
                 states.push(rec.snapshot(&format!("hidden_states.{}", i - 1), &residual)?);
             }
-            hidden = Some(mixer(rec, i, &x)?); // [B·L, D]
+            let want_y = reduction.is_some_and(|r| r.wants_ssm_output(i));
+            let out = mixer(rec, i, &x, want_y)?; // [B·L, D]
+            hidden = Some(out.hidden);
+            if let (Some(r), Some(pos), Some(h)) = (reduction, positions.as_ref(), hidden.as_ref())
+            {
+                let reduced =
+                    r.after_layer(rec, i, batch, h, &residual, out.ssm_y.as_ref(), pos)?;
+                if let Some(reduced) = reduced {
+                    len = reduced.positions.numel() / batch;
+                    residual = reduced.residual;
+                    hidden = Some(reduced.hidden);
+                    positions = Some(reduced.positions);
+                }
+            }
         }
         let normed = add_rmsnorm(rec, &residual, hidden.as_ref(), &self.norm_f, eps)?; // [B·L, D]
         if hidden_states {
@@ -173,6 +205,7 @@ impl Backbone {
         Ok(ForwardOutput {
             logits,
             hidden_states: states,
+            positions,
         })
     }
 }
@@ -185,7 +218,8 @@ pub trait CausalLm {
 
     /// Record a forward pass over `ids` (u32 `[batch * len]`). With a cache, `continue_cache`
     /// false starts from zero state (prefill) and true continues it (decode); both leave the
-    /// final state in the cache.
+    /// final state in the cache. A reduction shortens the sequence after its layers.
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         rec: &mut Recorder,
@@ -194,6 +228,7 @@ pub trait CausalLm {
         logits: Logits,
         hidden_states: bool,
         cache: Option<(&MambaCache, bool)>,
+        reduction: Option<&Reduction>,
     ) -> Result<ForwardOutput>;
 }
 
@@ -235,13 +270,42 @@ pub async fn run(
     let ids = check_ids(ids, model.vocab_size())?;
     let ids = ctx.upload_u32("input_ids", &[ids.len()], &ids)?;
     let mut rec = ctx.recorder();
-    let out = model.forward(&mut rec, &ids, batch, Logits::All, hidden_states, None)?;
+    let out = model.forward(
+        &mut rec,
+        &ids,
+        batch,
+        Logits::All,
+        hidden_states,
+        None,
+        None,
+    )?;
     let logits = out.logits.expect("requested");
     let mut wanted = vec![&logits];
     wanted.extend(out.hidden_states.iter());
     let mut data = rec.submit_and_read(&wanted).await?;
     let logits = data.remove(0);
     Ok((logits, data))
+}
+
+/// Logits of one sequence under a reduction: `[len', vocab]` (flat) and the input position of
+/// each of the `len'` outputs.
+pub async fn run_reduced(
+    model: &impl CausalLm,
+    ctx: &Context,
+    ids: &[i64],
+    reduction: &Reduction,
+) -> Result<(Vec<f32>, Vec<u32>)> {
+    let ids = check_ids(ids, model.vocab_size())?;
+    let ids = ctx.upload_u32("input_ids", &[ids.len()], &ids)?;
+    let mut rec = ctx.recorder();
+    let out = model.forward(&mut rec, &ids, 1, Logits::All, false, None, Some(reduction))?;
+    let (logits, positions) = (
+        out.logits.expect("requested"),
+        out.positions.expect("reduced"),
+    );
+    let mut data = rec.submit_and_read(&[&logits, &positions]).await?;
+    let positions = data.remove(1).iter().map(|v| v.to_bits()).collect();
+    Ok((data.remove(0), positions))
 }
 
 /// Greedy decoding: one prefill over the prompt, then one recurrent step per new token (the
@@ -267,6 +331,7 @@ pub async fn generate(
             Logits::Last,
             false,
             Some((&cache, step > 0)),
+            None,
         )?;
         let next = argmax(&mut rec, &out.logits.expect("requested"))?;
         let id = rec.submit_and_read(&[&next]).await?[0][0].to_bits();
@@ -320,6 +385,27 @@ impl LanguageModel {
         match self {
             Self::Mamba(m) => m.config.d_model,
             Self::Mamba2(m) => m.config.d_model,
+        }
+    }
+
+    pub fn n_layer(&self) -> usize {
+        match self {
+            Self::Mamba(m) => m.config.n_layer,
+            Self::Mamba2(m) => m.config.n_layer,
+        }
+    }
+
+    /// See [`run_reduced`]; the reduction's layers must exist in this model.
+    pub async fn run_reduced(
+        &self,
+        ctx: &Context,
+        ids: &[i64],
+        reduction: &Reduction,
+    ) -> Result<(Vec<f32>, Vec<u32>)> {
+        reduction.check_depth(self.n_layer())?;
+        match self {
+            Self::Mamba(m) => run_reduced(m, ctx, ids, reduction).await,
+            Self::Mamba2(m) => run_reduced(m, ctx, ids, reduction).await,
         }
     }
 

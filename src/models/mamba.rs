@@ -4,13 +4,14 @@
 use std::path::Path;
 
 use crate::error::Result;
-use crate::models::lm::{self, check_ids, Backbone, CausalLm};
+use crate::models::lm::{self, check_ids, Backbone, CausalLm, MixerOut};
 pub use crate::models::lm::{ForwardOutput, Logits, MambaCache};
 use crate::models::ModelDir;
 use crate::ops::conv1d::{conv1d_silu, CONV_WIDTH};
 use crate::ops::matmul::matmul;
 use crate::ops::scan::{pack_ssm_params, selective_scan, ScanArgs, Ungated, MAX_STATE};
 use crate::ops::Carry;
+use crate::prune::reduce::Reduction;
 use crate::runtime::{Context, MatView, Recorder, Tensor};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -346,6 +347,7 @@ impl MambaLm {
     /// Record a forward pass over `ids` (u32 `[batch * len]`). With a cache, `continue_cache`
     /// false starts from zero state (prefill) and true continues it (decode); both leave the
     /// final state in the cache.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         rec: &mut Recorder,
@@ -354,15 +356,24 @@ impl MambaLm {
         logits: Logits,
         hidden_states: bool,
         cache: Option<(&MambaCache, bool)>,
+        reduction: Option<&Reduction>,
     ) -> Result<ForwardOutput> {
-        self.backbone
-            .forward(rec, ids, batch, logits, hidden_states, |rec, i, x| {
+        self.backbone.forward(
+            rec,
+            ids,
+            batch,
+            logits,
+            hidden_states,
+            reduction,
+            |rec, i, x, want_y| {
                 let carry = cache.map_or((Carry::None, Carry::None), |(c, cont)| c.carry(i, cont));
-                self.mixer(rec, &self.layers[i], x, batch, carry)
-            })
+                self.mixer(rec, &self.layers[i], x, batch, carry, want_y)
+            },
+        )
     }
 
-    /// One Mamba block's mixer (mamba_ssm `Mamba.forward`), `x` `[B·L, D]` -> `[B·L, D]`.
+    /// One Mamba block's mixer (mamba_ssm `Mamba.forward`), `x` `[B·L, D]` -> `[B·L, D]`, and
+    /// with `want_y` the scan output before the gate `[B·L, E]`.
     fn mixer(
         &self,
         rec: &mut Recorder,
@@ -370,9 +381,13 @@ impl MambaLm {
         x: &Tensor,
         batch: usize,
         carry: (Carry, Carry),
-    ) -> Result<Tensor> {
+        want_y: bool,
+    ) -> Result<MixerOut> {
         let e = self.config.d_inner;
         let xz = matmul(rec, "in_proj", x.mat(), &l.in_proj, l.in_proj_bias.as_ref())?; // [B·L, 2E] = [x | z]
+        let ssm_y = want_y
+            .then(|| rec.alloc("ssm_y", &[x.numel() / self.config.d_model, e]))
+            .transpose()?;
         let y = l
             .ssm
             .forward(
@@ -382,17 +397,23 @@ impl MambaLm {
                 batch,
                 BranchOptions {
                     carry,
+                    ungated: ssm_y.as_ref().map(|tensor| Ungated {
+                        tensor,
+                        clip: false,
+                        add: false,
+                    }),
                     ..Default::default()
                 },
             )?
             .y; // [B·L, E]
-        matmul(
+        let hidden = matmul(
             rec,
             "out_proj",
             y.mat(),
             &l.out_proj,
             l.out_proj_bias.as_ref(),
-        ) // [B·L, D]
+        )?; // [B·L, D]
+        Ok(MixerOut { hidden, ssm_y })
     }
 
     /// Logits `[batch, len, vocab]` (flat) and, when asked, the hidden states (flat each).
@@ -435,7 +456,17 @@ impl CausalLm for MambaLm {
         logits: Logits,
         hidden_states: bool,
         cache: Option<(&MambaCache, bool)>,
+        reduction: Option<&Reduction>,
     ) -> Result<ForwardOutput> {
-        MambaLm::forward(self, rec, ids, batch, logits, hidden_states, cache)
+        MambaLm::forward(
+            self,
+            rec,
+            ids,
+            batch,
+            logits,
+            hidden_states,
+            cache,
+            reduction,
+        )
     }
 }

@@ -8,13 +8,16 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::Result;
-use crate::models::lm::{self, check_ids, Backbone, CausalLm, ForwardOutput, Logits, MambaCache};
+use crate::models::lm::{
+    self, check_ids, Backbone, CausalLm, ForwardOutput, Logits, MambaCache, MixerOut,
+};
 use crate::models::ModelDir;
 use crate::ops::conv1d::{conv1d_silu, CONV_WIDTH};
 use crate::ops::gated_rmsnorm::gated_rmsnorm;
 use crate::ops::matmul::matmul;
 use crate::ops::ssd_scan::{pack_ssd_params, ssd_chunked, ssd_recurrent, SsdArgs};
 use crate::ops::Carry;
+use crate::prune::reduce::Reduction;
 use crate::runtime::{Context, Recorder, Tensor};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -307,6 +310,7 @@ impl Mamba2Lm {
     }
 
     /// Record a forward pass over `ids` (u32 `[batch * len]`); see [`CausalLm::forward`].
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         rec: &mut Recorder,
@@ -315,15 +319,24 @@ impl Mamba2Lm {
         logits: Logits,
         hidden_states: bool,
         cache: Option<(&MambaCache, bool)>,
+        reduction: Option<&Reduction>,
     ) -> Result<ForwardOutput> {
-        self.backbone
-            .forward(rec, ids, batch, logits, hidden_states, |rec, i, x| {
+        self.backbone.forward(
+            rec,
+            ids,
+            batch,
+            logits,
+            hidden_states,
+            reduction,
+            |rec, i, x, want_y| {
                 let carry = cache.map_or((Carry::None, Carry::None), |(c, cont)| c.carry(i, cont));
-                self.mixer(rec, &self.layers[i], x, batch, carry)
-            })
+                self.mixer(rec, &self.layers[i], x, batch, carry, want_y)
+            },
+        )
     }
 
-    /// One Mamba-2 mixer (transformers `Mamba2Mixer.torch_forward`), `u` `[B·L, D]` -> `[B·L, D]`.
+    /// One Mamba-2 mixer (transformers `Mamba2Mixer.torch_forward`), `u` `[B·L, D]` -> `[B·L, D]`,
+    /// and with `want_y` the SSD output before the gated norm `[B·L, E]`.
     fn mixer(
         &self,
         rec: &mut Recorder,
@@ -331,7 +344,8 @@ impl Mamba2Lm {
         u: &Tensor,
         batch: usize,
         (conv_carry, ssm_carry): (Carry, Carry),
-    ) -> Result<Tensor> {
+        want_y: bool,
+    ) -> Result<MixerOut> {
         let c = &self.config;
         let (e, gn, h) = (c.d_inner, c.n_groups * c.d_state, c.n_heads);
         let len = u.numel() / c.d_model / batch;
@@ -370,13 +384,17 @@ impl Mamba2Lm {
         };
         // rmsnorm_group(y * silu(z)) * norm.weight   [B·L, E]
         let g = gated_rmsnorm(rec, &y, z, &l.norm, c.norm_groups, c.eps)?;
-        matmul(
+        let hidden = matmul(
             rec,
             "out_proj",
             g.mat(),
             &l.out_proj,
             l.out_proj_bias.as_ref(),
-        ) // [B·L, D]
+        )?; // [B·L, D]
+        Ok(MixerOut {
+            hidden,
+            ssm_y: want_y.then_some(y),
+        })
     }
 
     /// Logits `[batch, len, vocab]` (flat) and, when asked, the hidden states (flat each).
@@ -419,7 +437,17 @@ impl CausalLm for Mamba2Lm {
         logits: Logits,
         hidden_states: bool,
         cache: Option<(&MambaCache, bool)>,
+        reduction: Option<&Reduction>,
     ) -> Result<ForwardOutput> {
-        Mamba2Lm::forward(self, rec, ids, batch, logits, hidden_states, cache)
+        Mamba2Lm::forward(
+            self,
+            rec,
+            ids,
+            batch,
+            logits,
+            hidden_states,
+            cache,
+            reduction,
+        )
     }
 }

@@ -8,6 +8,8 @@ use crate::runtime::{grid, Recorder, Tensor};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reduce {
     Mean,
+    /// Mean of `max(0, x)`.
+    ClippedMean,
     L2,
     /// Pseudo-random in [0, 1) from the seed and the row (the ablation baseline).
     Random {
@@ -31,6 +33,7 @@ pub fn importance(rec: &mut Recorder, x: &Tensor, batch: usize, reduce: Reduce) 
     let scores = rec.alloc("scores", &[batch, rows / batch])?;
     let (mode, seed) = match reduce {
         Reduce::Mean => (0, 0),
+        Reduce::ClippedMean => (3, 0),
         Reduce::L2 => (1, 0),
         Reduce::Random { seed } => (2, seed),
     };
@@ -62,6 +65,7 @@ pub fn importance_ref(x: &[f32], channels: usize, reduce: Reduce) -> Vec<f32> {
         .enumerate()
         .map(|(row, values)| match reduce {
             Reduce::Mean => values.iter().sum::<f32>() / channels as f32,
+            Reduce::ClippedMean => values.iter().map(|v| v.max(0.0)).sum::<f32>() / channels as f32,
             Reduce::L2 => values.iter().map(|v| v * v).sum::<f32>().sqrt(),
             Reduce::Random { seed } => (hash(hash(seed) ^ row as u32) >> 8) as f32 / 16777216.0,
         })

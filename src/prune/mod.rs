@@ -2,6 +2,8 @@
 //! keeps (ALGORITHMS.md section 4.2). The GPU side is [`crate::ops::topk`] (which tokens) and
 //! [`crate::ops::gather_rows`] (compaction).
 
+pub mod reduce;
+
 use std::fmt;
 use std::str::FromStr;
 
