@@ -220,11 +220,25 @@ fn lm_eval(
     let lm = LanguageModel::load(&ctx, model)?;
     let mut reduction = Reduction::parse(spec, method.parse()?, metric.parse()?)?;
     if let Some(pct) = flops {
-        let ratio = Reduction::ratio_for_flops(reduction.layers(), window, lm.n_layer(), pct / 100.0, reduction.method)?;
-        reduction = Reduction::new(reduction.layers().to_vec(), ratio, reduction.method, reduction.metric)?;
+        let ratio = Reduction::ratio_for_flops(
+            reduction.layers(),
+            window,
+            lm.n_layer(),
+            pct / 100.0,
+            reduction.method,
+        )?;
+        reduction = Reduction::new(
+            reduction.layers().to_vec(),
+            ratio,
+            reduction.method,
+            reduction.metric,
+        )?;
     }
-    let bytes = std::fs::read(text).map_err(|e| Error::InvalidInput(format!("{}: {e}", text.display())))?;
-    let r = pollster::block_on(ssmgpu::lm_eval::evaluate(&ctx, &lm, &bytes, window, &reduction))?;
+    let bytes =
+        std::fs::read(text).map_err(|e| Error::InvalidInput(format!("{}: {e}", text.display())))?;
+    let r = pollster::block_on(ssmgpu::lm_eval::evaluate(
+        &ctx, &lm, &bytes, window, &reduction,
+    ))?;
     if json {
         let mut v = serde_json::to_value(&r).map_err(|e| Error::InvalidInput(e.to_string()))?;
         v["ratio"] = reduction.ratio().into();
@@ -238,7 +252,9 @@ fn lm_eval(
         for (name, s) in [("paper rule", &r.paper), ("positions", &r.positions)] {
             println!(
                 "{name}: perplexity {:.4}, top-1 agreement {:.2}% ({} outputs)",
-                s.perplexity, 100.0 * s.agreement, s.scored
+                s.perplexity,
+                100.0 * s.agreement,
+                s.scored
             );
         }
     }
@@ -321,7 +337,13 @@ fn run(command: Command) -> Result<()> {
             metric,
             window,
             json,
-        } => lm_eval(&model, &text, (&reduce, flops, &method, &metric), window, json),
+        } => lm_eval(
+            &model,
+            &text,
+            (&reduce, flops, &method, &metric),
+            window,
+            json,
+        ),
         Command::PruneStudy {
             models,
             data,
