@@ -242,7 +242,12 @@ fn importance_matches_reference() {
     for (batch, len, channels) in [(1, 1, 1), (2, 17, 128), (3, 197, 384), (1, 5, 70)] {
         let x = randn(&mut r, batch * len * channels, 1.0);
         let xt = ctx.upload_f32("x", &[batch * len, channels], &x).unwrap();
-        for reduce in [Reduce::Mean, Reduce::ClippedMean, Reduce::L2, Reduce::Random { seed: 7 }] {
+        for reduce in [
+            Reduce::Mean,
+            Reduce::ClippedMean,
+            Reduce::L2,
+            Reduce::Random { seed: 7 },
+        ] {
             let mut rec = ctx.recorder();
             let s = importance(&mut rec, &xt, batch, reduce).unwrap();
             assert_eq!(s.shape(), [batch, len]);
