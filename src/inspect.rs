@@ -57,6 +57,27 @@ pub struct TokenGrid {
     pub cls: Option<usize>,
 }
 
+impl TokenGrid {
+    /// Which grid cells (row-major) are among `positions`, the original indices of the tokens
+    /// a layer ran on (one image's row of a [`TokenMaps::positions`] entry); the class token
+    /// has no cell. Indices outside the grid are ignored.
+    pub fn kept_cells(&self, positions: &[u32]) -> Vec<bool> {
+        let mut kept = vec![false; self.rows * self.cols];
+        for &p in positions {
+            let p = p as usize;
+            let cell = match self.cls {
+                Some(cls) if p == cls => continue,
+                Some(cls) if p > cls => p - 1,
+                _ => p,
+            };
+            if let Some(k) = kept.get_mut(cell) {
+                *k = true;
+            }
+        }
+        kept
+    }
+}
+
 impl Classifier {
     /// The `k` most probable classes of one image's logits, with their softmax probabilities.
     pub fn top(&self, logits: &[f32], k: usize) -> Vec<(String, f32)> {
@@ -116,5 +137,24 @@ impl VisionModel {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TokenGrid;
+
+    #[test]
+    fn kept_cells_skip_the_class_token() {
+        let grid = TokenGrid {
+            rows: 2,
+            cols: 2,
+            cls: Some(2),
+        };
+        // Tokens 0, 1 | cls | 3, 4 -> cells 0, 1, 2, 3.
+        assert_eq!(grid.kept_cells(&[0, 2, 4]), [true, false, false, true]);
+        assert_eq!(grid.kept_cells(&[0, 1, 2, 3, 4]), [true; 4]);
+        let plain = TokenGrid { cls: None, ..grid };
+        assert_eq!(plain.kept_cells(&[2, 9]), [false, false, true, false]);
     }
 }

@@ -26,17 +26,22 @@ impl ModelDir {
     pub fn open(dir: &Path) -> Result<Self> {
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-        let config: Value = serde_json::from_str(&text).map_err(|e| Error::Config {
-            path: config_path.clone(),
-            message: e.to_string(),
-        })?;
-        if !config.is_object() {
-            return Err(Error::Config {
-                path: config_path,
-                message: "expected a JSON object".into(),
-            });
-        }
+        let config = parse_config(&config_path, &text)?;
         let weights = SafetensorsFile::open(dir.join("model.safetensors"))?;
+        Ok(ModelDir {
+            config_path,
+            config,
+            weights,
+        })
+    }
+
+    /// A model folder's two files already in memory (fetched by a browser page); `label`
+    /// stands for the folder in errors.
+    pub fn from_bytes(label: &str, config_json: &str, weights: Vec<u8>) -> Result<Self> {
+        let dir = Path::new(label);
+        let config_path = dir.join("config.json");
+        let config = parse_config(&config_path, config_json)?;
+        let weights = SafetensorsFile::from_bytes(dir.join("model.safetensors"), weights)?;
         Ok(ModelDir {
             config_path,
             config,
@@ -125,6 +130,19 @@ impl ModelDir {
         let data = self.weights.f32_shaped(name, shape)?;
         ctx.upload_f32(name, shape, &data)
     }
+}
+
+/// config.json's text as a JSON object; `path` names it in errors.
+fn parse_config(path: &Path, text: &str) -> Result<Value> {
+    let bad = |message: String| Error::Config {
+        path: path.to_path_buf(),
+        message,
+    };
+    let config: Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    if !config.is_object() {
+        return Err(bad("expected a JSON object".into()));
+    }
+    Ok(config)
 }
 
 /// Named intermediates of a forward pass, recorded when asked for. Names follow the golden

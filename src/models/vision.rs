@@ -28,12 +28,16 @@ pub struct Classifier {
 
 impl Classifier {
     pub fn load(ctx: &Context, dir: &Path) -> Result<Self> {
-        let dir = ModelDir::open(dir)?;
+        Self::from_model_dir(ctx, &ModelDir::open(dir)?)
+    }
+
+    /// [`Classifier::load`] on a model folder already read ([`ModelDir::from_bytes`]).
+    pub fn from_model_dir(ctx: &Context, dir: &ModelDir) -> Result<Self> {
         let model_type = dir.config.get("model_type").and_then(|v| v.as_str());
         let model = match model_type {
-            Some("vim") => VisionModel::Vim(Box::new(Vim::from_model_dir(ctx, &dir)?)),
+            Some("vim") => VisionModel::Vim(Box::new(Vim::from_model_dir(ctx, dir)?)),
             Some("plainmamba") => {
-                VisionModel::PlainMamba(Box::new(PlainMamba::from_model_dir(ctx, &dir)?))
+                VisionModel::PlainMamba(Box::new(PlainMamba::from_model_dir(ctx, dir)?))
             }
             other => {
                 return Err(dir.config_error(format!(

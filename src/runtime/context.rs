@@ -110,6 +110,9 @@ pub(crate) struct Inner {
     /// (read-write) is absent; two, because one buffer cannot be both in one dispatch.
     pub dummy: wgpu::Buffer,
     pub dummy_rw: wgpu::Buffer,
+    /// Stand-ins for `dummy_rw` where one dispatch binds it more than once (see
+    /// `Recorder::dispatch`).
+    pub dummy_rw_twins: [wgpu::Buffer; 2],
 }
 
 #[derive(Clone)]
@@ -199,6 +202,10 @@ impl Context {
         };
         let dummy = dummy_buffer("ssmgpu.dummy");
         let dummy_rw = dummy_buffer("ssmgpu.dummy_rw");
+        let dummy_rw_twins = [
+            dummy_buffer("ssmgpu.dummy_rw"),
+            dummy_buffer("ssmgpu.dummy_rw"),
+        ];
         Context {
             inner: Arc::new(Inner {
                 device,
@@ -212,6 +219,7 @@ impl Context {
                 lost: Arc::new(Mutex::new(None)),
                 dummy,
                 dummy_rw,
+                dummy_rw_twins,
             }),
         }
     }

@@ -109,15 +109,22 @@ impl Recorder {
             binding: 0,
             resource: uniform.as_entire_binding(),
         }];
-        entries.extend(
-            buffers
-                .iter()
-                .enumerate()
-                .map(|(i, b)| wgpu::BindGroupEntry {
-                    binding: i as u32 + 1,
-                    resource: b.as_entire_binding(),
-                }),
-        );
+        // An op binds `dummy_rw` for each absent output, but WebGPU (unlike native wgpu)
+        // refuses two writable bindings of one buffer in a dispatch: repeats get its twins.
+        let inner = &self.ctx.inner;
+        let mut twins = inner.dummy_rw_twins.iter();
+        let mut seen_rw = false;
+        for (i, &b) in buffers.iter().enumerate() {
+            let b = if b != &inner.dummy_rw || !std::mem::replace(&mut seen_rw, true) {
+                b
+            } else {
+                twins.next().unwrap_or(b)
+            };
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: b.as_entire_binding(),
+            });
+        }
         let bind_group = self
             .ctx
             .device()
