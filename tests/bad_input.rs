@@ -388,3 +388,23 @@ fn cli_generate_matches_transformers() {
         serde_json::json!([191, 191, 191, 191, 191, 191, 191, 191, 191, 191, 191, 191])
     );
 }
+
+#[test]
+fn model_from_bytes_names_the_bad_part() {
+    use ssmgpu::models::{vision::Classifier, ModelDir};
+    let model = ssmgpu::assets::path(ssmgpu::assets::VIM_MNIST);
+    let config = std::fs::read_to_string(model.join("config.json")).unwrap();
+    let weights = std::fs::read(model.join("model.safetensors")).unwrap();
+    let label = Path::new("fetched");
+    match ModelDir::from_bytes("fetched", "{not json", weights.clone()) {
+        Err(Error::Config { path, .. }) => assert_eq!(path, label.join("config.json")),
+        other => panic!("bad config: {:?}", other.err()),
+    }
+    match ModelDir::from_bytes("fetched", &config, weights[..weights.len() / 2].to_vec()) {
+        Err(Error::Safetensors { path, .. }) => assert_eq!(path, label.join("model.safetensors")),
+        other => panic!("truncated weights: {:?}", other.err()),
+    }
+    let dir = ModelDir::from_bytes("fetched", &config, weights).unwrap();
+    let classifier = Classifier::from_model_dir(ctx(), &dir).unwrap();
+    assert_eq!(classifier.labels.len(), 10);
+}
