@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use common::{ctx, golden_dir};
 use safetensors::tensor::{Dtype, TensorView};
 use ssmgpu::loader::{write_f32, SafetensorsFile};
+use ssmgpu::models::lm::CausalLm;
 use ssmgpu::models::mamba::MambaLm;
 use ssmgpu::runtime::DType;
 use ssmgpu::Error;

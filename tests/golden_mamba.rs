@@ -7,6 +7,7 @@ use std::path::Path;
 
 use common::{assert_close, ctx, f32s, golden, golden_dir};
 use ssmgpu::loader::{write_f32, SafetensorsFile};
+use ssmgpu::models::lm::CausalLm;
 use ssmgpu::models::mamba::MambaLm;
 
 const ATOL: f32 = 1e-4;

@@ -7,6 +7,7 @@ mod common;
 use common::{assert_close, cli, ctx, f32s, golden, golden_dir};
 use safetensors::tensor::{Dtype, TensorView};
 use ssmgpu::loader::SafetensorsFile;
+use ssmgpu::models::lm::CausalLm;
 use ssmgpu::models::lm::LanguageModel;
 use ssmgpu::models::mamba2::Mamba2Lm;
 

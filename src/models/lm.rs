@@ -38,7 +38,7 @@ pub struct ForwardOutput {
 }
 
 /// A mixer's output `[B·L, D]` and, when asked, its SSM output before the gate `[B·L, E]`.
-pub(crate) struct MixerOut {
+pub struct MixerOut {
     pub hidden: Tensor,
     pub ssm_y: Option<Tensor>,
 }
@@ -87,7 +87,7 @@ impl MambaCache {
 
 /// Embedding, per-layer pre-norms, final norm and head: everything of a Mamba LM but the
 /// mixers (mamba_ssm `MixerModel` + `lm_head`, transformers `Mamba{,2}ForCausalLM`).
-pub(crate) struct Backbone {
+pub struct Backbone {
     embedding: Tensor,       // [V, D]
     lm_head: Option<Tensor>, // [V, D], None when tied to the embedding
     norms: Vec<Tensor>,      // per layer [D]
@@ -210,11 +210,29 @@ impl Backbone {
     }
 }
 
-/// A causal LM that [`run`] and [`generate`] drive.
+/// A causal LM: a [`Backbone`] around one mixer per layer. `forward`, `run`, `generate` and
+/// `run_reduced` are written once here for every such model.
+// Only this crate implements the trait and nothing needs its futures to be `Send`.
+#[allow(async_fn_in_trait)]
 pub trait CausalLm {
     fn vocab_size(&self) -> usize;
 
     fn new_cache(&self, ctx: &Context, batch: usize) -> Result<MambaCache>;
+
+    /// The embedding, residual stream, final norm and head around the mixers.
+    fn backbone(&self) -> &Backbone;
+
+    /// Layer `i`'s mixer, `x` `[B·L, D]` -> `[B·L, D]`, and with `want_y` the SSM output
+    /// before the gate `[B·L, E]` (the reduction's importance).
+    fn mixer(
+        &self,
+        rec: &mut Recorder,
+        i: usize,
+        x: &Tensor,
+        batch: usize,
+        carry: (Carry, Carry),
+        want_y: bool,
+    ) -> Result<MixerOut>;
 
     /// Record a forward pass over `ids` (u32 `[batch * len]`). With a cache, `continue_cache`
     /// false starts from zero state (prefill) and true continues it (decode); both leave the
@@ -229,7 +247,111 @@ pub trait CausalLm {
         hidden_states: bool,
         cache: Option<(&MambaCache, bool)>,
         reduction: Option<&Reduction>,
-    ) -> Result<ForwardOutput>;
+    ) -> Result<ForwardOutput> {
+        self.backbone().forward(
+            rec,
+            ids,
+            batch,
+            logits,
+            hidden_states,
+            reduction,
+            |rec, i, x, want_y| {
+                let carry = cache.map_or((Carry::None, Carry::None), |(c, cont)| c.carry(i, cont));
+                self.mixer(rec, i, x, batch, carry, want_y)
+            },
+        )
+    }
+
+    /// Logits `[batch, len, vocab]` (flat) and, when asked, the hidden states (flat each).
+    async fn run(
+        &self,
+        ctx: &Context,
+        ids: &[i64],
+        batch: usize,
+        hidden_states: bool,
+    ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+        if batch == 0 || !ids.len().is_multiple_of(batch) {
+            return Err(Error::InvalidInput(format!(
+                "{} token ids do not split into {batch} sequences",
+                ids.len()
+            )));
+        }
+        let ids = check_ids(ids, self.vocab_size())?;
+        let ids = ctx.upload_u32("input_ids", &[ids.len()], &ids)?;
+        let mut rec = ctx.recorder();
+        let out = self.forward(
+            &mut rec,
+            &ids,
+            batch,
+            Logits::All,
+            hidden_states,
+            None,
+            None,
+        )?;
+        let logits = out.logits.expect("requested");
+        let mut wanted = vec![&logits];
+        wanted.extend(out.hidden_states.iter());
+        let mut data = rec.submit_and_read(&wanted).await?;
+        let logits = data.remove(0);
+        Ok((logits, data))
+    }
+
+    /// Logits of one sequence under a reduction: `[len', vocab]` (flat) and the input position of
+    /// each of the `len'` outputs.
+    async fn run_reduced(
+        &self,
+        ctx: &Context,
+        ids: &[i64],
+        reduction: &Reduction,
+    ) -> Result<(Vec<f32>, Vec<u32>)> {
+        let ids = check_ids(ids, self.vocab_size())?;
+        let ids = ctx.upload_u32("input_ids", &[ids.len()], &ids)?;
+        let mut rec = ctx.recorder();
+        let out = self.forward(&mut rec, &ids, 1, Logits::All, false, None, Some(reduction))?;
+        let (logits, positions) = (
+            out.logits.expect("requested"),
+            out.positions.expect("reduced"),
+        );
+        let mut data = rec.submit_and_read(&[&logits, &positions]).await?;
+        let positions = data.remove(1).iter().map(|v| v.to_bits()).collect();
+        Ok((data.remove(0), positions))
+    }
+
+    /// Greedy decoding: one prefill over the prompt, then one recurrent step per new token (the
+    /// prefix is never re-run). Each step feeds the GPU's argmax straight back as the next input
+    /// and reads back only that id. Stops early at `eos`.
+    async fn generate(
+        &self,
+        ctx: &Context,
+        prompt: &[i64],
+        max_new_tokens: usize,
+        eos: Option<u32>,
+    ) -> Result<Vec<u32>> {
+        let prompt = check_ids(prompt, self.vocab_size())?;
+        let cache = self.new_cache(ctx, 1)?;
+        let mut input = ctx.upload_u32("prompt_ids", &[prompt.len()], &prompt)?;
+        let mut generated = Vec::with_capacity(max_new_tokens);
+        for step in 0..max_new_tokens {
+            let mut rec = ctx.recorder();
+            let out = self.forward(
+                &mut rec,
+                &input,
+                1,
+                Logits::Last,
+                false,
+                Some((&cache, step > 0)),
+                None,
+            )?;
+            let next = argmax(&mut rec, &out.logits.expect("requested"))?;
+            let id = rec.submit_and_read(&[&next]).await?[0][0].to_bits();
+            generated.push(id);
+            if Some(id) == eos {
+                break;
+            }
+            input = next;
+        }
+        Ok(generated)
+    }
 }
 
 /// Check token ids against the vocabulary and convert them for upload.
@@ -251,97 +373,6 @@ pub fn check_ids(ids: &[i64], vocab: usize) -> Result<Vec<u32>> {
             }
         })
         .collect()
-}
-
-/// Logits `[batch, len, vocab]` (flat) and, when asked, the hidden states (flat each).
-pub async fn run(
-    model: &impl CausalLm,
-    ctx: &Context,
-    ids: &[i64],
-    batch: usize,
-    hidden_states: bool,
-) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
-    if batch == 0 || !ids.len().is_multiple_of(batch) {
-        return Err(Error::InvalidInput(format!(
-            "{} token ids do not split into {batch} sequences",
-            ids.len()
-        )));
-    }
-    let ids = check_ids(ids, model.vocab_size())?;
-    let ids = ctx.upload_u32("input_ids", &[ids.len()], &ids)?;
-    let mut rec = ctx.recorder();
-    let out = model.forward(
-        &mut rec,
-        &ids,
-        batch,
-        Logits::All,
-        hidden_states,
-        None,
-        None,
-    )?;
-    let logits = out.logits.expect("requested");
-    let mut wanted = vec![&logits];
-    wanted.extend(out.hidden_states.iter());
-    let mut data = rec.submit_and_read(&wanted).await?;
-    let logits = data.remove(0);
-    Ok((logits, data))
-}
-
-/// Logits of one sequence under a reduction: `[len', vocab]` (flat) and the input position of
-/// each of the `len'` outputs.
-pub async fn run_reduced(
-    model: &impl CausalLm,
-    ctx: &Context,
-    ids: &[i64],
-    reduction: &Reduction,
-) -> Result<(Vec<f32>, Vec<u32>)> {
-    let ids = check_ids(ids, model.vocab_size())?;
-    let ids = ctx.upload_u32("input_ids", &[ids.len()], &ids)?;
-    let mut rec = ctx.recorder();
-    let out = model.forward(&mut rec, &ids, 1, Logits::All, false, None, Some(reduction))?;
-    let (logits, positions) = (
-        out.logits.expect("requested"),
-        out.positions.expect("reduced"),
-    );
-    let mut data = rec.submit_and_read(&[&logits, &positions]).await?;
-    let positions = data.remove(1).iter().map(|v| v.to_bits()).collect();
-    Ok((data.remove(0), positions))
-}
-
-/// Greedy decoding: one prefill over the prompt, then one recurrent step per new token (the
-/// prefix is never re-run). Each step feeds the GPU's argmax straight back as the next input
-/// and reads back only that id. Stops early at `eos`.
-pub async fn generate(
-    model: &impl CausalLm,
-    ctx: &Context,
-    prompt: &[i64],
-    max_new_tokens: usize,
-    eos: Option<u32>,
-) -> Result<Vec<u32>> {
-    let prompt = check_ids(prompt, model.vocab_size())?;
-    let cache = model.new_cache(ctx, 1)?;
-    let mut input = ctx.upload_u32("prompt_ids", &[prompt.len()], &prompt)?;
-    let mut generated = Vec::with_capacity(max_new_tokens);
-    for step in 0..max_new_tokens {
-        let mut rec = ctx.recorder();
-        let out = model.forward(
-            &mut rec,
-            &input,
-            1,
-            Logits::Last,
-            false,
-            Some((&cache, step > 0)),
-            None,
-        )?;
-        let next = argmax(&mut rec, &out.logits.expect("requested"))?;
-        let id = rec.submit_and_read(&[&next]).await?[0][0].to_bits();
-        generated.push(id);
-        if Some(id) == eos {
-            break;
-        }
-        input = next;
-    }
-    Ok(generated)
 }
 
 /// A language model folder of either kind, picked by config.json: `model_type` `mamba2` (or
@@ -395,7 +426,7 @@ impl LanguageModel {
         }
     }
 
-    /// See [`run_reduced`]; the reduction's layers must exist in this model.
+    /// See [`CausalLm::run_reduced`]; the reduction's layers must exist in this model.
     pub async fn run_reduced(
         &self,
         ctx: &Context,
@@ -404,8 +435,8 @@ impl LanguageModel {
     ) -> Result<(Vec<f32>, Vec<u32>)> {
         reduction.check_depth(self.n_layer())?;
         match self {
-            Self::Mamba(m) => run_reduced(m, ctx, ids, reduction).await,
-            Self::Mamba2(m) => run_reduced(m, ctx, ids, reduction).await,
+            Self::Mamba(m) => m.run_reduced(ctx, ids, reduction).await,
+            Self::Mamba2(m) => m.run_reduced(ctx, ids, reduction).await,
         }
     }
 
@@ -416,7 +447,7 @@ impl LanguageModel {
         }
     }
 
-    /// See [`run`].
+    /// See [`CausalLm::run`].
     pub async fn run(
         &self,
         ctx: &Context,
@@ -425,12 +456,12 @@ impl LanguageModel {
         hidden_states: bool,
     ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
         match self {
-            Self::Mamba(m) => run(m, ctx, ids, batch, hidden_states).await,
-            Self::Mamba2(m) => run(m, ctx, ids, batch, hidden_states).await,
+            Self::Mamba(m) => m.run(ctx, ids, batch, hidden_states).await,
+            Self::Mamba2(m) => m.run(ctx, ids, batch, hidden_states).await,
         }
     }
 
-    /// See [`generate`].
+    /// See [`CausalLm::generate`].
     pub async fn generate(
         &self,
         ctx: &Context,
@@ -439,8 +470,8 @@ impl LanguageModel {
         eos: Option<u32>,
     ) -> Result<Vec<u32>> {
         match self {
-            Self::Mamba(m) => generate(m, ctx, prompt, max_new_tokens, eos).await,
-            Self::Mamba2(m) => generate(m, ctx, prompt, max_new_tokens, eos).await,
+            Self::Mamba(m) => m.generate(ctx, prompt, max_new_tokens, eos).await,
+            Self::Mamba2(m) => m.generate(ctx, prompt, max_new_tokens, eos).await,
         }
     }
 }

@@ -4,14 +4,13 @@
 use std::path::Path;
 
 use crate::error::Result;
-use crate::models::lm::{self, check_ids, Backbone, CausalLm, MixerOut};
+use crate::models::lm::{Backbone, CausalLm, MixerOut};
 pub use crate::models::lm::{ForwardOutput, Logits, MambaCache};
 use crate::models::ModelDir;
 use crate::ops::conv1d::{conv1d_silu, CONV_WIDTH};
 use crate::ops::matmul::matmul;
 use crate::ops::scan::{pack_ssm_params, selective_scan, ScanArgs, Ungated, MAX_STATE};
 use crate::ops::Carry;
-use crate::prune::reduce::Reduction;
 use crate::runtime::{Context, MatView, Recorder, Tensor};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -328,13 +327,14 @@ impl MambaLm {
             layers,
         })
     }
+}
 
-    /// Check token ids against the vocabulary and convert them for upload.
-    pub fn check_ids(&self, ids: &[i64]) -> Result<Vec<u32>> {
-        check_ids(ids, self.config.vocab_size)
+impl CausalLm for MambaLm {
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
     }
 
-    pub fn new_cache(&self, ctx: &Context, batch: usize) -> Result<MambaCache> {
+    fn new_cache(&self, ctx: &Context, batch: usize) -> Result<MambaCache> {
         let (e, n) = (self.config.d_inner, self.config.d_state);
         MambaCache::zeros(
             ctx,
@@ -344,32 +344,8 @@ impl MambaLm {
         )
     }
 
-    /// Record a forward pass over `ids` (u32 `[batch * len]`). With a cache, `continue_cache`
-    /// false starts from zero state (prefill) and true continues it (decode); both leave the
-    /// final state in the cache.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward(
-        &self,
-        rec: &mut Recorder,
-        ids: &Tensor,
-        batch: usize,
-        logits: Logits,
-        hidden_states: bool,
-        cache: Option<(&MambaCache, bool)>,
-        reduction: Option<&Reduction>,
-    ) -> Result<ForwardOutput> {
-        self.backbone.forward(
-            rec,
-            ids,
-            batch,
-            logits,
-            hidden_states,
-            reduction,
-            |rec, i, x, want_y| {
-                let carry = cache.map_or((Carry::None, Carry::None), |(c, cont)| c.carry(i, cont));
-                self.mixer(rec, &self.layers[i], x, batch, carry, want_y)
-            },
-        )
+    fn backbone(&self) -> &Backbone {
+        &self.backbone
     }
 
     /// One Mamba block's mixer (mamba_ssm `Mamba.forward`), `x` `[B·L, D]` -> `[B·L, D]`, and
@@ -377,12 +353,13 @@ impl MambaLm {
     fn mixer(
         &self,
         rec: &mut Recorder,
-        l: &MambaLayer,
+        i: usize,
         x: &Tensor,
         batch: usize,
         carry: (Carry, Carry),
         want_y: bool,
     ) -> Result<MixerOut> {
+        let l = &self.layers[i];
         let e = self.config.d_inner;
         let xz = matmul(rec, "in_proj", x.mat(), &l.in_proj, l.in_proj_bias.as_ref())?; // [B·L, 2E] = [x | z]
         let ssm_y = want_y
@@ -414,59 +391,5 @@ impl MambaLm {
             l.out_proj_bias.as_ref(),
         )?; // [B·L, D]
         Ok(MixerOut { hidden, ssm_y })
-    }
-
-    /// Logits `[batch, len, vocab]` (flat) and, when asked, the hidden states (flat each).
-    pub async fn run(
-        &self,
-        ctx: &Context,
-        ids: &[i64],
-        batch: usize,
-        hidden_states: bool,
-    ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
-        lm::run(self, ctx, ids, batch, hidden_states).await
-    }
-
-    /// Greedy decoding, see [`lm::generate`].
-    pub async fn generate(
-        &self,
-        ctx: &Context,
-        prompt: &[i64],
-        max_new_tokens: usize,
-        eos: Option<u32>,
-    ) -> Result<Vec<u32>> {
-        lm::generate(self, ctx, prompt, max_new_tokens, eos).await
-    }
-}
-
-impl CausalLm for MambaLm {
-    fn vocab_size(&self) -> usize {
-        self.config.vocab_size
-    }
-
-    fn new_cache(&self, ctx: &Context, batch: usize) -> Result<MambaCache> {
-        MambaLm::new_cache(self, ctx, batch)
-    }
-
-    fn forward(
-        &self,
-        rec: &mut Recorder,
-        ids: &Tensor,
-        batch: usize,
-        logits: Logits,
-        hidden_states: bool,
-        cache: Option<(&MambaCache, bool)>,
-        reduction: Option<&Reduction>,
-    ) -> Result<ForwardOutput> {
-        MambaLm::forward(
-            self,
-            rec,
-            ids,
-            batch,
-            logits,
-            hidden_states,
-            cache,
-            reduction,
-        )
     }
 }

@@ -8,16 +8,13 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::Result;
-use crate::models::lm::{
-    self, check_ids, Backbone, CausalLm, ForwardOutput, Logits, MambaCache, MixerOut,
-};
+use crate::models::lm::{Backbone, CausalLm, MambaCache, MixerOut};
 use crate::models::ModelDir;
 use crate::ops::conv1d::{conv1d_silu, CONV_WIDTH};
 use crate::ops::gated_rmsnorm::gated_rmsnorm;
 use crate::ops::matmul::matmul;
 use crate::ops::ssd_scan::{pack_ssd_params, ssd_chunked, ssd_recurrent, SsdArgs};
 use crate::ops::Carry;
-use crate::prune::reduce::Reduction;
 use crate::runtime::{Context, Recorder, Tensor};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -292,14 +289,15 @@ impl Mamba2Lm {
             layers,
         })
     }
+}
 
-    /// Check token ids against the vocabulary and convert them for upload.
-    pub fn check_ids(&self, ids: &[i64]) -> Result<Vec<u32>> {
-        check_ids(ids, self.config.vocab_size)
+impl CausalLm for Mamba2Lm {
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
     }
 
     /// Conv windows `[batch, E + 2GN, 4]` and SSM states `[batch, H, P, N]` per layer.
-    pub fn new_cache(&self, ctx: &Context, batch: usize) -> Result<MambaCache> {
+    fn new_cache(&self, ctx: &Context, batch: usize) -> Result<MambaCache> {
         let c = &self.config;
         MambaCache::zeros(
             ctx,
@@ -309,30 +307,8 @@ impl Mamba2Lm {
         )
     }
 
-    /// Record a forward pass over `ids` (u32 `[batch * len]`); see [`CausalLm::forward`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward(
-        &self,
-        rec: &mut Recorder,
-        ids: &Tensor,
-        batch: usize,
-        logits: Logits,
-        hidden_states: bool,
-        cache: Option<(&MambaCache, bool)>,
-        reduction: Option<&Reduction>,
-    ) -> Result<ForwardOutput> {
-        self.backbone.forward(
-            rec,
-            ids,
-            batch,
-            logits,
-            hidden_states,
-            reduction,
-            |rec, i, x, want_y| {
-                let carry = cache.map_or((Carry::None, Carry::None), |(c, cont)| c.carry(i, cont));
-                self.mixer(rec, &self.layers[i], x, batch, carry, want_y)
-            },
-        )
+    fn backbone(&self) -> &Backbone {
+        &self.backbone
     }
 
     /// One Mamba-2 mixer (transformers `Mamba2Mixer.torch_forward`), `u` `[B·L, D]` -> `[B·L, D]`,
@@ -340,12 +316,13 @@ impl Mamba2Lm {
     fn mixer(
         &self,
         rec: &mut Recorder,
-        l: &Mamba2Layer,
+        i: usize,
         u: &Tensor,
         batch: usize,
         (conv_carry, ssm_carry): (Carry, Carry),
         want_y: bool,
     ) -> Result<MixerOut> {
+        let l = &self.layers[i];
         let c = &self.config;
         let (e, gn, h) = (c.d_inner, c.n_groups * c.d_state, c.n_heads);
         let len = u.numel() / c.d_model / batch;
@@ -395,59 +372,5 @@ impl Mamba2Lm {
             hidden,
             ssm_y: want_y.then_some(y),
         })
-    }
-
-    /// Logits `[batch, len, vocab]` (flat) and, when asked, the hidden states (flat each).
-    pub async fn run(
-        &self,
-        ctx: &Context,
-        ids: &[i64],
-        batch: usize,
-        hidden_states: bool,
-    ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
-        lm::run(self, ctx, ids, batch, hidden_states).await
-    }
-
-    /// Greedy decoding, see [`lm::generate`].
-    pub async fn generate(
-        &self,
-        ctx: &Context,
-        prompt: &[i64],
-        max_new_tokens: usize,
-        eos: Option<u32>,
-    ) -> Result<Vec<u32>> {
-        lm::generate(self, ctx, prompt, max_new_tokens, eos).await
-    }
-}
-
-impl CausalLm for Mamba2Lm {
-    fn vocab_size(&self) -> usize {
-        self.config.vocab_size
-    }
-
-    fn new_cache(&self, ctx: &Context, batch: usize) -> Result<MambaCache> {
-        Mamba2Lm::new_cache(self, ctx, batch)
-    }
-
-    fn forward(
-        &self,
-        rec: &mut Recorder,
-        ids: &Tensor,
-        batch: usize,
-        logits: Logits,
-        hidden_states: bool,
-        cache: Option<(&MambaCache, bool)>,
-        reduction: Option<&Reduction>,
-    ) -> Result<ForwardOutput> {
-        Mamba2Lm::forward(
-            self,
-            rec,
-            ids,
-            batch,
-            logits,
-            hidden_states,
-            cache,
-            reduction,
-        )
     }
 }
