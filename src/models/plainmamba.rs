@@ -23,7 +23,7 @@ use crate::ops::matmul::{matmul, matmul_with, Epilogue};
 use crate::ops::scan::{pack_ssm_params, Ungated, MAX_STATE};
 use crate::ops::tokens::embed_tokens;
 use crate::ops::zigzag_scan::{pack_direction_bs, zigzag_scan, ScanOrders, ZigzagArgs, DIRECTIONS};
-use crate::prune::{initial_positions, Align, PruneSchedule, Pruning, TokenStreams};
+use crate::prune::{Align, PruneSchedule, Pruning, TokenStreams};
 use crate::runtime::{Context, DType, Recorder, Tensor};
 
 /// Channels of the patch embedding's conv stem (fixed in `ConvPatchEmbed`).
@@ -497,9 +497,6 @@ impl PlainMamba {
     ) -> Result<Tensor> {
         let c = &self.config;
         let (batch, h, w) = self.check_pixels(pixels)?;
-        if let Some(p) = pruning {
-            p.schedule.check_depth(c.num_layers)?;
-        }
         let grid = c.grid(h, w);
         let tables = self.grid_tensors(rec.context(), grid)?;
         let patches = self.patch_embed(rec, pixels, (batch, h, w))?; // [B·L, D]
@@ -507,10 +504,9 @@ impl PlainMamba {
         record(&mut trace, "patch_embed_out", &patches);
         record(&mut trace, "embed_tokens", &x);
         let mut len = grid.0 * grid.1;
-        let mut positions = match pruning {
-            Some(_) => Some(initial_positions(rec, batch, len)?),
-            None => None,
-        };
+        let mut positions = pruning
+            .map(|p| p.begin(rec, c.num_layers, batch, len))
+            .transpose()?;
         // The kept tokens' cells and scans, from the first pruning step on.
         let mut kept: Option<KeptGrid> = None;
         for (i, layer) in self.layers.iter().enumerate() {

@@ -12,7 +12,7 @@ use crate::ops::matmul::matmul;
 use crate::ops::rmsnorm::add_rmsnorm;
 use crate::ops::scan::{Ungated, MAX_STATE};
 use crate::ops::tokens::embed_tokens;
-use crate::prune::{initial_positions, Align, PruneSchedule, Pruning, TokenStreams};
+use crate::prune::{Align, PruneSchedule, Pruning, TokenStreams};
 use crate::runtime::{Context, MatView, Recorder, Tensor};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -273,9 +273,6 @@ impl Vim {
     ) -> Result<Tensor> {
         let c = &self.config;
         let batch = self.check_pixels(pixels.shape())?;
-        if let Some(p) = pruning {
-            p.schedule.check_depth(c.depth)?;
-        }
         let (h, w) = c.img_size;
         let d = c.embed_dim;
         let patches = im2col(
@@ -303,10 +300,9 @@ impl Vim {
             );
         }
         let mut len = c.seq_len();
-        let mut positions = match pruning {
-            Some(_) => Some(initial_positions(rec, batch, len)?),
-            None => None,
-        };
+        let mut positions = pruning
+            .map(|p| p.begin(rec, c.depth, batch, len))
+            .transpose()?;
         let mut hidden: Option<Tensor> = None;
         for (i, layer) in self.layers.iter().enumerate() {
             // residual += hidden; x = RMSNorm(residual)            [B·N, D]

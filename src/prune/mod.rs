@@ -366,6 +366,15 @@ impl Pruning {
         self.ratio_after(layer).and(self.importance.from_scan())
     }
 
+    /// Start a pruned forward pass of a model `depth` layers deep over `batch` images of `len`
+    /// tokens: check the schedule against the depth and return the identity position map
+    /// u32 `[batch, len]` (token t of every image is original token t).
+    pub fn begin(&self, rec: &Recorder, depth: usize, batch: usize, len: usize) -> Result<Tensor> {
+        self.schedule.check_depth(depth)?;
+        let ids: Vec<u32> = (0..batch).flat_map(|_| 0..len as u32).collect();
+        rec.context().upload_u32("positions", &[batch, len], &ids)
+    }
+
     /// Record one pruning step after layer `layer`: scores, top-k (the class token at
     /// `(N - 1) / 2` kept in the middle when `has_cls`), and the gather of both streams and the
     /// position map. `ungated` is the layer's summed scan output when [`Self::scan_scores`]
@@ -430,10 +439,4 @@ impl Pruning {
             scores: Some(scores),
         })
     }
-}
-
-/// The identity position map `[batch, len]` (token t of every image is original token t).
-pub fn initial_positions(rec: &Recorder, batch: usize, len: usize) -> Result<Tensor> {
-    let ids: Vec<u32> = (0..batch).flat_map(|_| 0..len as u32).collect();
-    rec.context().upload_u32("positions", &[batch, len], &ids)
 }
