@@ -1,10 +1,12 @@
-// out[t, d] = table[ids[t], d]. Ids were range-checked on the host.
+// out[t, d] = table[ids[t], d] for the ids this shard of the table holds (rows first_row ..
+// first_row + shard_rows); one dispatch per shard fills every row. Ids were range-checked on
+// the host.
 
 struct Params {
     rows: u32,
     dim: u32,
-    _pad0: u32,
-    _pad1: u32,
+    first_row: u32,
+    shard_rows: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -20,5 +22,9 @@ fn embedding(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     }
     let row = i / p.dim;
     let d = i - row * p.dim;
-    out[i] = table[ids[row] * p.dim + d];
+    // Unsigned: ids below first_row wrap around and fail the test too.
+    let local = ids[row] - p.first_row;
+    if (local < p.shard_rows) {
+        out[i] = table[local * p.dim + d];
+    }
 }

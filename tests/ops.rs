@@ -71,21 +71,27 @@ fn matmul_cases(ctx: &ssmgpu::Context) {
 
 #[test]
 fn embedding_matches_reference() {
-    let ctx = ctx();
     let mut r = rng(2);
-    for (vocab, dim, rows) in [(1, 1, 1), (50, 7, 13), (256, 64, 34)] {
-        let table = randn(&mut r, vocab * dim, 1.0);
-        let ids: Vec<u32> = (0..rows).map(|_| r.random_range(0..vocab as u32)).collect();
-        let tt = ctx.upload_f32("table", &[vocab, dim], &table).unwrap();
-        let it = ctx.upload_u32("ids", &[rows], &ids).unwrap();
-        let mut rec = ctx.recorder();
-        let out = embedding(&mut rec, &it, &tt).unwrap();
-        let got = rec.submit_and_read_blocking(&[&out]).unwrap().remove(0);
-        assert_eq!(
-            got,
-            embedding_ref(&ids, &table, dim),
-            "embedding {vocab}x{dim}"
-        );
+    // Binding at most 10 KiB splits the two larger tables into 2 and 7 shards.
+    let small_bindings = common::ctx_with_binding_limit(10 << 10);
+    for ctx in [ctx(), &small_bindings] {
+        for (vocab, dim, rows) in [(1, 1, 1), (50, 7, 13), (300, 10, 40), (256, 64, 34)] {
+            let table = randn(&mut r, vocab * dim, 1.0);
+            let ids: Vec<u32> = (0..rows).map(|_| r.random_range(0..vocab as u32)).collect();
+            let tt = ctx.upload_row_shards("table", vocab, dim, &table).unwrap();
+            let it = ctx.upload_u32("ids", &[rows], &ids).unwrap();
+            let mut rec = ctx.recorder();
+            let out = embedding(&mut rec, &it, &tt).unwrap();
+            let got = rec.submit_and_read_blocking(&[&out]).unwrap().remove(0);
+            let shards = tt.shards().count();
+            let rows_per_binding = ctx.limits().max_storage_buffer_binding_size as usize / (dim * 4);
+            assert_eq!(shards, vocab.div_ceil(rows_per_binding), "{vocab}x{dim}");
+            assert_eq!(
+                got,
+                embedding_ref(&ids, &table, dim),
+                "embedding {vocab}x{dim} in {shards} shards"
+            );
+        }
     }
 }
 

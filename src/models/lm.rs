@@ -11,11 +11,11 @@ use crate::models::mamba2::{Mamba2Config, Mamba2Lm};
 use crate::models::ModelDir;
 use crate::ops::argmax::argmax;
 use crate::ops::embedding::embedding;
-use crate::ops::matmul::matmul;
+use crate::ops::matmul::matmul_into_columns;
 use crate::ops::rmsnorm::add_rmsnorm;
 use crate::ops::Carry;
 use crate::prune::reduce::Reduction;
-use crate::runtime::{Context, MatView, Recorder, Tensor};
+use crate::runtime::{Context, MatView, Recorder, RowShards, Tensor};
 
 /// Which logits a forward pass computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,8 +88,8 @@ impl MambaCache {
 /// Embedding, per-layer pre-norms, final norm and head: everything of a Mamba LM but the
 /// mixers (mamba_ssm `MixerModel` + `lm_head`, transformers `Mamba{,2}ForCausalLM`).
 pub struct Backbone {
-    embedding: Tensor,       // [V, D]
-    lm_head: Option<Tensor>, // [V, D], None when tied to the embedding
+    embedding: RowShards,       // [V, D]
+    lm_head: Option<RowShards>, // [V, D], None when tied to the embedding
     norms: Vec<Tensor>,      // per layer [D]
     norm_f: Tensor,          // [D]
     d_model: usize,
@@ -116,11 +116,11 @@ impl Backbone {
                 path: w.path().to_path_buf(),
                 name: "backbone.embeddings.weight (or backbone.embedding.weight)".into(),
             })?;
-        let embedding = dir.upload(ctx, embedding_name, &[vocab_size, d_model])?;
+        let embedding = dir.upload_rows(ctx, embedding_name, vocab_size, d_model)?;
         let lm_head = if tie_embeddings {
             None
         } else {
-            Some(dir.upload(ctx, "lm_head.weight", &[vocab_size, d_model])?)
+            Some(dir.upload_rows(ctx, "lm_head.weight", vocab_size, d_model)?)
         };
         let norms = (0..n_layer)
             .map(|i| dir.upload(ctx, &format!("backbone.layers.{i}.norm.weight"), &[d_model]))
@@ -187,26 +187,36 @@ impl Backbone {
             states.push(residual.clone());
             states.push(normed.clone());
         }
-        let head = self.lm_head.as_ref().unwrap_or(&self.embedding); // [V, D]
-        let logits = match logits {
-            Logits::All => Some(matmul(rec, "logits", normed.mat(), head, None)?), // [B·L, V]
-            Logits::Last => {
-                let last_rows = MatView {
-                    tensor: &normed,
-                    rows: batch,
-                    cols: d,
-                    offset: (len - 1) * d,
-                    stride: len * d,
-                };
-                Some(matmul(rec, "logits", last_rows, head, None)?) // [B, V]
-            }
+        let rows = match logits {
+            Logits::All => Some(normed.mat()),
+            // Each sequence's last row.
+            Logits::Last => Some(MatView {
+                tensor: &normed,
+                rows: batch,
+                cols: d,
+                offset: (len - 1) * d,
+                stride: len * d,
+            }),
             Logits::None => None,
         };
+        let logits = rows.map(|x| self.head(rec, x)).transpose()?;
         Ok(ForwardOutput {
             logits,
             hidden_states: states,
             positions,
         })
+    }
+}
+
+impl Backbone {
+    /// Logits `[rows, V]` of `x` `[rows, D]`, one matmul per shard of the head.
+    fn head(&self, rec: &mut Recorder, x: MatView) -> Result<Tensor> {
+        let head = self.lm_head.as_ref().unwrap_or(&self.embedding); // [V, D]
+        let logits = rec.alloc("logits", &[x.rows, head.rows()])?;
+        for (first_row, shard) in head.shards() {
+            matmul_into_columns(rec, x, shard, &logits, first_row);
+        }
+        Ok(logits)
     }
 }
 

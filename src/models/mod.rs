@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::loader::SafetensorsFile;
-use crate::runtime::{Context, Tensor};
+use crate::runtime::{Context, RowShards, Tensor};
 
 /// A model folder: its parsed `config.json` and its weights.
 pub struct ModelDir {
@@ -129,6 +129,12 @@ impl ModelDir {
     pub fn upload(&self, ctx: &Context, name: &str, shape: &[usize]) -> Result<Tensor> {
         let data = self.weights.f32_shaped(name, shape)?;
         ctx.upload_f32(name, shape, &data)
+    }
+
+    /// A `[rows, cols]` tensor as [`RowShards`] that each fit one binding (vocabulary tables).
+    pub fn upload_rows(&self, ctx: &Context, name: &str, rows: usize, cols: usize) -> Result<RowShards> {
+        let data = self.weights.f32_shaped(name, &[rows, cols])?;
+        ctx.upload_row_shards(name, rows, cols, &data)
     }
 }
 

@@ -57,6 +57,32 @@ pub fn matmul_with(
     w: &Tensor,
     epilogue: Epilogue,
 ) -> Result<Tensor> {
+    let y = rec.alloc(name, &[x.rows, w.shape()[0]])?;
+    record(rec, x, w, epilogue, &y, 0);
+    Ok(y)
+}
+
+/// [`matmul`] into columns `first_col..first_col + n` of `y` `[m, width]`: a head whose
+/// weight is split by rows ([`crate::runtime::RowShards`]) fills its logits shard by shard.
+pub fn matmul_into_columns(
+    rec: &mut Recorder,
+    x: MatView,
+    w: &Tensor,
+    y: &Tensor,
+    first_col: usize,
+) {
+    record(rec, x, w, Epilogue::default(), y, first_col);
+}
+
+/// Record `y[:, first_col..][..n] = epilogue(x · wᵀ)`; `y` is `[m, width]`.
+fn record(
+    rec: &mut Recorder,
+    x: MatView,
+    w: &Tensor,
+    epilogue: Epilogue,
+    y: &Tensor,
+    first_col: usize,
+) {
     let Epilogue {
         bias,
         activation,
@@ -64,8 +90,9 @@ pub fn matmul_with(
     } = epilogue;
     let (m, k) = (x.rows, x.cols);
     let n = w.shape()[0];
+    let width = y.numel() / m.max(1);
     debug_assert_eq!(w.shape(), [n, k]);
-    let y = rec.alloc(name, &[m, n])?;
+    debug_assert!(first_col + n <= width && residual.is_none_or(|_| width == n));
     let vec4 = k % 4 == 0 && x.stride.is_multiple_of(4) && x.offset.is_multiple_of(4);
     let params = Params {
         m: m as u32,
@@ -73,8 +100,8 @@ pub fn matmul_with(
         k: k as u32,
         x_offset: x.offset as u32,
         x_stride: x.stride as u32,
-        y_offset: 0,
-        y_stride: n as u32,
+        y_offset: first_col as u32,
+        y_stride: width as u32,
         has_bias: bias.is_some() as u32,
         activation: activation.code(),
         has_residual: residual.is_some() as u32,
@@ -107,7 +134,6 @@ pub fn matmul_with(
         &[x.buffer(), w.buffer(), bias_buf, y.buffer(), residual_buf],
         groups,
     );
-    Ok(y)
 }
 
 #[allow(clippy::too_many_arguments)] // mirrors the kernel's inputs one for one

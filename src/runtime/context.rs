@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 use crate::runtime::pool::BufferPool;
-use crate::runtime::tensor::{DType, Tensor};
+use crate::runtime::tensor::{DType, RowShards, Tensor};
 use crate::runtime::Recorder;
 
 /// One compute entry point of one WGSL file; `name` keys the pipeline cache.
@@ -92,6 +92,9 @@ pub struct ContextOptions {
     /// Use the portable kernels even where the device has subgroups (for tests and
     /// comparisons; also set by the environment variable `SSMGPU_NO_SUBGROUPS=1`).
     pub disable_subgroups: bool,
+    /// Bind at most this many bytes per storage binding, below the device's own limit: runs
+    /// a large GPU as a browser's WebGPU (128 MiB by default) would, for tests and comparisons.
+    pub max_binding_bytes: Option<u64>,
 }
 
 pub(crate) struct Inner {
@@ -142,10 +145,13 @@ impl Context {
                 Error::RequestDevice(format!("{} ({:?}): {e}", info.name, info.backend))
             })?;
         let mut ctx = Self::build(device, queue, Some(info));
+        let inner = Arc::get_mut(&mut ctx.inner).expect("not shared yet");
         if options.disable_subgroups {
-            Arc::get_mut(&mut ctx.inner)
-                .expect("not shared yet")
-                .subgroups = false;
+            inner.subgroups = false;
+        }
+        if let Some(bytes) = options.max_binding_bytes {
+            let limit = &mut inner.limits.max_storage_buffer_binding_size;
+            *limit = (*limit).min(bytes);
         }
         let lost = ctx.inner.lost.clone();
         ctx.inner
@@ -308,6 +314,23 @@ impl Context {
 
     pub fn upload_f32(&self, name: &str, shape: &[usize], data: &[f32]) -> Result<Tensor> {
         self.upload(name, shape, DType::F32, data)
+    }
+
+    /// Upload a `[rows, cols]` f32 matrix as [`RowShards`] that each fit one storage binding.
+    pub fn upload_row_shards(&self, name: &str, rows: usize, cols: usize, data: &[f32]) -> Result<RowShards> {
+        let row_bytes = (cols * DType::F32.size()) as u64;
+        let per_shard = (self.inner.limits.max_storage_buffer_binding_size / row_bytes.max(1)) as usize;
+        if per_shard == 0 || data.len() != rows * cols {
+            // One row over the limit, or data of the wrong length: upload names what is wrong.
+            return self
+                .upload_f32(name, &[rows, cols], data)
+                .map(|t| RowShards::new(vec![t], rows, rows, cols));
+        }
+        let shards = data
+            .chunks(per_shard * cols)
+            .map(|chunk| self.upload_f32(name, &[chunk.len() / cols, cols], chunk))
+            .collect::<Result<_>>()?;
+        Ok(RowShards::new(shards, per_shard, rows, cols))
     }
 
     pub fn upload_u32(&self, name: &str, shape: &[usize], data: &[u32]) -> Result<Tensor> {

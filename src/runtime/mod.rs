@@ -8,4 +8,4 @@ mod tensor;
 
 pub use context::{list_adapters, Context, ContextOptions, Kernel};
 pub use recorder::{grid, Recorder};
-pub use tensor::{DType, MatView, Tensor};
+pub use tensor::{DType, MatView, RowShards, Tensor};

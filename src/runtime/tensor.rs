@@ -109,3 +109,41 @@ impl MatView<'_> {
         self.tensor.buffer()
     }
 }
+
+/// A `[rows, cols]` f32 matrix split by rows into tensors that each fit one storage binding.
+/// Vocabulary tables need it: Mamba-130m's 50280 x 768 embedding is 154 MB, over the 128 MiB
+/// that browser WebGPU and lavapipe bind. One shard where the table fits.
+#[derive(Clone, Debug)]
+pub struct RowShards {
+    shards: Vec<Tensor>,
+    rows_per_shard: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl RowShards {
+    pub(crate) fn new(shards: Vec<Tensor>, rows_per_shard: usize, rows: usize, cols: usize) -> Self {
+        RowShards {
+            shards,
+            rows_per_shard,
+            rows,
+            cols,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Each shard with the index of its first row.
+    pub fn shards(&self) -> impl Iterator<Item = (usize, &Tensor)> {
+        self.shards
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i * self.rows_per_shard, t))
+    }
+}

@@ -19,6 +19,17 @@ pub fn ctx() -> &'static Context {
 }
 
 /// A second context that runs the portable kernels (no subgroups), so both variants are tested.
+/// A context that binds at most `bytes` per storage buffer, so vocabulary tables split into
+/// several [`ssmgpu::runtime::RowShards`].
+pub fn ctx_with_binding_limit(bytes: u64) -> Context {
+    let options = ssmgpu::ContextOptions {
+        max_binding_bytes: Some(bytes),
+        ..Default::default()
+    };
+    pollster::block_on(Context::with_options(options))
+        .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
+}
+
 pub fn ctx_portable() -> &'static Context {
     static CTX: OnceLock<Context> = OnceLock::new();
     CTX.get_or_init(|| {
