@@ -4,6 +4,10 @@
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
+use crate::loader::serialize_f32;
+use crate::models::lm::LanguageModel;
+use crate::models::ModelDir;
+use crate::prune::reduce::Reduction;
 use crate::ops::matmul::{matmul, matmul_ref};
 use crate::ops::scan::{selective_scan, selective_scan_ref, ScanRef};
 use crate::ops::Carry;
@@ -275,5 +279,118 @@ pub fn profile_vision(
         kernels,
         pruning_ms,
         pruning_share: pruning_ms / gpu_ms,
+    })
+}
+
+/// A transformers Mamba-1 model folder of mamba-130m's shape (d_model 768, 24 layers, state
+/// 16, vocabulary 50280, tied head) with fixed pseudo-random weights at initialisation-like
+/// scales, built in memory: the speed and memory of a model of that size, without one to
+/// download.
+pub fn random_mamba_130m() -> Result<ModelDir> {
+    let (d, layers, vocab, n, r) = (768usize, 24usize, 50280usize, 16usize, 48usize);
+    let e = 2 * d;
+    let config = serde_json::json!({
+        "model_type": "mamba", "hidden_size": d, "num_hidden_layers": layers,
+        "vocab_size": vocab, "intermediate_size": e, "state_size": n, "time_step_rank": r,
+        "conv_kernel": 4, "expand": 2, "use_bias": false, "use_conv_bias": true,
+        "layer_norm_epsilon": 1e-5, "tie_word_embeddings": true,
+    });
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let mut seed = 100;
+    // Uniform in ±1/sqrt(fan_in), as PyTorch's default Linear initialisation.
+    let mut linear = |name: String, shape: Vec<usize>| {
+        seed += 1;
+        let fan_in = shape[1..].iter().product::<usize>() as f32;
+        let v = values(shape.iter().product(), seed)
+            .iter()
+            .map(|x| x / fan_in.sqrt())
+            .collect();
+        (name, shape, v)
+    };
+    tensors.push(linear("backbone.embeddings.weight".into(), vec![vocab, d]));
+    for i in 0..layers {
+        let m = format!("backbone.layers.{i}.mixer.");
+        tensors.push((format!("backbone.layers.{i}.norm.weight"), vec![d], vec![1.0; d]));
+        tensors.push(linear(format!("{m}in_proj.weight"), vec![2 * e, d]));
+        tensors.push(linear(format!("{m}conv1d.weight"), vec![e, 1, 4]));
+        tensors.push(linear(format!("{m}conv1d.bias"), vec![e, 1]));
+        tensors.push(linear(format!("{m}x_proj.weight"), vec![r + 2 * n, e]));
+        tensors.push(linear(format!("{m}dt_proj.weight"), vec![e, r]));
+        // Softplus⁻¹ of a 0.01 step, and A = -(1..=N) per channel: mamba_ssm's initialisation.
+        tensors.push((format!("{m}dt_proj.bias"), vec![e], vec![-4.6; e]));
+        let a_log = (0..e).flat_map(|_| (1..=n).map(|k| (k as f32).ln())).collect();
+        tensors.push((format!("{m}A_log"), vec![e, n], a_log));
+        tensors.push((format!("{m}D"), vec![e], vec![1.0; e]));
+        tensors.push(linear(format!("{m}out_proj.weight"), vec![d, e]));
+    }
+    tensors.push(("backbone.norm_f.weight".into(), vec![d], vec![1.0; d]));
+    // conv1d.bias was drawn as [E, 1] for its fan-in; the checkpoint stores it as [E].
+    for t in tensors.iter_mut().filter(|t| t.0.ends_with("conv1d.bias")) {
+        t.1 = vec![e];
+    }
+    ModelDir::from_bytes(
+        "random-mamba-130m",
+        &config.to_string(),
+        serialize_f32(&tensors)?,
+    )
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PrefillBench {
+    pub tokens: usize,
+    /// The reduction's `1 - mean kept fraction over layers` (0 unreduced).
+    pub flops_reduction: f64,
+    /// The tokens the last layer runs on.
+    pub final_tokens: usize,
+    /// Median of `reps` prefills (one submission each, the last token's logits read back).
+    pub ms: f64,
+    pub tokens_per_s: f64,
+    /// Most bytes of GPU buffers live at once during a prefill, weights included.
+    pub peak_gpu_bytes: u64,
+    /// Of which the weights and inputs live before it starts.
+    pub resident_bytes: u64,
+}
+
+/// The prefill of `tokens` fixed pseudo-random token ids through `lm`, reduced when asked.
+pub fn bench_prefill(
+    ctx: &Context,
+    lm: &LanguageModel,
+    tokens: usize,
+    reduction: Option<&Reduction>,
+    reps: usize,
+) -> Result<PrefillBench> {
+    let vocab = lm.vocab_size() as f32;
+    let ids: Vec<u32> = values(tokens, 21)
+        .iter()
+        .map(|v| ((v * 0.5 + 0.5) * vocab) as u32 % vocab as u32)
+        .collect();
+    let ids = ctx.upload_u32("input_ids", &[tokens], &ids)?;
+    let read_last = |rec: Recorder, logits: Tensor| -> Result<()> {
+        pollster::block_on(rec.submit_and_read(&[&logits]))?;
+        Ok(())
+    };
+    // Peak memory of one prefill (buffers freed mid-pass go back to the pool for reuse).
+    let resident_bytes = ctx.memory_stats().live_bytes;
+    ctx.reset_peak_memory();
+    let mut rec = ctx.recorder();
+    let logits = lm.record_prefill(&mut rec, &ids, reduction)?;
+    read_last(rec, logits)?;
+    let peak_gpu_bytes = ctx.memory_stats().peak_live_bytes;
+    let ms = time_gpu(ctx, reps, 1, |rec| lm.record_prefill(rec, &ids, reduction))?;
+    let (flops_reduction, final_tokens) = match reduction {
+        Some(r) => (
+            r.flops_reduction(tokens, lm.n_layer()),
+            *r.token_counts(tokens, lm.n_layer()).last().unwrap_or(&tokens),
+        ),
+        None => (0.0, tokens),
+    };
+    Ok(PrefillBench {
+        tokens,
+        flops_reduction,
+        final_tokens,
+        ms,
+        tokens_per_s: tokens as f64 * 1e3 / ms,
+        peak_gpu_bytes,
+        resident_bytes,
     })
 }

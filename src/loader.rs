@@ -174,8 +174,8 @@ impl SafetensorsFile {
     }
 }
 
-/// Write f32 tensors (name, shape, values) to a safetensors file.
-pub fn write_f32(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
+/// f32 tensors (name, shape, values) as the bytes of a safetensors file.
+pub fn serialize_f32(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Vec<u8>> {
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
         .map(|(name, shape, values)| {
@@ -184,12 +184,15 @@ pub fn write_f32(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Res
                 shape.clone(),
                 bytemuck::cast_slice(values),
             )
-            .map_err(|e| Error::InvalidInput(format!("output `{name}`: {e}")))?;
+            .map_err(|e| Error::InvalidInput(format!("tensor `{name}`: {e}")))?;
             Ok((name.clone(), view))
         })
         .collect::<Result<_>>()?;
-    safetensors::serialize_to_file(views, None, path).map_err(|e| Error::Safetensors {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+    safetensors::serialize(views, None).map_err(|e| Error::InvalidInput(e.to_string()))
+}
+
+/// Write f32 tensors (name, shape, values) to a safetensors file.
+pub fn write_f32(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
+    let bytes = serialize_f32(tensors)?;
+    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
 }

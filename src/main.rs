@@ -1,5 +1,6 @@
 //! `ssmgpu`: run, generate with and benchmark state space models on the GPU.
 
+use ssmgpu::prune::reduce::{Metric, Reduction};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -22,6 +23,61 @@ use ssmgpu::{study, Context, Error, Result};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Token reduction options of the language-model commands.
+#[derive(clap::Args, Clone, Debug)]
+struct ReductionArgs {
+    /// After these 0-indexed layers, keep this fraction: `12,17,22:0.905`, or a preset
+    /// (`mamba2-2.7b`, `mamba-2.8b`, `mamba2-1.3b`, `mamba-1.4b`) with optional `:RATIO`.
+    #[arg(long)]
+    reduce: Option<String>,
+    /// Instead of the ratio: the FLOPs reduction (%) to aim for at the sequence length.
+    #[arg(long)]
+    flops: Option<f64>,
+    /// unified (default), prune-only (EViT) or merge-only (PuMer).
+    #[arg(long, default_value = "unified")]
+    method: String,
+    /// Importance from the SSM output before the gate (ssm, the paper) or the block output
+    /// (block, the authors' code).
+    #[arg(long, default_value = "ssm")]
+    metric: String,
+}
+
+impl ReductionArgs {
+    /// The reduction asked for, its ratio set by `--flops` for `len` tokens through `depth`
+    /// layers when given.
+    fn reduction(&self, len: usize, depth: usize) -> Result<Option<Reduction>> {
+        let Some(spec) = &self.reduce else {
+            return match self.flops {
+                Some(_) => Err(Error::InvalidInput("--flops needs --reduce LAYERS".into())),
+                None => Ok(None),
+            };
+        };
+        let r = Reduction::parse(spec, self.method.parse()?, self.metric.parse()?)?;
+        let Some(pct) = self.flops else {
+            return Ok(Some(r));
+        };
+        r.for_flops(len, depth, pct / 100.0).map(Some)
+    }
+}
+
+/// The language-model prefill benchmark's options.
+#[derive(clap::Args, Clone, Debug)]
+struct PrefillArgs {
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 2048)]
+    tokens: usize,
+    /// Reduce after these 0-indexed layers (the paper's "from layer 10, every 5" of 48
+    /// layers, scaled to 24).
+    #[arg(long, default_value = "5,8,11,14,17,20")]
+    reduce: String,
+    /// FLOPs reductions (%) to time, each with the ratio that gives it; 0 is unreduced.
+    #[arg(long, value_delimiter = ',', default_value = "0,10,20,30")]
+    flops: Vec<f64>,
+    /// unified (default), prune-only or merge-only.
+    #[arg(long, default_value = "unified")]
+    method: String,
 }
 
 /// Token pruning options shared by the vision commands.
@@ -138,6 +194,9 @@ enum Command {
         /// Do not stop at the config's eos_token_id.
         #[arg(long)]
         ignore_eos: bool,
+        /// Reduce the prompt's tokens in the prefill (see `lm-eval`).
+        #[command(flatten)]
+        reduction: ReductionArgs,
         #[arg(long)]
         json: bool,
     },
@@ -146,9 +205,16 @@ enum Command {
     /// model's forward pass instead.
     Bench {
         /// A vision model folder to time (random pixels at its input size), unpruned and, with
-        /// `--prune`, pruned in the same run.
+        /// `--prune`, pruned in the same run; or a language model folder, whose prefill is
+        /// timed unreduced and at each `--flops` reduction.
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Time the prefill of a random model of mamba-130m's size (d_model 768, 24 layers,
+        /// vocabulary 50280) built in memory.
+        #[arg(long, conflicts_with = "model")]
+        random_lm: bool,
+        #[command(flatten)]
+        prefill: PrefillArgs,
         /// Batch sizes to time the model at, comma separated.
         #[arg(long, value_delimiter = ',', default_value = "1,16")]
         batch: Vec<usize>,
@@ -167,20 +233,8 @@ enum Command {
         model: PathBuf,
         #[arg(long)]
         text: PathBuf,
-        /// After these 0-indexed layers, keep this fraction: `12,17,22:0.905`, or a preset
-        /// (`mamba2-2.7b`, `mamba-2.8b`, `mamba2-1.3b`, `mamba-1.4b`) with optional `:RATIO`.
-        #[arg(long)]
-        reduce: String,
-        /// Instead of the ratio: the FLOPs reduction (%) to aim for at the window length.
-        #[arg(long)]
-        flops: Option<f64>,
-        /// unified (default), prune-only (EViT) or merge-only (PuMer).
-        #[arg(long, default_value = "unified")]
-        method: String,
-        /// Importance from the SSM output before the gate (ssm, the paper) or the block output
-        /// (block, the authors' code).
-        #[arg(long, default_value = "ssm")]
-        metric: String,
+        #[command(flatten)]
+        reduction: ReductionArgs,
         /// Bytes per forward pass.
         #[arg(long, default_value_t = 512)]
         window: usize,
@@ -211,29 +265,15 @@ enum Command {
 fn lm_eval(
     model: &Path,
     text: &Path,
-    (spec, flops, method, metric): (&str, Option<f64>, &str, &str),
+    args: &ReductionArgs,
     window: usize,
     json: bool,
 ) -> Result<()> {
-    use ssmgpu::prune::reduce::Reduction;
     let ctx = Context::new_blocking()?;
     let lm = LanguageModel::load(&ctx, model)?;
-    let mut reduction = Reduction::parse(spec, method.parse()?, metric.parse()?)?;
-    if let Some(pct) = flops {
-        let ratio = Reduction::ratio_for_flops(
-            reduction.layers(),
-            window,
-            lm.n_layer(),
-            pct / 100.0,
-            reduction.method,
-        )?;
-        reduction = Reduction::new(
-            reduction.layers().to_vec(),
-            ratio,
-            reduction.method,
-            reduction.metric,
-        )?;
-    }
+    let reduction = args
+        .reduction(window, lm.n_layer())?
+        .ok_or_else(|| Error::InvalidInput("lm-eval needs --reduce LAYERS[:RATIO]".into()))?;
     let bytes =
         std::fs::read(text).map_err(|e| Error::InvalidInput(format!("{}: {e}", text.display())))?;
     let r = pollster::block_on(ssmgpu::lm_eval::evaluate(
@@ -288,8 +328,9 @@ fn run(command: Command) -> Result<()> {
             ids,
             max_new_tokens,
             ignore_eos,
+            reduction,
             json,
-        } => generate(&model, &ids, max_new_tokens, ignore_eos, json),
+        } => generate(&model, &ids, max_new_tokens, ignore_eos, &reduction, json),
         Command::Classify {
             images,
             model,
@@ -321,29 +362,31 @@ fn run(command: Command) -> Result<()> {
             &prune,
         ),
         Command::Bench {
+            model,
+            random_lm,
+            prefill,
+            reps,
+            json,
+            ..
+        } if random_lm || model.as_deref().is_some_and(is_language_model) => {
+            bench_prefill(model.as_deref(), &prefill, reps, json)
+        }
+        Command::Bench {
             model: Some(model),
             batch,
             reps,
             json,
             prune,
+            ..
         } => bench_model(&model, &batch, reps, json, &prune),
         Command::Bench { json, .. } => bench(json),
         Command::LmEval {
             model,
             text,
-            reduce,
-            flops,
-            method,
-            metric,
+            reduction,
             window,
             json,
-        } => lm_eval(
-            &model,
-            &text,
-            (&reduce, flops, &method, &metric),
-            window,
-            json,
-        ),
+        } => lm_eval(&model, &text, &reduction, window, json),
         Command::PruneStudy {
             models,
             data,
@@ -755,17 +798,19 @@ fn generate(
     ids: &[i64],
     max_new_tokens: usize,
     ignore_eos: bool,
+    reduction: &ReductionArgs,
     json: bool,
 ) -> Result<()> {
     let ctx = Context::new_blocking()?;
     let model = LanguageModel::load(&ctx, model_dir)?;
+    let reduction = reduction.reduction(ids.len(), model.n_layer())?;
     let eos = if ignore_eos {
         None
     } else {
         model.eos_token_id()
     };
     let start = std::time::Instant::now();
-    let new = pollster::block_on(model.generate(&ctx, ids, max_new_tokens, eos))?;
+    let new = pollster::block_on(model.generate(&ctx, ids, max_new_tokens, eos, reduction.as_ref()))?;
     let secs = start.elapsed().as_secs_f64();
     if json {
         println!(
@@ -900,6 +945,99 @@ fn bench_model(
             p.gpu_ms,
             batches[0],
             p.pruning_share * 100.0
+        );
+    }
+    Ok(())
+}
+
+/// A folder whose config.json names a language model (anything but the vision models; a
+/// folder that does not load falls to the vision path, which reports why).
+fn is_language_model(dir: &Path) -> bool {
+    ssmgpu::models::ModelDir::open(dir).is_ok_and(|d| {
+        let model_type = d.config.get("model_type").and_then(|v| v.as_str());
+        !matches!(model_type, Some("vim" | "plainmamba"))
+    })
+}
+
+/// Prefill time and peak GPU memory of one prompt, unreduced and at each FLOPs reduction.
+fn bench_prefill(
+    model_dir: Option<&Path>,
+    args: &PrefillArgs,
+    reps: usize,
+    json: bool,
+) -> Result<()> {
+    if reps == 0 || args.tokens < 2 {
+        return Err(Error::InvalidInput(
+            "--reps must be positive and --tokens at least 2".into(),
+        ));
+    }
+    let ctx = Context::new_blocking()?;
+    let (label, lm) = match model_dir {
+        Some(dir) => (dir.display().to_string(), LanguageModel::load(&ctx, dir)?),
+        None => {
+            let dir = ssmgpu::bench::random_mamba_130m()?;
+            let lm = LanguageModel::from_model_dir(&ctx, &dir)?;
+            ("random mamba-130m-sized model".to_string(), lm)
+        }
+    };
+    let schedule = Reduction::parse(&args.reduce, args.method.parse()?, Metric::SsmOutput)?;
+    let mut rows = Vec::new();
+    for &pct in &args.flops {
+        let reduction = (pct > 0.0)
+            .then(|| schedule.for_flops(args.tokens, lm.n_layer(), pct / 100.0))
+            .transpose()?;
+        let r = ssmgpu::bench::bench_prefill(&ctx, &lm, args.tokens, reduction.as_ref(), reps)?;
+        rows.push((pct, reduction.map(|r| r.ratio()), r));
+    }
+    let base = rows
+        .iter()
+        .find(|r| r.0 == 0.0)
+        .map(|r| (r.2.ms, r.2.peak_gpu_bytes));
+    let adapter = ctx.adapter_info().map(|i| i.name.clone());
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    if json {
+        let runs: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(pct, ratio, r)| {
+                let mut v = serde_json::json!({ "target_flops_reduction_pct": pct, "ratio": ratio, "result": r });
+                if let Some((ms, peak)) = base {
+                    v["speedup"] = (ms / r.ms).into();
+                    v["peak_memory_ratio"] = (r.peak_gpu_bytes as f64 / peak as f64).into();
+                }
+                v
+            })
+            .collect();
+        let v = serde_json::json!({
+            "model": label, "adapter": adapter, "tokens": args.tokens,
+            "reduce": args.reduce, "method": args.method, "runs": runs,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "{label}: prefill of {} tokens on {}, reduced after layers {} ({})",
+        args.tokens,
+        adapter.as_deref().unwrap_or("?"),
+        args.reduce,
+        args.method
+    );
+    for (pct, ratio, r) in &rows {
+        let vs = base.map_or(String::new(), |(ms, peak)| {
+            format!(
+                "   speedup {:.2}x, peak memory {:.2}x",
+                ms / r.ms,
+                r.peak_gpu_bytes as f64 / peak as f64
+            )
+        });
+        println!(
+            "FLOPs -{:>4.1}% (target {pct}%, ratio {}): {:>9.1} ms, {:>7.0} tokens/s, last layer on {} tokens, peak GPU memory {:.1} MiB ({:.1} MiB weights and inputs){vs}",
+            100.0 * r.flops_reduction,
+            ratio.map_or("-".into(), |x| format!("{x:.4}")),
+            r.ms,
+            r.tokens_per_s,
+            r.final_tokens,
+            mib(r.peak_gpu_bytes),
+            mib(r.resident_bytes),
         );
     }
     Ok(())

@@ -265,11 +265,11 @@ fn token_ids_outside_the_vocabulary_and_empty_input_are_errors() {
         Err(Error::InvalidInput(_))
     ));
     assert!(matches!(
-        pollster::block_on(model.generate(ctx, &[], 3, None)),
+        pollster::block_on(model.generate(ctx, &[], 3, None, None)),
         Err(Error::InvalidInput(_))
     ));
     assert!(matches!(
-        pollster::block_on(model.generate(ctx, &[999], 3, None)),
+        pollster::block_on(model.generate(ctx, &[999], 3, None, None)),
         Err(Error::TokenOutOfRange { .. })
     ));
 }

@@ -35,7 +35,7 @@ fn check_model(ctx: &Context, case: &str, dir: &Path) {
     let prompt = reference.ints("generate.prompt_ids").unwrap().1;
     let expected = reference.ints("generate.output_ids").unwrap().1;
     let new = expected.len() - prompt.len();
-    let got = pollster::block_on(model.generate(ctx, &prompt, new, None)).unwrap();
+    let got = pollster::block_on(model.generate(ctx, &prompt, new, None, None)).unwrap();
     let got: Vec<i64> = prompt
         .iter()
         .copied()

@@ -50,7 +50,7 @@ fn mamba2_tiny_matches_transformers() {
 
     let (prompt, expected) = expected_generation();
     let new = expected.len() - prompt.len();
-    let got = pollster::block_on(model.generate(ctx, &prompt, new, None)).unwrap();
+    let got = pollster::block_on(model.generate(ctx, &prompt, new, None, None)).unwrap();
     let got: Vec<i64> = prompt
         .iter()
         .copied()
@@ -69,7 +69,7 @@ fn language_model_dispatches_on_model_type() {
     let mamba1 = LanguageModel::load(ctx, &golden_dir().join("mamba1_tiny")).unwrap();
     assert!(matches!(mamba1, LanguageModel::Mamba(_)));
     let (prompt, expected) = expected_generation();
-    let got = pollster::block_on(model.generate(ctx, &prompt, 3, None)).unwrap();
+    let got = pollster::block_on(model.generate(ctx, &prompt, 3, None, None)).unwrap();
     let got: Vec<i64> = got.iter().map(|&t| t as i64).collect();
     assert_eq!(got, expected[prompt.len()..prompt.len() + 3]);
 }
@@ -195,7 +195,7 @@ fn bad_mamba2_input_is_a_typed_error() {
         other => panic!("{:?}", other.map(|_| ())),
     }
     assert!(matches!(
-        pollster::block_on(model.generate(ctx, &[], 2, None)),
+        pollster::block_on(model.generate(ctx, &[], 2, None, None)),
         Err(Error::InvalidInput(_))
     ));
 }

@@ -66,6 +66,33 @@ fn every_method_shortens_the_sequence_in_order() {
     }
 }
 
+/// Generation from a reduced prefill: ratio 1.0 gives transformers' greedy ids exactly; a real
+/// reduction starts from the reduced run's last-token argmax and decodes on from its state.
+#[test]
+fn generation_continues_from_a_reduced_prefill() {
+    use common::golden;
+    for case in MODELS {
+        let model = LanguageModel::load(ctx(), &golden_dir().join(case)).unwrap();
+        let reference = golden(&format!("{case}/reference.safetensors"));
+        let prompt = reference.ints("generate.prompt_ids").unwrap().1;
+        let expected = reference.ints("generate.output_ids").unwrap().1;
+        let new = expected.len() - prompt.len();
+        let same = Reduction::parse("0:1.0", Method::Unified, Metric::SsmOutput).unwrap();
+        let got = pollster::block_on(model.generate(ctx(), &prompt, new, None, Some(&same)));
+        let got: Vec<i64> = got.unwrap().iter().map(|&t| t as i64).collect();
+        assert_eq!(got, expected[prompt.len()..], "{case}: ratio 1.0");
+
+        let r = Reduction::parse("0:0.6", Method::Unified, Metric::SsmOutput).unwrap();
+        let (logits, _) = pollster::block_on(model.run_reduced(ctx(), &prompt, &r)).unwrap();
+        let vocab = model.vocab_size();
+        let last = &logits[logits.len() - vocab..];
+        let first = (0..vocab).fold(0, |b, i| if last[i] > last[b] { i } else { b });
+        let got = pollster::block_on(model.generate(ctx(), &prompt, new, None, Some(&r))).unwrap();
+        assert_eq!(got.len(), new, "{case}");
+        assert_eq!(got[0] as usize, first, "{case}: first token after the reduced prefill");
+    }
+}
+
 #[test]
 fn reduction_layers_must_exist() {
     let model = LanguageModel::load(ctx(), &golden_dir().join("mamba2_tiny")).unwrap();

@@ -329,13 +329,15 @@ pub trait CausalLm {
 
     /// Greedy decoding: one prefill over the prompt, then one recurrent step per new token (the
     /// prefix is never re-run). Each step feeds the GPU's argmax straight back as the next input
-    /// and reads back only that id. Stops early at `eos`.
+    /// and reads back only that id. Stops early at `eos`. A reduction shortens the prefill; the
+    /// state it leaves is what decoding continues from.
     async fn generate(
         &self,
         ctx: &Context,
         prompt: &[i64],
         max_new_tokens: usize,
         eos: Option<u32>,
+        reduction: Option<&Reduction>,
     ) -> Result<Vec<u32>> {
         let prompt = check_ids(prompt, self.vocab_size())?;
         let cache = self.new_cache(ctx, 1)?;
@@ -350,7 +352,7 @@ pub trait CausalLm {
                 Logits::Last,
                 false,
                 Some((&cache, step > 0)),
-                None,
+                reduction.filter(|_| step == 0),
             )?;
             let next = argmax(&mut rec, &out.logits.expect("requested"))?;
             let id = rec.submit_and_read(&[&next]).await?[0][0].to_bits();
@@ -394,7 +396,10 @@ pub enum LanguageModel {
 
 impl LanguageModel {
     pub fn load(ctx: &Context, dir: &Path) -> Result<Self> {
-        let dir = ModelDir::open(dir)?;
+        Self::from_model_dir(ctx, &ModelDir::open(dir)?)
+    }
+
+    pub fn from_model_dir(ctx: &Context, dir: &ModelDir) -> Result<Self> {
         let model_type = dir.config.get("model_type").and_then(|v| v.as_str());
         let layer = dir
             .config
@@ -403,11 +408,11 @@ impl LanguageModel {
         match (model_type, layer) {
             (Some("mamba2"), _) | (None, Some("Mamba2")) => {
                 let config = Mamba2Config::from_model_dir(&dir)?;
-                Ok(Self::Mamba2(Mamba2Lm::from_model_dir(ctx, &dir, config)?))
+                Ok(Self::Mamba2(Mamba2Lm::from_model_dir(ctx, dir, config)?))
             }
             (Some("mamba") | None, _) => {
                 let config = MambaConfig::from_model_dir(&dir)?;
-                Ok(Self::Mamba(MambaLm::from_model_dir(ctx, &dir, config)?))
+                Ok(Self::Mamba(MambaLm::from_model_dir(ctx, dir, config)?))
             }
             (Some(other), _) => Err(dir.config_error(format!(
                 "model_type `{other}` is not a language model this engine runs (mamba, mamba2)"
@@ -457,6 +462,24 @@ impl LanguageModel {
         }
     }
 
+    /// Record the prefill of one sequence of `ids` (u32 `[len]`), reduced when asked: the last
+    /// token's logits `[1, V]`.
+    pub fn record_prefill(
+        &self,
+        rec: &mut Recorder,
+        ids: &Tensor,
+        reduction: Option<&Reduction>,
+    ) -> Result<Tensor> {
+        if let Some(r) = reduction {
+            r.check_depth(self.n_layer())?;
+        }
+        let out = match self {
+            Self::Mamba(m) => m.forward(rec, ids, 1, Logits::Last, false, None, reduction),
+            Self::Mamba2(m) => m.forward(rec, ids, 1, Logits::Last, false, None, reduction),
+        }?;
+        Ok(out.logits.expect("requested"))
+    }
+
     /// See [`CausalLm::run`].
     pub async fn run(
         &self,
@@ -478,10 +501,14 @@ impl LanguageModel {
         prompt: &[i64],
         max_new_tokens: usize,
         eos: Option<u32>,
+        reduction: Option<&Reduction>,
     ) -> Result<Vec<u32>> {
+        if let Some(r) = reduction {
+            r.check_depth(self.n_layer())?;
+        }
         match self {
-            Self::Mamba(m) => m.generate(ctx, prompt, max_new_tokens, eos).await,
-            Self::Mamba2(m) => m.generate(ctx, prompt, max_new_tokens, eos).await,
+            Self::Mamba(m) => m.generate(ctx, prompt, max_new_tokens, eos, reduction).await,
+            Self::Mamba2(m) => m.generate(ctx, prompt, max_new_tokens, eos, reduction).await,
         }
     }
 }

@@ -230,6 +230,13 @@ impl Reduction {
         Ok(best)
     }
 
+    /// This schedule with the ratio whose FLOPs reduction on `len` tokens through `depth`
+    /// layers comes closest to `target` (a fraction).
+    pub fn for_flops(&self, len: usize, depth: usize, target: f64) -> Result<Self> {
+        let ratio = Self::ratio_for_flops(&self.layers, len, depth, target, self.method)?;
+        Self::new(self.layers.clone(), ratio, self.method, self.metric)
+    }
+
     /// Reduce after layer `layer` if scheduled: `hidden` is the layer's block output, `residual`
     /// the stream it is added to, `ssm_y` the SSM output before the gate (for
     /// [`Metric::SsmOutput`]), `positions` u32 `[B, N]`.

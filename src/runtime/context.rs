@@ -252,6 +252,11 @@ impl Context {
         lock(&self.inner.pool).stats()
     }
 
+    /// Start a new peak of [`Context::memory_stats`] from the bytes live now.
+    pub fn reset_peak_memory(&self) {
+        lock(&self.inner.pool).reset_peak();
+    }
+
     pub(crate) fn check_alive(&self) -> Result<()> {
         match lock(&self.inner.lost).as_ref() {
             Some(why) => Err(Error::DeviceLost(why.clone())),
