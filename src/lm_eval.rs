@@ -29,6 +29,10 @@ pub struct LmEval {
     /// The paper's rule: an output m% shorter is scored against the first (1 - m)% of the
     /// labels, output k against token k + 1 and against unreduced output k.
     pub paper: LmScore,
+    /// The authors' harness (ALGORITHMS.md 5.4): the continuation window shifted left by the
+    /// number of removed tokens, i.e. outputs aligned to the end of the input: output k of n'
+    /// scored as the unreduced output at position k + (n - n') and against its next token.
+    pub end_aligned: LmScore,
     /// Output k at the input position p_k of the token it descends from, scored against token
     /// p_k + 1 and unreduced output p_k.
     pub positions: LmScore,
@@ -79,6 +83,18 @@ pub async fn evaluate(
     window: usize,
     reduction: &Reduction,
 ) -> Result<LmEval> {
+    let mut all = evaluate_each(ctx, model, text, window, std::slice::from_ref(reduction)).await?;
+    Ok(all.remove(0))
+}
+
+/// [`evaluate`] under each of `reductions`, running the unreduced model once.
+pub async fn evaluate_each(
+    ctx: &Context,
+    model: &LanguageModel,
+    text: &[u8],
+    window: usize,
+    reductions: &[Reduction],
+) -> Result<Vec<LmEval>> {
     let vocab = model.vocab_size();
     if vocab < 256 {
         return Err(Error::InvalidInput(format!(
@@ -90,39 +106,52 @@ pub async fn evaluate(
             "lm-eval needs a window and a text of at least 2 bytes".into(),
         ));
     }
-    let (mut base, mut paper, mut positions) = (Acc::default(), Acc::default(), Acc::default());
-    let (mut windows, mut kept_sum, mut flops_sum) = (0, 0.0, 0.0);
+    let mut base = Acc::default();
+    let mut scores: Vec<[Acc; 3]> = reductions.iter().map(|_| Default::default()).collect();
+    let (mut windows, mut kept_sum, mut flops_sum) = (0, vec![0.0; reductions.len()], vec![0.0; reductions.len()]);
     for chunk in text.chunks(window).filter(|c| c.len() >= 2) {
         let ids: Vec<i64> = chunk.iter().map(|&b| b as i64).collect();
         let (full, _) = model.run(ctx, &ids, 1, false).await?;
-        let (reduced, pos) = model.run_reduced(ctx, &ids, reduction).await?;
         let len = chunk.len();
         let row = |x: &[f32], k: usize| x[k * vocab..(k + 1) * vocab].to_vec();
         for k in 0..len - 1 {
             let r = row(&full, k);
             base.add(&r, chunk[k + 1], &r);
         }
-        for (k, &p) in pos.iter().enumerate() {
-            let out = row(&reduced, k);
-            if k + 1 < len {
-                paper.add(&out, chunk[k + 1], &row(&full, k));
+        for (i, reduction) in reductions.iter().enumerate() {
+            let (reduced, pos) = model.run_reduced(ctx, &ids, reduction).await?;
+            let [paper, end, positions] = &mut scores[i];
+            let shift = len - pos.len();
+            for (k, &p) in pos.iter().enumerate() {
+                let out = row(&reduced, k);
+                if k + 1 < len {
+                    paper.add(&out, chunk[k + 1], &row(&full, k));
+                }
+                if k + shift + 1 < len {
+                    end.add(&out, chunk[k + shift + 1], &row(&full, k + shift));
+                }
+                let p = p as usize;
+                if p + 1 < len {
+                    positions.add(&out, chunk[p + 1], &row(&full, p));
+                }
             }
-            let p = p as usize;
-            if p + 1 < len {
-                positions.add(&out, chunk[p + 1], &row(&full, p));
-            }
+            kept_sum[i] += pos.len() as f64 / len as f64;
+            flops_sum[i] += reduction.flops_reduction(len, model.n_layer());
         }
         windows += 1;
-        kept_sum += pos.len() as f64 / len as f64;
-        flops_sum += reduction.flops_reduction(len, model.n_layer());
     }
-    Ok(LmEval {
-        windows,
-        tokens: text.len(),
-        unreduced_perplexity: base.score().perplexity,
-        kept: kept_sum / windows as f64,
-        flops_reduction: flops_sum / windows as f64,
-        paper: paper.score(),
-        positions: positions.score(),
-    })
+    Ok(scores
+        .iter()
+        .enumerate()
+        .map(|(i, [paper, end, positions])| LmEval {
+            windows,
+            tokens: text.len(),
+            unreduced_perplexity: base.score().perplexity,
+            kept: kept_sum[i] / windows as f64,
+            flops_reduction: flops_sum[i] / windows as f64,
+            paper: paper.score(),
+            end_aligned: end.score(),
+            positions: positions.score(),
+        })
+        .collect())
 }

@@ -241,6 +241,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Token-reduction study of language models: perplexity and agreement against FLOPs
+    /// reduction for the unified method and both baselines, as Markdown and a PNG plot.
+    LmStudy {
+        #[arg(long = "model", required = true)]
+        models: Vec<PathBuf>,
+        #[arg(long)]
+        text: PathBuf,
+        /// Reduce after these 0-indexed layers.
+        #[arg(long, value_delimiter = ',', default_value = "2,4,6")]
+        reduce: Vec<usize>,
+        /// FLOPs reductions (%) to reach, each with the ratio that gives it.
+        #[arg(long, value_delimiter = ',', default_value = "10,20,30")]
+        flops: Vec<f64>,
+        #[arg(long, default_value_t = 512)]
+        window: usize,
+        #[arg(long, default_value = "docs/token-reduction-results.md")]
+        out: PathBuf,
+        #[arg(long, default_value = "docs/token-reduction.png")]
+        plot: PathBuf,
+    },
     /// Zero-shot pruning study: top-1 against FLOPs reduction for every alignment and
     /// importance, written as a Markdown report with a PNG plot.
     PruneStudy {
@@ -289,7 +309,11 @@ fn lm_eval(
             r.windows, reduction.ratio(), 100.0 * r.flops_reduction, 100.0 * r.kept
         );
         println!("unreduced perplexity {:.4}", r.unreduced_perplexity);
-        for (name, s) in [("paper rule", &r.paper), ("positions", &r.positions)] {
+        for (name, s) in [
+            ("paper rule", &r.paper),
+            ("end-aligned (authors' harness)", &r.end_aligned),
+            ("positions", &r.positions),
+        ] {
             println!(
                 "{name}: perplexity {:.4}, top-1 agreement {:.2}% ({} outputs)",
                 s.perplexity,
@@ -387,6 +411,15 @@ fn run(command: Command) -> Result<()> {
             window,
             json,
         } => lm_eval(&model, &text, &reduction, window, json),
+        Command::LmStudy {
+            models,
+            text,
+            reduce,
+            flops,
+            window,
+            out,
+            plot,
+        } => lm_study(&models, &text, (&reduce, &flops), window, (&out, &plot)),
         Command::PruneStudy {
             models,
             data,
@@ -596,6 +629,54 @@ fn test_split(data: Option<&Path>) -> PathBuf {
         .join("test.safetensors")
 }
 
+/// `lm-study`: every model's sweep, then the Markdown report and the plot.
+fn lm_study(
+    models: &[PathBuf],
+    text: &Path,
+    schedule: (&[usize], &[f64]),
+    window: usize,
+    (out, plot): (&Path, &Path),
+) -> Result<()> {
+    let ctx = Context::new_blocking()?;
+    let bytes =
+        std::fs::read(text).map_err(|e| Error::InvalidInput(format!("{}: {e}", text.display())))?;
+    let studies = models
+        .iter()
+        .map(|m| {
+            ssmgpu::lm_study::study_model(&ctx, m, &bytes, window, schedule, |l| eprintln!("{l}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let command: Vec<String> = std::env::args().skip(1).collect();
+    let command = format!("ssmgpu {}", command.join(" "));
+    let doc = ssmgpu::lm_study::markdown(&studies, &command, &plot_link(out, plot));
+    write_report((out, &doc), plot, |p| ssmgpu::lm_study::plot(&studies, p))
+}
+
+/// The plot's path as the report links it: relative to the report's folder.
+fn plot_link(out: &Path, plot: &Path) -> String {
+    plot.strip_prefix(out.parent().unwrap_or(Path::new("")))
+        .unwrap_or(plot)
+        .display()
+        .to_string()
+}
+
+/// Write a study's Markdown report and draw its plot, making their folders.
+fn write_report(
+    (out, doc): (&Path, &str),
+    plot: &Path,
+    draw: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    for path in [out, plot] {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+    }
+    std::fs::write(out, doc).map_err(|e| Error::io(out, e))?;
+    draw(plot)?;
+    println!("wrote {} and {}", out.display(), plot.display());
+    Ok(())
+}
+
 /// `prune-study`: every model's sweep, then the Markdown report and the plot.
 fn prune_study(
     models: &[PathBuf],
@@ -620,24 +701,8 @@ fn prune_study(
     if let Some(l) = limit {
         command += &format!(" --limit {l}");
     }
-    let plot_link = plot
-        .strip_prefix(out.parent().unwrap_or(Path::new("")))
-        .unwrap_or(plot);
-    let doc = study::markdown(
-        &studies,
-        &set.path,
-        &command,
-        &plot_link.display().to_string(),
-    );
-    for path in [out, plot] {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-    }
-    std::fs::write(out, doc).map_err(|e| Error::io(out, e))?;
-    study::plot(&studies, plot)?;
-    println!("wrote {} and {}", out.display(), plot.display());
-    Ok(())
+    let doc = study::markdown(&studies, &set.path, &command, &plot_link(out, plot));
+    write_report((out, &doc), plot, |p| study::plot(&studies, p))
 }
 
 fn info(json: bool) -> Result<()> {

@@ -5,11 +5,10 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use plotters::prelude::*;
-
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::eval::{accuracy, LabelledImages};
 use crate::models::vision::Classifier;
+use crate::plot::{line_panels, Panel};
 use crate::prune::{name_of, Align, Importance, PruneSchedule, Pruning};
 use crate::runtime::Context;
 
@@ -223,77 +222,24 @@ fn summary(s: &ModelStudy, methods: &[Method]) -> String {
 /// One panel per model: top-1 against FLOPs reduction, a line per method, the unpruned top-1
 /// dashed. Written as PNG.
 pub fn plot(studies: &[ModelStudy], path: &Path) -> Result<()> {
-    const FONT: &str = "ui";
-    // A font the binary carries, so the plot renders on machines without fonts installed.
-    plotters::style::register_font(FONT, FontStyle::Normal, epaint_default_fonts::UBUNTU_LIGHT)
-        .map_err(|_| Error::InvalidInput("the plot font does not load".into()))?;
-    let (width, height) = (560 * studies.len().max(1) as u32, 460);
-    let mut buffer = vec![0u8; (width * height * 3) as usize];
-    let draw_error = |e: &dyn std::fmt::Display| Error::InvalidInput(format!("plot: {e}"));
-    {
-        let root = BitMapBackend::with_buffer(&mut buffer, (width, height)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| draw_error(&e))?;
-        let panels = root.split_evenly((1, studies.len().max(1)));
-        let methods = Method::all();
-        for (panel, s) in panels.iter().zip(studies) {
-            let low = s
-                .rows
+    let panels: Vec<Panel> = studies
+        .iter()
+        .map(|s| Panel {
+            title: model_name(s),
+            x_desc: "FLOPs reduction (%)".into(),
+            y_desc: "top-1 (%)".into(),
+            reference: Some(("unpruned".into(), s.unpruned_top1)),
+            lines: Method::all()
                 .iter()
-                .flat_map(|r| r.2.iter().copied())
-                .fold(s.unpruned_top1, f64::min);
-            let mut chart = ChartBuilder::on(panel)
-                .caption(model_name(s), (FONT, 22))
-                .margin(12)
-                .x_label_area_size(40)
-                .y_label_area_size(50)
-                .build_cartesian_2d(0.0..65.0, (low - 2.0).max(0.0)..100.0)
-                .map_err(|e| draw_error(&e))?;
-            chart
-                .configure_mesh()
-                .x_desc("FLOPs reduction (%)")
-                .y_desc("top-1 (%)")
-                .label_style((FONT, 14))
-                .draw()
-                .map_err(|e| draw_error(&e))?;
-            chart
-                .draw_series(DashedLineSeries::new(
-                    [(0.0, s.unpruned_top1), (65.0, s.unpruned_top1)],
-                    6,
-                    4,
-                    BLACK.into(),
-                ))
-                .map_err(|e| draw_error(&e))?
-                .label("unpruned")
-                .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLACK));
-            for (m, method) in methods.iter().enumerate() {
-                let color = Palette99::pick(m).to_rgba();
-                let points: Vec<(f64, f64)> = std::iter::once((0.0, s.unpruned_top1))
-                    .chain(s.rows.iter().map(|r| (r.1 * 100.0, r.2[m])))
-                    .collect();
-                chart
-                    .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-                    .map_err(|e| draw_error(&e))?
-                    .label(method.label())
-                    .legend(move |(x, y)| {
-                        PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
-                    });
-                chart
-                    .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
-                    .map_err(|e| draw_error(&e))?;
-            }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerLeft)
-                .label_font((FONT, 13))
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()
-                .map_err(|e| draw_error(&e))?;
-        }
-        root.present().map_err(|e| draw_error(&e))?;
-    }
-    image::RgbImage::from_raw(width, height, buffer)
-        .ok_or_else(|| Error::InvalidInput("plot: buffer size".into()))?
-        .save(path)
-        .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))
+                .enumerate()
+                .map(|(m, method)| {
+                    let points = std::iter::once((0.0, s.unpruned_top1))
+                        .chain(s.rows.iter().map(|r| (r.1 * 100.0, r.2[m])))
+                        .collect();
+                    (method.label(), points)
+                })
+                .collect(),
+        })
+        .collect();
+    line_panels(&panels, path)
 }
