@@ -1,11 +1,14 @@
 // Token reduction for SSM language models (ALGORITHMS.md 5.3): per sequence b of `len` tokens,
 // remove `remove` tokens by pruning or merging them into a similar kept token, in both the
-// hidden-state and the residual stream with one set of indices. Five dispatches:
+// hidden-state and the residual stream with one set of indices. Six dispatches:
 //   utr_roles:  split into A (candidates for removal) and B (kept, merge targets):
 //               split 0: the len/2 least important tokens (scores) are A;
 //               split 1: even positions are A (ToMe/PuMer bipartite);
 //               split 2: every token is A, ranked by score (EViT-style pruning; no matching).
 //               The last token is always B: the next-token logits must exist.
+//   utr_lists:  each sequence's A and B tokens in order, each token's slot in its list and
+//               its inverse feature norm. The host then gathers the A and B feature rows and
+//               multiplies them (the matmul op): sims = A · Bᵀ.
 //   utr_match:  for each A token, its most cosine-similar B token and that similarity.
 //   utr_select: the `remove` A tokens with the highest key (similarity, or -score for split 2),
 //               numbered 0.. by key order (sel); the others get NONE.
@@ -15,7 +18,10 @@
 //               with sel < residual_pruned in the residual stream; otherwise it is merged.
 //   utr_merge:  out[slot] = mean of the kept token and its merged sources, per stream, and
 //               the position map gathered alongside.
-// Everything is O(len^2) per sequence with one invocation per token: no workgroup sync.
+// Everything is O(len^2) per sequence with one invocation per token: no workgroup sync. The
+// per-token passes run one sequence per workgroup row (workgroup_id.y), so loads indexed by
+// another token of the sequence are uniform across the workgroup: a CPU driver (lavapipe)
+// turns them into one scalar load instead of a per-lane gather.
 
 struct Params {
     batch: u32,
@@ -27,6 +33,11 @@ struct Params {
     residual_pruned: u32,
     // Kept tokens per sequence (len - remove).
     keep: u32,
+    // A and B tokens per sequence (the same in every sequence).
+    n_a: u32,
+    n_b: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 const NONE: u32 = 0xffffffffu;
@@ -46,10 +57,31 @@ const SPLIT_NONE: u32 = 2u;
 // Per kept slot, 4 words: token, CSR offset, hidden-stream count, residual-stream count.
 @group(0) @binding(2) var<storage, read_write> plan: array<u32>;
 @group(0) @binding(3) var<storage, read_write> srcs: array<u32>;
+// Per sequence, its A tokens [B, n_a] and B tokens [B, n_b] in order; per token, its slot in
+// its list and 1 / |feature row|.
+@group(0) @binding(3) var<storage, read_write> b_idx: array<u32>;
+@group(0) @binding(4) var<storage, read_write> inv_norms: array<f32>;
+@group(0) @binding(5) var<storage, read_write> slots: array<u32>;
+@group(0) @binding(6) var<storage, read_write> a_idx: array<u32>;
+// A · Bᵀ of the gathered feature rows, [B * n_a, B * n_b] (only each sequence's own block read).
+@group(0) @binding(1) var<storage, read> sims: array<f32>;
+@group(0) @binding(3) var<storage, read> b_idx_in: array<u32>;
+@group(0) @binding(4) var<storage, read> inv_norms_in: array<f32>;
+@group(0) @binding(5) var<storage, read> slots_in: array<u32>;
 
-fn token_id(wg: vec3<u32>, nwg: vec3<u32>, li: u32) -> u32 {
-    return (wg.x + wg.y * nwg.x) * 64u + li;
+// Token i of sequence b, for the passes dispatched as [len / 64, batch] workgroups.
+struct Token {
+    i: u32,
+    // The sequence's first token.
+    base: u32,
+    valid: bool,
 }
+
+fn token_of(wg: vec3<u32>, li: u32) -> Token {
+    let i = wg.x * 64u + li;
+    return Token(i, wg.y * p.len, i < p.len);
+}
+
 
 // Score of token j of the row at base; the last token ranks above everything.
 fn score_key(base: u32, j: u32) -> f32 {
@@ -57,13 +89,14 @@ fn score_key(base: u32, j: u32) -> f32 {
 }
 
 @compute @workgroup_size(64)
-fn utr_roles(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let t = token_id(wg, nwg, li);
-    if (t >= p.batch * p.len) {
+fn utr_roles(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let tok = token_of(wg, li);
+    if (!tok.valid) {
         return;
     }
-    let i = t % p.len;
-    let base = t - i;
+    let i = tok.i;
+    let base = tok.base;
+    let t = base + i;
     let last = i == p.len - 1u;
     var role = ROLE_A;
     var key = -3.4e38;
@@ -88,33 +121,55 @@ fn utr_roles(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     info[4u * t + 3u] = NONE;
 }
 
-fn dot_rows(a: u32, b: u32) -> f32 {
+// 1 / |feature row t|, 0 for a zero row (its similarity to anything is then 0).
+fn inverse_norm(t: u32) -> f32 {
     var acc = 0.0;
     for (var c = 0u; c < p.dim; c++) {
-        acc += feat[a * p.dim + c] * feat[b * p.dim + c];
+        let v = feat[t * p.dim + c];
+        acc += v * v;
     }
-    return acc;
+    return select(0.0, 1.0 / sqrt(acc), acc > 0.0);
 }
 
 @compute @workgroup_size(64)
-fn utr_match(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let t = token_id(wg, nwg, li);
-    if (t >= p.batch * p.len || info[4u * t] != ROLE_A) {
+fn utr_lists(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let tok = token_of(wg, li);
+    if (!tok.valid) {
         return;
     }
-    let base = t - t % p.len;
-    let na = sqrt(dot_rows(t, t));
+    let t = tok.base + tok.i;
+    inv_norms[t] = inverse_norm(t);
+    let role = info[4u * t];
+    var slot = 0u;
+    for (var j = 0u; j < tok.i; j++) {
+        slot += u32(info[4u * (tok.base + j)] == role);
+    }
+    slots[t] = slot;
+    if (role == ROLE_A) {
+        a_idx[wg.y * p.n_a + slot] = tok.i;
+    } else {
+        b_idx[wg.y * p.n_b + slot] = tok.i;
+    }
+}
+
+@compute @workgroup_size(64)
+fn utr_match(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let tok = token_of(wg, li);
+    let t = tok.base + tok.i;
+    if (!tok.valid || info[4u * t] != ROLE_A) {
+        return;
+    }
+    let b = wg.y;
+    let row = (b * p.n_a + slots_in[t]) * (p.batch * p.n_b) + b * p.n_b;
+    let inv_t = inv_norms_in[t];
     var best = NONE;
     var best_sim = -3.4e38;
-    for (var j = 0u; j < p.len; j++) {
-        let u = base + j;
-        if (info[4u * u] == ROLE_B) {
-            // Zero vectors get similarity 0 instead of 0/0.
-            let sim = dot_rows(t, u) / max(na * sqrt(dot_rows(u, u)), 1e-12);
-            if (sim > best_sim) {
-                best = j;
-                best_sim = sim;
-            }
+    for (var k = 0u; k < p.n_b; k++) {
+        let j = b_idx_in[b * p.n_b + k];
+        let sim = sims[row + k] * inv_t * inv_norms_in[tok.base + j];
+        if (sim > best_sim) {
+            best = j;
+            best_sim = sim;
         }
     }
     info[4u * t + 1u] = best;
@@ -122,13 +177,14 @@ fn utr_match(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
 }
 
 @compute @workgroup_size(64)
-fn utr_select(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let t = token_id(wg, nwg, li);
-    if (t >= p.batch * p.len || info_sel[4u * t] != ROLE_A) {
+fn utr_select(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let tok = token_of(wg, li);
+    let i = tok.i;
+    let base = tok.base;
+    let t = base + i;
+    if (!tok.valid || info_sel[4u * t] != ROLE_A) {
         return;
     }
-    let i = t % p.len;
-    let base = t - i;
     let k = bitcast<f32>(info_sel[4u * t + 2u]);
     var rank = 0u;
     for (var j = 0u; j < p.len; j++) {
@@ -163,14 +219,15 @@ fn merges_hidden(u: u32) -> bool {
 }
 
 @compute @workgroup_size(64)
-fn utr_plan(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let t = token_id(wg, nwg, li);
-    if (t >= p.batch * p.len) {
+fn utr_plan(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let tok = token_of(wg, li);
+    if (!tok.valid) {
         return;
     }
-    let i = t % p.len;
-    let b = t / p.len;
-    let base = t - i;
+    let i = tok.i;
+    let b = wg.y;
+    let base = tok.base;
+    let t = base + i;
     // The CSR list of kept token k starts after the sources of every kept token before it.
     var dest = i;
     if (sel_of(t) != NONE) {
@@ -235,7 +292,7 @@ fn merged(stream: u32, base: u32, s: u32, count: u32, c: u32) -> f32 {
 
 @compute @workgroup_size(64)
 fn utr_merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let e = token_id(wg, nwg, li);
+    let e = (wg.x + wg.y * nwg.x) * 64u + li;
     if (e >= p.batch * p.keep * p.dim) {
         return;
     }

@@ -224,6 +224,9 @@ pub fn bench_vision(
 /// (PlainMamba) the kept-token grid.
 pub const PRUNING_KERNELS: &[&str] = &["importance", "topk", "gather_rows", "kept_grid"];
 
+/// The kernels of the LM token reduction: scores and the split/match/merge passes.
+pub const REDUCTION_KERNELS: &[&str] = &["importance", "token_reduce"];
+
 /// Where a forward pass spends its GPU time, from per-dispatch timestamps.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct KernelProfile {
@@ -231,7 +234,7 @@ pub struct KernelProfile {
     pub gpu_ms: f64,
     /// Per kernel file: (name, ms, dispatches), slowest first.
     pub kernels: Vec<(String, f64, usize)>,
-    /// The [`PRUNING_KERNELS`]' share of `gpu_ms`.
+    /// The pruning or reduction kernels' share of `gpu_ms`.
     pub pruning_ms: f64,
     pub pruning_share: f64,
 }
@@ -246,13 +249,27 @@ pub fn profile_vision(
     reps: usize,
 ) -> Result<KernelProfile> {
     let pixels = random_pixels(ctx, model, batch)?;
+    profile(ctx, reps, PRUNING_KERNELS, |rec| {
+        model.forward(rec, &pixels, pruning, None)
+    })
+}
+
+/// Where the pass `record` records spends its GPU time: the run with the median total of
+/// `reps` (after a warm-up), per kernel file; `machinery` names the kernels whose share is
+/// reported.
+pub fn profile(
+    ctx: &Context,
+    reps: usize,
+    machinery: &[&str],
+    mut record: impl FnMut(&mut Recorder) -> Result<Tensor>,
+) -> Result<KernelProfile> {
     let mut runs = Vec::with_capacity(reps);
     for i in 0..=reps.max(1) {
         let mut rec = ctx.recorder();
         rec.profile()?;
-        let logits = model.forward(&mut rec, &pixels, pruning, None)?;
+        let out = record(&mut rec)?;
         let times = pollster::block_on(rec.submit_profiled())?;
-        drop(logits);
+        drop(out);
         if i > 0 {
             runs.push(times);
         }
@@ -271,7 +288,7 @@ pub fn profile_vision(
     let gpu_ms = total(run);
     let pruning_ms: f64 = kernels
         .iter()
-        .filter(|k| PRUNING_KERNELS.contains(&k.0.as_str()))
+        .filter(|k| machinery.contains(&k.0.as_str()))
         .map(|k| k.1)
         .sum();
     Ok(KernelProfile {
@@ -351,6 +368,30 @@ pub struct PrefillBench {
     pub resident_bytes: u64,
 }
 
+/// `tokens` fixed pseudo-random token ids of `lm`'s vocabulary, u32 `[tokens]`.
+fn prompt_ids(ctx: &Context, lm: &LanguageModel, tokens: usize) -> Result<Tensor> {
+    let vocab = lm.vocab_size() as f32;
+    let ids: Vec<u32> = values(tokens, 21)
+        .iter()
+        .map(|v| ((v * 0.5 + 0.5) * vocab) as u32 % vocab as u32)
+        .collect();
+    ctx.upload_u32("input_ids", &[tokens], &ids)
+}
+
+/// Profile the prefill [`bench_prefill`] times, with the reduction kernels' share.
+pub fn profile_prefill(
+    ctx: &Context,
+    lm: &LanguageModel,
+    tokens: usize,
+    reduction: Option<&Reduction>,
+    reps: usize,
+) -> Result<KernelProfile> {
+    let ids = prompt_ids(ctx, lm, tokens)?;
+    profile(ctx, reps, REDUCTION_KERNELS, |rec| {
+        lm.record_prefill(rec, &ids, reduction)
+    })
+}
+
 /// The prefill of `tokens` fixed pseudo-random token ids through `lm`, reduced when asked.
 pub fn bench_prefill(
     ctx: &Context,
@@ -359,12 +400,7 @@ pub fn bench_prefill(
     reduction: Option<&Reduction>,
     reps: usize,
 ) -> Result<PrefillBench> {
-    let vocab = lm.vocab_size() as f32;
-    let ids: Vec<u32> = values(tokens, 21)
-        .iter()
-        .map(|v| ((v * 0.5 + 0.5) * vocab) as u32 % vocab as u32)
-        .collect();
-    let ids = ctx.upload_u32("input_ids", &[tokens], &ids)?;
+    let ids = prompt_ids(ctx, lm, tokens)?;
     let read_last = |rec: Recorder, logits: Tensor| -> Result<()> {
         pollster::block_on(rec.submit_and_read(&[&logits]))?;
         Ok(())

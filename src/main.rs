@@ -1003,16 +1003,24 @@ fn bench_model(
         }
     }
     if let Some(p) = &profile {
-        println!(
-            "pruning machinery ({}): {:.3} ms of {:.2} ms GPU time at batch {} ({:.1}%)",
-            ssmgpu::bench::PRUNING_KERNELS.join(", "),
-            p.pruning_ms,
-            p.gpu_ms,
-            batches[0],
-            p.pruning_share * 100.0
-        );
+        print!("at batch {}: ", batches[0]);
+        print_profile(p, "pruning", ssmgpu::bench::PRUNING_KERNELS);
     }
     Ok(())
+}
+
+/// The slowest kernels of a profile and the share of the pruning or reduction machinery.
+fn print_profile(p: &ssmgpu::bench::KernelProfile, what: &str, machinery: &[&str]) {
+    println!(
+        "{what} machinery ({}): {:.3} ms of {:.2} ms GPU time ({:.1}%)",
+        machinery.join(", "),
+        p.pruning_ms,
+        p.gpu_ms,
+        p.pruning_share * 100.0
+    );
+    for (name, ms, n) in p.kernels.iter().take(6) {
+        println!("  {name:<16} {ms:>10.2} ms in {n} dispatches");
+    }
 }
 
 /// A folder whose config.json names a language model (anything but the vision models; a
@@ -1052,8 +1060,27 @@ fn bench_prefill(
             .then(|| schedule.for_flops(args.tokens, lm.n_layer(), pct / 100.0))
             .transpose()?;
         let r = ssmgpu::bench::bench_prefill(&ctx, &lm, args.tokens, reduction.as_ref(), reps)?;
-        rows.push((pct, reduction.map(|r| r.ratio()), r));
+        rows.push((pct, reduction, r));
     }
+    // Where the most reduced prefill spends its GPU time, when the device has timestamps.
+    let timestamps = ctx
+        .device()
+        .features()
+        .contains(wgpu::Features::TIMESTAMP_QUERY);
+    let profile = match rows.last() {
+        Some((_, Some(r), _)) if timestamps => Some(ssmgpu::bench::profile_prefill(
+            &ctx,
+            &lm,
+            args.tokens,
+            Some(r),
+            1,
+        )?),
+        _ => None,
+    };
+    let rows: Vec<_> = rows
+        .into_iter()
+        .map(|(pct, r, b)| (pct, r.map(|r| r.ratio()), b))
+        .collect();
     let base = rows
         .iter()
         .find(|r| r.0 == 0.0)
@@ -1074,7 +1101,7 @@ fn bench_prefill(
             .collect();
         let v = serde_json::json!({
             "model": label, "adapter": adapter, "tokens": args.tokens,
-            "reduce": args.reduce, "method": args.method, "runs": runs,
+            "reduce": args.reduce, "method": args.method, "runs": runs, "profile": profile,
         });
         println!("{v}");
         return Ok(());
@@ -1104,6 +1131,9 @@ fn bench_prefill(
             mib(r.peak_gpu_bytes),
             mib(r.resident_bytes),
         );
+    }
+    if let Some(p) = &profile {
+        print_profile(p, "reduction", ssmgpu::bench::REDUCTION_KERNELS);
     }
     Ok(())
 }

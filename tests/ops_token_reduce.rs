@@ -92,6 +92,8 @@ fn unified_matches_reference() {
     check(Split::Importance, 2, 37, 24, 16, 9, (4, 0), 1);
     check(Split::Importance, 1, 64, 8, 12, 32, (16, 0), 2);
     check(Split::Importance, 3, 5, 4, 4, 2, (1, 0), 3);
+    // Several workgroups per sequence.
+    check(Split::Importance, 2, 150, 12, 8, 60, (30, 0), 9);
 }
 
 #[test]
@@ -100,6 +102,7 @@ fn baselines_match_reference() {
     check(Split::Prune, 1, 9, 8, 8, 8, (8, 8), 5);
     check(Split::Alternate, 2, 31, 8, 8, 15, (0, 0), 6);
     check(Split::Alternate, 1, 40, 16, 8, 7, (0, 0), 7);
+    check(Split::Alternate, 2, 131, 8, 8, 50, (0, 0), 10);
 }
 
 #[test]

@@ -6,7 +6,9 @@
 use std::cmp::Ordering;
 
 use crate::error::{Error, Result};
+use crate::ops::gather_rows::gather_rows;
 use crate::ops::kernel;
+use crate::ops::matmul::matmul;
 use crate::runtime::{grid, DType, Recorder, Tensor};
 
 /// How the tokens split into removal candidates (A) and kept ones (B). The last token is
@@ -32,14 +34,21 @@ pub struct ReduceArgs {
     pub residual_pruned: usize,
 }
 
-impl ReduceArgs {
-    /// The most tokens a sequence of `len` can lose under this split.
-    pub fn max_remove(split: Split, len: usize) -> usize {
-        match split {
+impl Split {
+    /// The A tokens (removal candidates) of a sequence of `len`.
+    pub fn candidates(self, len: usize) -> usize {
+        match self {
             Split::Importance => len / 2,
             Split::Alternate => len.div_ceil(2) - usize::from(len % 2 == 1),
             Split::Prune => len.saturating_sub(1),
         }
+    }
+}
+
+impl ReduceArgs {
+    /// The most tokens a sequence of `len` can lose under this split.
+    pub fn max_remove(split: Split, len: usize) -> usize {
+        split.candidates(len)
     }
 }
 
@@ -54,6 +63,9 @@ struct Params {
     hidden_pruned: u32,
     residual_pruned: u32,
     keep: u32,
+    n_a: u32,
+    n_b: u32,
+    _pad: [u32; 2],
 }
 
 /// The reduced streams `[B * keep, D]` and position map u32 `[B, keep]`.
@@ -112,6 +124,7 @@ pub fn token_reduce(
         ));
     }
     let keep = len - args.remove;
+    let n_a = args.split.candidates(len);
     let params = Params {
         batch: batch as u32,
         len: len as u32,
@@ -121,28 +134,61 @@ pub fn token_reduce(
         hidden_pruned: args.hidden_pruned as u32,
         residual_pruned: args.residual_pruned as u32,
         keep: keep as u32,
+        n_a: n_a as u32,
+        n_b: (len - n_a) as u32,
+        _pad: [0; 2],
     };
     let ctx = rec.context().clone();
     let info = ctx.alloc("reduce_info", &[rows, 4], DType::U32)?;
     let plan = ctx.alloc("reduce_plan", &[batch * keep, 4], DType::U32)?;
     let srcs = ctx.alloc("reduce_sources", &[rows], DType::U32)?;
-    let tokens = grid(rows.div_ceil(64) as u32);
+    // One sequence per workgroup row (see the shader).
+    let tokens = [len.div_ceil(64) as u32, batch as u32, 1];
     rec.dispatch(
         &kernel!("token_reduce", "utr_roles"),
         &params,
         &[scores.buffer(), info.buffer()],
         tokens,
     );
-    if args.split != Split::Prune {
+    // Nothing to match when nothing is removed (the split may then have no candidates).
+    if args.split != Split::Prune && args.remove > 0 {
         // The similarity uses the feature width, not the stream width.
         let match_params = Params {
             dim: fdim as u32,
             ..params
         };
+        let a_idx = ctx.alloc("reduce_a_tokens", &[batch, n_a], DType::U32)?;
+        let b_idx = ctx.alloc("reduce_b_tokens", &[batch, len - n_a], DType::U32)?;
+        let inv_norms = ctx.alloc("reduce_inverse_norms", &[rows], DType::F32)?;
+        let slots = ctx.alloc("reduce_slots", &[rows], DType::U32)?;
+        rec.dispatch(
+            &kernel!("token_reduce", "utr_lists"),
+            &match_params,
+            &[
+                features.buffer(),
+                info.buffer(),
+                b_idx.buffer(),
+                inv_norms.buffer(),
+                slots.buffer(),
+                a_idx.buffer(),
+            ],
+            tokens,
+        );
+        // Every A row against every B row through the matmul kernel, the fastest dot products
+        // the engine has; each sequence reads only its own block.
+        let a_rows = gather_rows(rec, &a_idx, features, None, None)?.x; // [B·n_a, F]
+        let b_rows = gather_rows(rec, &b_idx, features, None, None)?.x; // [B·n_b, F]
+        let sims = matmul(rec, "reduce_similarity", a_rows.mat(), &b_rows, None)?; // [B·n_a, B·n_b]
         rec.dispatch(
             &kernel!("token_reduce", "utr_match"),
             &match_params,
-            &[features.buffer(), info.buffer()],
+            &[
+                sims.buffer(),
+                info.buffer(),
+                b_idx.buffer(),
+                inv_norms.buffer(),
+                slots.buffer(),
+            ],
             tokens,
         );
     }
@@ -208,11 +254,19 @@ pub fn token_reduce_ref(
         Split::Prune => (0..last).collect(),
     };
     let row = |x: &[f32], w: usize, i: usize| x[i * w..(i + 1) * w].to_vec();
+    // As the kernel computes it: dot · (1/|u|) · (1/|v|), 0 for a zero row.
+    let inverse_norm = |i: usize| {
+        let sq: f32 = row(features, fdim, i).iter().map(|a| a * a).sum();
+        if sq > 0.0 {
+            1.0 / sq.sqrt()
+        } else {
+            0.0
+        }
+    };
     let cos = |i: usize, j: usize| {
         let (u, v) = (row(features, fdim, i), row(features, fdim, j));
         let dot: f32 = u.iter().zip(&v).map(|(a, b)| a * b).sum();
-        let norm = |w: &[f32]| w.iter().map(|a| a * a).sum::<f32>().sqrt();
-        dot / (norm(&u) * norm(&v)).max(1e-12)
+        dot * inverse_norm(i) * inverse_norm(j)
     };
     // (token, match, key) per candidate; sorted by key descending, ties to the lower index.
     let mut edges: Vec<(usize, Option<usize>, f32)> = a
