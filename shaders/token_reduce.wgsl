@@ -4,7 +4,9 @@
 //   utr_roles:  split into A (candidates for removal) and B (kept, merge targets):
 //               split 0: the len/2 least important tokens (scores) are A;
 //               split 1: even positions are A (ToMe/PuMer bipartite);
-//               split 2: every token is A, ranked by score (EViT-style pruning; no matching).
+//               split 2: every token is A, ranked by score (EViT-style pruning; no matching);
+//               split 3: even positions are A, matched as the authors' code does (ToR_SSM,
+//               ALGORITHMS.md 5.4): see utr_code_sort.
 //               The last token is always B: the next-token logits must exist.
 //   utr_lists:  each sequence's A and B tokens in order, each token's slot in its list and
 //               its inverse feature norm. The host then gathers the A and B feature rows and
@@ -46,6 +48,7 @@ const ROLE_B: u32 = 1u;
 const SPLIT_SCORE: u32 = 0u;
 const SPLIT_ALTERNATE: u32 = 1u;
 const SPLIT_NONE: u32 = 2u;
+const SPLIT_CODE: u32 = 3u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 // Per token, 4 words: role, best match (NONE if none), key (f32 bits), selection rank (NONE).
@@ -109,7 +112,7 @@ fn utr_roles(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
             rank += u32(o > s || (o == s && j < i));
         }
         role = select(ROLE_B, ROLE_A, rank >= p.len - p.len / 2u);
-    } else if (p.split == SPLIT_ALTERNATE) {
+    } else if (p.split == SPLIT_ALTERNATE || p.split == SPLIT_CODE) {
         role = select(ROLE_B, ROLE_A, i % 2u == 0u && !last);
     } else {
         role = select(ROLE_A, ROLE_B, last);
@@ -121,11 +124,17 @@ fn utr_roles(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     info[4u * t + 3u] = NONE;
 }
 
+// Feature c of token t; the authors' code compares clipped features (max(x, 0)).
+fn feature(t: u32, c: u32) -> f32 {
+    let v = feat[t * p.dim + c];
+    return select(v, max(v, 0.0), p.split == SPLIT_CODE);
+}
+
 // 1 / |feature row t|, 0 for a zero row (its similarity to anything is then 0).
 fn inverse_norm(t: u32) -> f32 {
     var acc = 0.0;
     for (var c = 0u; c < p.dim; c++) {
-        let v = feat[t * p.dim + c];
+        let v = feature(t, c);
         acc += v * v;
     }
     return select(0.0, 1.0 / sqrt(acc), acc > 0.0);
@@ -160,13 +169,22 @@ fn utr_match(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
         return;
     }
     let b = wg.y;
-    let row = (b * p.n_a + slots_in[t]) * (p.batch * p.n_b) + b * p.n_b;
+    // The code's similarity rows are order statistics (already normalised): A row i stands for
+    // token 2i and B row k for token 2k + 1, as its positional ToMe indexing maps them. Rows
+    // are elementwise non-increasing and non-negative, so every A row's best match is B row 0
+    // (token 1) and the similarity falls with i: the code removes the first even positions
+    // into token 1, and its shuffle of targets against sources changes nothing.
+    let code = p.split == SPLIT_CODE;
+    let rows_a = select(p.n_a, p.len - p.len / 2u, code);
+    let cols_b = select(p.n_b, p.len / 2u, code);
+    let row = (b * rows_a + slots_in[t]) * (p.batch * cols_b) + b * cols_b;
     let inv_t = inv_norms_in[t];
     var best = NONE;
     var best_sim = -3.4e38;
-    for (var k = 0u; k < p.n_b; k++) {
-        let j = b_idx_in[b * p.n_b + k];
-        let sim = sims[row + k] * inv_t * inv_norms_in[tok.base + j];
+    for (var k = 0u; k < cols_b; k++) {
+        let j = select(b_idx_in[b * p.n_b + k], 2u * k + 1u, code);
+        let scale = select(inv_t * inv_norms_in[tok.base + j], 1.0, code);
+        let sim = sims[row + k] * scale;
         if (sim > best_sim) {
             best = j;
             best_sim = sim;
@@ -174,6 +192,36 @@ fn utr_match(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     }
     info[4u * t + 1u] = best;
     info[4u * t + 2u] = bitcast<u32>(best_sim);
+}
+
+@group(0) @binding(2) var<storage, read> inv_norms_code: array<f32>;
+@group(0) @binding(3) var<storage, read_write> sorted_a: array<f32>;
+@group(0) @binding(4) var<storage, read_write> sorted_b: array<f32>;
+
+// The authors' code: normalise the clipped features per token, then sort each channel over
+// the tokens independently (descending); the first len/2 rank rows go to B, the rest to A.
+// One invocation per (token, channel) counts the tokens that beat it in its channel.
+@compute @workgroup_size(64)
+fn utr_code_sort(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let e = wg.x * 64u + li;
+    if (e >= p.len * p.dim) {
+        return;
+    }
+    let i = e / p.dim;
+    let c = e % p.dim;
+    let base = wg.y * p.len;
+    let v = feature(base + i, c) * inv_norms_code[base + i];
+    var rank = 0u;
+    for (var j = 0u; j < p.len; j++) {
+        let o = feature(base + j, c) * inv_norms_code[base + j];
+        rank += u32(o > v || (o == v && j < i));
+    }
+    let mid = p.len / 2u;
+    if (rank < mid) {
+        sorted_b[(wg.y * mid + rank) * p.dim + c] = v;
+    } else {
+        sorted_a[(wg.y * (p.len - mid) + rank - mid) * p.dim + c] = v;
+    }
 }
 
 @compute @workgroup_size(64)
@@ -290,6 +338,32 @@ fn merged(stream: u32, base: u32, s: u32, count: u32, c: u32) -> f32 {
     return acc / f32(1u + count);
 }
 
+// The authors' hidden-stream hybrid (bipartite_hybrid_pure): in channel c a source counts only
+// if its value is among the remove/2 largest of all removed tokens in that channel (merged
+// there, pruned elsewhere); the divisor counts the sources among the first remove/2 removed
+// tokens by position. All removed tokens of the sequence are its CSR entries.
+fn merged_code(base: u32, s: u32, count: u32, c: u32) -> f32 {
+    let token = plan_in[s];
+    let half = p.remove / 2u;
+    var acc = x0[(base + token) * p.dim + c];
+    var size = 1u;
+    for (var k = 0u; k < count; k++) {
+        let src = srcs_in[base + plan_in[s + 1u] + k];
+        let v = x0[(base + src) * p.dim + c];
+        var channel_rank = 0u;
+        var position_rank = 0u;
+        for (var m = 0u; m < p.remove; m++) {
+            let other = srcs_in[base + m];
+            let o = x0[(base + other) * p.dim + c];
+            channel_rank += u32(o > v || (o == v && other < src));
+            position_rank += u32(other < src);
+        }
+        acc += select(0.0, v, channel_rank < half);
+        size += u32(position_rank < half);
+    }
+    return acc / f32(size);
+}
+
 @compute @workgroup_size(64)
 fn utr_merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let e = (wg.x + wg.y * nwg.x) * 64u + li;
@@ -300,7 +374,11 @@ fn utr_merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     let c = e % p.dim;
     let base = row / p.keep * p.len;
     let s = 4u * row;
-    out0[e] = merged(0u, base, s, plan_in[s + 2u], c);
+    if (p.split == SPLIT_CODE) {
+        out0[e] = merged_code(base, s, plan_in[s + 2u], c);
+    } else {
+        out0[e] = merged(0u, base, s, plan_in[s + 2u], c);
+    }
     out1[e] = merged(1u, base, s, plan_in[s + 3u], c);
     if (c == 0u) {
         pos_out[row] = pos_in[base + plan_in[s]];

@@ -7,10 +7,10 @@ use crate::error::Result;
 use crate::loader::serialize_f32;
 use crate::models::lm::LanguageModel;
 use crate::models::ModelDir;
-use crate::prune::reduce::Reduction;
 use crate::ops::matmul::{matmul, matmul_ref};
 use crate::ops::scan::{selective_scan, selective_scan_ref, ScanRef};
 use crate::ops::Carry;
+use crate::prune::reduce::Reduction;
 use crate::runtime::{Context, Recorder, Tensor};
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -327,7 +327,11 @@ pub fn random_mamba_130m() -> Result<ModelDir> {
     tensors.push(linear("backbone.embeddings.weight".into(), vec![vocab, d]));
     for i in 0..layers {
         let m = format!("backbone.layers.{i}.mixer.");
-        tensors.push((format!("backbone.layers.{i}.norm.weight"), vec![d], vec![1.0; d]));
+        tensors.push((
+            format!("backbone.layers.{i}.norm.weight"),
+            vec![d],
+            vec![1.0; d],
+        ));
         tensors.push(linear(format!("{m}in_proj.weight"), vec![2 * e, d]));
         tensors.push(linear(format!("{m}conv1d.weight"), vec![e, 1, 4]));
         tensors.push(linear(format!("{m}conv1d.bias"), vec![e, 1]));
@@ -335,7 +339,9 @@ pub fn random_mamba_130m() -> Result<ModelDir> {
         tensors.push(linear(format!("{m}dt_proj.weight"), vec![e, r]));
         // Softplus⁻¹ of a 0.01 step, and A = -(1..=N) per channel: mamba_ssm's initialisation.
         tensors.push((format!("{m}dt_proj.bias"), vec![e], vec![-4.6; e]));
-        let a_log = (0..e).flat_map(|_| (1..=n).map(|k| (k as f32).ln())).collect();
+        let a_log = (0..e)
+            .flat_map(|_| (1..=n).map(|k| (k as f32).ln()))
+            .collect();
         tensors.push((format!("{m}A_log"), vec![e, n], a_log));
         tensors.push((format!("{m}D"), vec![e], vec![1.0; e]));
         tensors.push(linear(format!("{m}out_proj.weight"), vec![d, e]));
@@ -416,7 +422,9 @@ pub fn bench_prefill(
     let (flops_reduction, final_tokens) = match reduction {
         Some(r) => (
             r.flops_reduction(tokens, lm.n_layer()),
-            *r.token_counts(tokens, lm.n_layer()).last().unwrap_or(&tokens),
+            *r.token_counts(tokens, lm.n_layer())
+                .last()
+                .unwrap_or(&tokens),
         ),
         None => (0.0, tokens),
     };

@@ -108,7 +108,8 @@ pub async fn evaluate_each(
     }
     let mut base = Acc::default();
     let mut scores: Vec<[Acc; 3]> = reductions.iter().map(|_| Default::default()).collect();
-    let (mut windows, mut kept_sum, mut flops_sum) = (0, vec![0.0; reductions.len()], vec![0.0; reductions.len()]);
+    let (mut windows, mut kept_sum, mut flops_sum) =
+        (0, vec![0.0; reductions.len()], vec![0.0; reductions.len()]);
     for chunk in text.chunks(window).filter(|c| c.len() >= 2) {
         let ids: Vec<i64> = chunk.iter().map(|&b| b as i64).collect();
         let (full, _) = model.run(ctx, &ids, 1, false).await?;

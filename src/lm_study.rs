@@ -12,10 +12,11 @@ use crate::plot::{line_panels, Panel};
 use crate::prune::reduce::{Method, Metric, Reduction};
 use crate::runtime::Context;
 
-pub const METHODS: [(&str, Method); 3] = [
+pub const METHODS: [(&str, Method); 4] = [
     ("unified", Method::Unified),
     ("prune-only", Method::PruneOnly),
     ("merge-only", Method::MergeOnly),
+    ("unified-code", Method::UnifiedCode),
 ];
 
 /// One model's results.
@@ -40,7 +41,11 @@ pub fn study_model(
     for (name, method) in METHODS {
         let schedule = Reduction::new(layers.to_vec(), 1.0, method, Metric::SsmOutput)?;
         for &pct in flops {
-            plan.push((name, pct, schedule.for_flops(window, lm.n_layer(), pct / 100.0)?));
+            plan.push((
+                name,
+                pct,
+                schedule.for_flops(window, lm.n_layer(), pct / 100.0)?,
+            ));
         }
     }
     let reductions: Vec<Reduction> = plan.iter().map(|p| p.2.clone()).collect();
@@ -116,10 +121,11 @@ pub fn markdown(studies: &[LmStudy], command: &str, plot: &str) -> String {
 fn summary(s: &LmStudy) -> String {
     let top = s.rows.iter().map(|r| r.1).fold(f64::MIN, f64::max);
     let at: Vec<_> = s.rows.iter().filter(|r| r.1 == top).collect();
-    let Some(best) = at
-        .iter()
-        .min_by(|a, b| a.3.positions.perplexity.total_cmp(&b.3.positions.perplexity))
-    else {
+    let Some(best) = at.iter().min_by(|a, b| {
+        a.3.positions
+            .perplexity
+            .total_cmp(&b.3.positions.perplexity)
+    }) else {
         return String::new();
     };
     let cells: Vec<String> = at

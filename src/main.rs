@@ -35,7 +35,8 @@ struct ReductionArgs {
     /// Instead of the ratio: the FLOPs reduction (%) to aim for at the sequence length.
     #[arg(long)]
     flops: Option<f64>,
-    /// unified (default), prune-only (EViT) or merge-only (PuMer).
+    /// unified (default, the paper's text), prune-only (EViT), merge-only (PuMer) or
+    /// unified-code (what the authors' code computes).
     #[arg(long, default_value = "unified")]
     method: String,
     /// Importance from the SSM output before the gate (ssm, the paper) or the block output
@@ -875,7 +876,8 @@ fn generate(
         model.eos_token_id()
     };
     let start = std::time::Instant::now();
-    let new = pollster::block_on(model.generate(&ctx, ids, max_new_tokens, eos, reduction.as_ref()))?;
+    let new =
+        pollster::block_on(model.generate(&ctx, ids, max_new_tokens, eos, reduction.as_ref()))?;
     let secs = start.elapsed().as_secs_f64();
     if json {
         println!(

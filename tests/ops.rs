@@ -84,7 +84,8 @@ fn embedding_matches_reference() {
             let out = embedding(&mut rec, &it, &tt).unwrap();
             let got = rec.submit_and_read_blocking(&[&out]).unwrap().remove(0);
             let shards = tt.shards().count();
-            let rows_per_binding = ctx.limits().max_storage_buffer_binding_size as usize / (dim * 4);
+            let rows_per_binding =
+                ctx.limits().max_storage_buffer_binding_size as usize / (dim * 4);
             assert_eq!(shards, vocab.div_ceil(rows_per_binding), "{vocab}x{dim}");
             assert_eq!(
                 got,

@@ -18,11 +18,30 @@ fn check(
     q: (usize, usize),
     seed: u64,
 ) {
+    check_with(split, batch, len, fdim, dim, remove, q, seed, false);
+}
+
+/// With `features_are_hidden`, the features are the hidden stream itself.
+#[allow(clippy::too_many_arguments)]
+fn check_with(
+    split: Split,
+    batch: usize,
+    len: usize,
+    fdim: usize,
+    dim: usize,
+    remove: usize,
+    q: (usize, usize),
+    seed: u64,
+    features_are_hidden: bool,
+) {
     let ctx = ctx();
     let mut r = rng(seed);
     let scores = randn(&mut r, batch * len, 1.0);
-    let features = randn(&mut r, batch * len * fdim, 1.0);
+    let mut features = randn(&mut r, batch * len * fdim, 1.0);
     let hidden = randn(&mut r, batch * len * dim, 1.0);
+    if features_are_hidden {
+        features = hidden.clone();
+    }
     let residual = randn(&mut r, batch * len * dim, 1.0);
     // Positions as a previous reduction would leave them: increasing, with gaps.
     let positions: Vec<u32> = (0..batch * len).map(|i| (3 * i + 1) as u32).collect();
@@ -103,6 +122,28 @@ fn baselines_match_reference() {
     check(Split::Alternate, 2, 31, 8, 8, 15, (0, 0), 6);
     check(Split::Alternate, 1, 40, 16, 8, 7, (0, 0), 7);
     check(Split::Alternate, 2, 131, 8, 8, 50, (0, 0), 10);
+}
+
+/// The authors' code (ToR_SSM): even positions, per-channel sorted similarity, shuffled
+/// pairs, per-channel hybrid in the hidden stream. Features are the hidden stream, as the
+/// model passes them.
+#[test]
+fn authors_code_matches_reference() {
+    for (batch, len, dim, remove, seed) in
+        [(1, 12, 8, 4, 11), (2, 37, 16, 15, 12), (1, 130, 8, 50, 13)]
+    {
+        check_with(
+            Split::Code,
+            batch,
+            len,
+            dim,
+            dim,
+            remove,
+            (0, 0),
+            seed,
+            true,
+        );
+    }
 }
 
 #[test]

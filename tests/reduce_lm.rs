@@ -35,7 +35,12 @@ fn every_method_shortens_the_sequence_in_order() {
         let model = LanguageModel::load(ctx(), &golden_dir().join(case)).unwrap();
         let vocab = model.vocab_size();
         let (full, _) = pollster::block_on(model.run(ctx(), &ids, 1, false)).unwrap();
-        for method in [Method::Unified, Method::PruneOnly, Method::MergeOnly] {
+        for method in [
+            Method::Unified,
+            Method::PruneOnly,
+            Method::MergeOnly,
+            Method::UnifiedCode,
+        ] {
             for metric in [Metric::SsmOutput, Metric::BlockOutput] {
                 let r = Reduction::parse("0:0.7", method, metric).unwrap();
                 let want = 37 - r.args(37).remove;
@@ -56,6 +61,16 @@ fn every_method_shortens_the_sequence_in_order() {
                 );
             }
         }
+        // The authors' code sorts each channel, so its most similar pairs are the first even
+        // positions (into token 1): it removes exactly those.
+        let r = Reduction::parse("0:0.7", Method::UnifiedCode, Metric::BlockOutput).unwrap();
+        let (_, pos) = pollster::block_on(model.run_reduced(ctx(), &ids, &r)).unwrap();
+        let removed: Vec<u32> = (0..37u32).filter(|p| !pos.contains(p)).collect();
+        assert_eq!(
+            removed,
+            (0..11).map(|k| 2 * k).collect::<Vec<u32>>(),
+            "{case}"
+        );
         // Merge-only removes even positions only (ToMe's bipartite split).
         let r = Reduction::parse("0:0.7", Method::MergeOnly, Metric::SsmOutput).unwrap();
         let (_, pos) = pollster::block_on(model.run_reduced(ctx(), &ids, &r)).unwrap();
@@ -89,7 +104,10 @@ fn generation_continues_from_a_reduced_prefill() {
         let first = (0..vocab).fold(0, |b, i| if last[i] > last[b] { i } else { b });
         let got = pollster::block_on(model.generate(ctx(), &prompt, new, None, Some(&r))).unwrap();
         assert_eq!(got.len(), new, "{case}");
-        assert_eq!(got[0] as usize, first, "{case}: first token after the reduced prefill");
+        assert_eq!(
+            got[0] as usize, first,
+            "{case}: first token after the reduced prefill"
+        );
     }
 }
 

@@ -90,8 +90,8 @@ impl MambaCache {
 pub struct Backbone {
     embedding: RowShards,       // [V, D]
     lm_head: Option<RowShards>, // [V, D], None when tied to the embedding
-    norms: Vec<Tensor>,      // per layer [D]
-    norm_f: Tensor,          // [D]
+    norms: Vec<Tensor>,         // per layer [D]
+    norm_f: Tensor,             // [D]
     d_model: usize,
     eps: f32,
 }
@@ -507,8 +507,14 @@ impl LanguageModel {
             r.check_depth(self.n_layer())?;
         }
         match self {
-            Self::Mamba(m) => m.generate(ctx, prompt, max_new_tokens, eos, reduction).await,
-            Self::Mamba2(m) => m.generate(ctx, prompt, max_new_tokens, eos, reduction).await,
+            Self::Mamba(m) => {
+                m.generate(ctx, prompt, max_new_tokens, eos, reduction)
+                    .await
+            }
+            Self::Mamba2(m) => {
+                m.generate(ctx, prompt, max_new_tokens, eos, reduction)
+                    .await
+            }
         }
     }
 }

@@ -132,7 +132,13 @@ impl ModelDir {
     }
 
     /// A `[rows, cols]` tensor as [`RowShards`] that each fit one binding (vocabulary tables).
-    pub fn upload_rows(&self, ctx: &Context, name: &str, rows: usize, cols: usize) -> Result<RowShards> {
+    pub fn upload_rows(
+        &self,
+        ctx: &Context,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<RowShards> {
         let data = self.weights.f32_shaped(name, &[rows, cols])?;
         ctx.upload_row_shards(name, rows, cols, &data)
     }

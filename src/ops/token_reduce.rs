@@ -21,6 +21,12 @@ pub enum Split {
     Alternate,
     /// Every token is a candidate, the least important removed first; no matching (EViT).
     Prune,
+    /// What the authors' code (ToR_SSM) computes (ALGORITHMS.md 5.4): even positions are A;
+    /// similarity between per-channel sorted, normalised, clipped features; the hidden
+    /// stream merged per channel. Only the last token, which the code may remove, is kept
+    /// here. (The sorted rows make every match token 1 and the earliest even positions the
+    /// most similar, so the code's shuffle of targets is a no-op and is not reproduced.)
+    Code,
 }
 
 /// One reduction: `remove` tokens per sequence; of them, the `hidden_pruned` most similar (or,
@@ -39,7 +45,7 @@ impl Split {
     pub fn candidates(self, len: usize) -> usize {
         match self {
             Split::Importance => len / 2,
-            Split::Alternate => len.div_ceil(2) - usize::from(len % 2 == 1),
+            Split::Alternate | Split::Code => len.div_ceil(2) - usize::from(len % 2 == 1),
             Split::Prune => len.saturating_sub(1),
         }
     }
@@ -174,11 +180,37 @@ pub fn token_reduce(
             ],
             tokens,
         );
-        // Every A row against every B row through the matmul kernel, the fastest dot products
-        // the engine has; each sequence reads only its own block.
-        let a_rows = gather_rows(rec, &a_idx, features, None, None)?.x; // [B·n_a, F]
-        let b_rows = gather_rows(rec, &b_idx, features, None, None)?.x; // [B·n_b, F]
-        let sims = matmul(rec, "reduce_similarity", a_rows.mat(), &b_rows, None)?; // [B·n_a, B·n_b]
+        let sims = if args.split == Split::Code {
+            // Order statistics of each channel: rows 0..len/2 are B, the rest A.
+            let mid = len / 2;
+            let sorted_a = rec.alloc("reduce_sorted_a", &[batch * (len - mid), fdim])?;
+            let sorted_b = rec.alloc("reduce_sorted_b", &[batch * mid, fdim])?;
+            let groups = (len * fdim).div_ceil(64);
+            if groups > u16::MAX as usize {
+                return bad(format!(
+                    "the authors' matching sorts {len} x {fdim} features per sequence; at most {} fit one dispatch",
+                    u16::MAX as usize * 64
+                ));
+            }
+            rec.dispatch(
+                &kernel!("token_reduce", "utr_code_sort"),
+                &match_params,
+                &[
+                    features.buffer(),
+                    inv_norms.buffer(),
+                    sorted_a.buffer(),
+                    sorted_b.buffer(),
+                ],
+                [groups as u32, batch as u32, 1],
+            );
+            matmul(rec, "reduce_similarity", sorted_a.mat(), &sorted_b, None)? // [B(len-mid), B·mid]
+        } else {
+            // Every A row against every B row through the matmul kernel, the fastest dot
+            // products the engine has; each sequence reads only its own block.
+            let a_rows = gather_rows(rec, &a_idx, features, None, None)?.x; // [B·n_a, F]
+            let b_rows = gather_rows(rec, &b_idx, features, None, None)?.x; // [B·n_b, F]
+            matmul(rec, "reduce_similarity", a_rows.mat(), &b_rows, None)? // [B·n_a, B·n_b]
+        };
         rec.dispatch(
             &kernel!("token_reduce", "utr_match"),
             &match_params,
@@ -238,6 +270,9 @@ pub fn token_reduce_ref(
     hidden: &[f32],
     residual: &[f32],
 ) -> (Vec<usize>, Vec<f32>, Vec<f32>) {
+    if args.split == Split::Code {
+        return authors_code_ref(args.remove, scores.len(), features, hidden, residual);
+    }
     let len = scores.len();
     let (fdim, dim) = (features.len() / len, hidden.len() / len);
     let last = len - 1;
@@ -252,6 +287,7 @@ pub fn token_reduce_ref(
         }
         Split::Alternate => (0..last).step_by(2).collect(),
         Split::Prune => (0..last).collect(),
+        Split::Code => unreachable!("handled above"),
     };
     let row = |x: &[f32], w: usize, i: usize| x[i * w..(i + 1) * w].to_vec();
     // As the kernel computes it: dot · (1/|u|) · (1/|v|), 0 for a zero row.
@@ -311,4 +347,102 @@ pub fn token_reduce_ref(
         stream(hidden, args.hidden_pruned),
         stream(residual, args.residual_pruned),
     )
+}
+
+/// The authors' ToR_SSM reduction of one sequence, step by step as ALGORITHMS.md 5.4 lists it
+/// (sorts and explicit pairs), keeping the last token. `features` `[len, F]` are the block
+/// output (clipped here), `hidden` and `residual` `[len, D]`.
+fn authors_code_ref(
+    remove: usize,
+    len: usize,
+    features: &[f32],
+    hidden: &[f32],
+    residual: &[f32],
+) -> (Vec<usize>, Vec<f32>, Vec<f32>) {
+    let (fdim, dim) = (features.len() / len, hidden.len() / len);
+    let desc = |a: &f32, b: &f32| b.partial_cmp(a).unwrap_or(Ordering::Equal);
+    // 1. Clipped features, each token normalised (a zero row stays zero).
+    let normed: Vec<Vec<f32>> = (0..len)
+        .map(|i| {
+            let row: Vec<f32> = features[i * fdim..(i + 1) * fdim]
+                .iter()
+                .map(|v| v.max(0.0))
+                .collect();
+            let sq: f32 = row.iter().map(|v| v * v).sum();
+            let inv = if sq > 0.0 { 1.0 / sq.sqrt() } else { 0.0 };
+            row.iter().map(|v| v * inv).collect()
+        })
+        .collect();
+    // 2. Each channel sorted over the tokens, descending (stable): rows are order statistics.
+    let mut sorted = vec![vec![0.0f32; fdim]; len];
+    for c in 0..fdim {
+        let mut column: Vec<f32> = normed.iter().map(|r| r[c]).collect();
+        column.sort_by(desc);
+        for (rank, v) in column.into_iter().enumerate() {
+            sorted[rank][c] = v;
+        }
+    }
+    // 3. a = sorted[mid..], b = sorted[..mid]; best b row per a row.
+    let mid = len / 2;
+    let dot = |u: &[f32], v: &[f32]| u.iter().zip(v).map(|(x, y)| x * y).sum::<f32>();
+    let best: Vec<(usize, f32)> = (mid..len)
+        .map(|ai| {
+            (0..mid).fold((0, f32::MIN), |acc, bj| {
+                let s = dot(&sorted[ai], &sorted[bj]);
+                if s > acc.1 {
+                    (bj, s)
+                } else {
+                    acc
+                }
+            })
+        })
+        .collect();
+    // 4. A row i stands for token 2i, B row j for token 2j + 1 (positional). The r best a
+    // rows by similarity (ties to the lower row), the last token excluded; their targets in
+    // that order, the rows themselves in ascending order.
+    let mut order: Vec<usize> = (0..best.len()).filter(|&i| 2 * i != len - 1).collect();
+    order.sort_by(|&x, &y| desc(&best[x].1, &best[y].1).then(x.cmp(&y)));
+    order.truncate(remove);
+    let targets: Vec<usize> = order.iter().map(|&i| 2 * best[i].0 + 1).collect();
+    let mut sources: Vec<usize> = order.iter().map(|&i| 2 * i).collect();
+    sources.sort_unstable();
+    let pairs: Vec<(usize, usize)> = sources.iter().copied().zip(targets).collect();
+    let kept: Vec<usize> = (0..len).filter(|i| !sources.contains(i)).collect();
+    let value = |x: &[f32], i: usize, c: usize| x[i * dim + c];
+    // 5. Hidden: in channel c, the remove/2 removed tokens with the largest values merge
+    // (ties to the lower token), the rest are pruned there; the size counts the pairs among
+    // the first remove/2 by position.
+    let half = remove / 2;
+    let mut out_hidden = Vec::with_capacity(kept.len() * dim);
+    let mut out_residual = Vec::with_capacity(kept.len() * dim);
+    for &k in &kept {
+        let into_k: Vec<(usize, usize)> = pairs
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.1 == k)
+            .map(|(q, p)| (q, p.0))
+            .collect();
+        let size = 1 + into_k.iter().filter(|(q, _)| *q < half).count();
+        for c in 0..dim {
+            let mut by_value: Vec<usize> = sources.clone();
+            by_value
+                .sort_by(|&x, &y| desc(&value(hidden, x, c), &value(hidden, y, c)).then(x.cmp(&y)));
+            let merged_here = &by_value[..half];
+            let sum: f32 = value(hidden, k, c)
+                + into_k
+                    .iter()
+                    .filter(|(_, src)| merged_here.contains(src))
+                    .map(|(_, src)| value(hidden, *src, c))
+                    .sum::<f32>();
+            out_hidden.push(sum / size as f32);
+            // 6. Residual: size-weighted mean of the target and all its sources.
+            let sum: f32 = value(residual, k, c)
+                + into_k
+                    .iter()
+                    .map(|(_, src)| value(residual, *src, c))
+                    .sum::<f32>();
+            out_residual.push(sum / (1 + into_k.len()) as f32);
+        }
+    }
+    (kept, out_hidden, out_residual)
 }

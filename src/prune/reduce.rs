@@ -19,6 +19,10 @@ pub enum Method {
     PruneOnly,
     /// Bipartite merging of even positions into odd ones regardless of importance (PuMer/ToMe).
     MergeOnly,
+    /// The unified method as the authors' code computes it (ALGORITHMS.md 5.4, 6.4): even
+    /// positions removed, matched through per-channel sorted clipped block outputs, the hidden
+    /// stream merged per channel (its q = 0.5), the residual merged.
+    UnifiedCode,
 }
 
 impl FromStr for Method {
@@ -28,8 +32,9 @@ impl FromStr for Method {
             "unified" => Ok(Method::Unified),
             "prune" | "prune-only" | "evit" => Ok(Method::PruneOnly),
             "merge" | "merge-only" | "pumer" => Ok(Method::MergeOnly),
+            "unified-code" | "tor-ssm" => Ok(Method::UnifiedCode),
             _ => Err(Error::InvalidInput(format!(
-                "reduction method `{s}`: expected unified, prune-only or merge-only"
+                "reduction method `{s}`: expected unified, prune-only, merge-only or unified-code"
             ))),
         }
     }
@@ -155,6 +160,7 @@ impl Reduction {
             Method::Unified => Split::Importance,
             Method::PruneOnly => Split::Prune,
             Method::MergeOnly => Split::Alternate,
+            Method::UnifiedCode => Split::Code,
         }
     }
 
@@ -167,7 +173,7 @@ impl Reduction {
         let (hidden_pruned, residual_pruned) = match self.method {
             Method::Unified => (remove / 2, 0),
             Method::PruneOnly => (remove, remove),
-            Method::MergeOnly => (0, 0),
+            Method::MergeOnly | Method::UnifiedCode => (0, 0),
         };
         ReduceArgs {
             split,

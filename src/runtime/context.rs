@@ -322,9 +322,16 @@ impl Context {
     }
 
     /// Upload a `[rows, cols]` f32 matrix as [`RowShards`] that each fit one storage binding.
-    pub fn upload_row_shards(&self, name: &str, rows: usize, cols: usize, data: &[f32]) -> Result<RowShards> {
+    pub fn upload_row_shards(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        data: &[f32],
+    ) -> Result<RowShards> {
         let row_bytes = (cols * DType::F32.size()) as u64;
-        let per_shard = (self.inner.limits.max_storage_buffer_binding_size / row_bytes.max(1)) as usize;
+        let per_shard =
+            (self.inner.limits.max_storage_buffer_binding_size / row_bytes.max(1)) as usize;
         if per_shard == 0 || data.len() != rows * cols {
             // One row over the limit, or data of the wrong length: upload names what is wrong.
             return self

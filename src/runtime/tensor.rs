@@ -122,7 +122,12 @@ pub struct RowShards {
 }
 
 impl RowShards {
-    pub(crate) fn new(shards: Vec<Tensor>, rows_per_shard: usize, rows: usize, cols: usize) -> Self {
+    pub(crate) fn new(
+        shards: Vec<Tensor>,
+        rows_per_shard: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Self {
         RowShards {
             shards,
             rows_per_shard,
