@@ -3,9 +3,11 @@
 // (the dt part of x_proj's output) are read in place. The epilogue applies an activation and
 // adds a residual [m, n], so conv+BN+ReLU stems and `x + f(x)` connections cost no extra pass.
 //
-// Each invocation computes a 4 x 4 output block from vec4 loads along k: 8 vec4 loads feed
-// 64 multiply-adds. On a CPU driver (lavapipe) every invocation-varying load is a per-lane
-// gather, so the flops per load ratio is what sets the speed.
+// On a CPU driver (lavapipe, Mesa 22.3) every storage-buffer load is a loop over the SIMD
+// lanes, even where the address is the same in all of them, while FMAs and subgroup shuffles
+// are single vector instructions: the flops per load instruction set the speed. The portable
+// kernels give each invocation a 4 x 8 block (12 vec4 loads per 128 multiply-adds); the
+// subgroup kernels share the rows of x across a subgroup (see below).
 
 struct Params {
     m: u32,
@@ -41,6 +43,23 @@ fn finish(v: f32, m: u32, col: u32) -> f32 {
         out += residual[m * p.n + col];
     }
     return out;
+}
+
+// Stores outputs (m, n0..n0 + 3) = v + bias through the epilogue; rows past m and columns past
+// n are dropped.
+fn store_row(m: u32, n0: u32, v: vec4<f32>) {
+    if (m >= p.m || n0 >= p.n) {
+        return;
+    }
+    var o = v;
+    if (p.has_bias != 0u) {
+        o += vec4<f32>(bias[n0], bias[min(n0 + 1u, p.n - 1u)], bias[min(n0 + 2u, p.n - 1u)], bias[min(n0 + 3u, p.n - 1u)]);
+    }
+    let base = p.y_offset + m * p.y_stride + n0;
+    y[base] = finish(o.x, m, n0);
+    if (n0 + 1u < p.n) { y[base + 1u] = finish(o.y, m, n0 + 1u); }
+    if (n0 + 2u < p.n) { y[base + 2u] = finish(o.z, m, n0 + 2u); }
+    if (n0 + 3u < p.n) { y[base + 3u] = finish(o.w, m, n0 + 3u); }
 }
 
 const WG: u32 = 8u;
@@ -80,24 +99,8 @@ fn mac(acc: Rows, b: Rows, a: Rows) -> Rows {
 }
 
 fn store_block(m0: u32, n0: u32, acc: array<vec4<f32>, TM>) {
-    var bvec = vec4<f32>(0.0);
-    if (p.has_bias != 0u) {
-        for (var j = 0u; j < 4u; j++) {
-            bvec[j] = bias[min(n0 + j, p.n - 1u)];
-        }
-    }
     for (var i = 0u; i < TM; i++) {
-        let m = m0 + i;
-        if (m >= p.m) {
-            break;
-        }
-        let v = acc[i] + bvec;
-        let base = p.y_offset + m * p.y_stride + n0;
-        for (var j = 0u; j < 4u; j++) {
-            if (n0 + j < p.n) {
-                y[base + j] = finish(v[j], m, n0 + j);
-            }
-        }
+        store_row(m0 + i, n0, acc[i]);
     }
 }
 
@@ -148,63 +151,120 @@ fn matmul_scalar(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
 }
 
 // #if subgroups
-// Subgroup variant: a workgroup shares TS rows and covers 256 columns, 4 per invocation. Per
-// chunk of 32 k, lanes 0..7 of each subgroup load one vec4 of each row and broadcast it, so x
-// costs TS loads per chunk for the whole subgroup and each loaded weight feeds TS rows.
-const TS: u32 = 4u;
+// Subgroup variants: the lanes of a subgroup span columns (4 each) and share a block of rows.
+// Per chunk of 8 vec4s along k, lane q loads vec4 q of each row and the others read it with a
+// shuffle, so x costs one load per row per chunk for the whole subgroup; each lane loads only
+// its weights, and each weight load feeds every row of the block. The shuffles name constant
+// lanes, so the driver compiles them as a broadcast (measured as fast as subgroupBroadcast,
+// which WGSL allows only with a literal lane).
 
-fn store_rows(m0: u32, n0: u32, acc: array<vec4<f32>, TS>) {
-    var bvec = vec4<f32>(0.0);
-    if (p.has_bias != 0u) {
-        bvec = vec4<f32>(bias[min(n0, p.n - 1u)], bias[min(n0 + 1u, p.n - 1u)], bias[min(n0 + 2u, p.n - 1u)], bias[min(n0 + 3u, p.n - 1u)]);
-    }
-    for (var i = 0u; i < TS; i++) {
-        if (m0 + i < p.m) {
-            let v = acc[i] + bvec;
-            let m = m0 + i;
-            let base = p.y_offset + m * p.y_stride + n0;
-            y[base] = finish(v.x, m, n0);
-            if (n0 + 1u < p.n) { y[base + 1u] = finish(v.y, m, n0 + 1u); }
-            if (n0 + 2u < p.n) { y[base + 2u] = finish(v.z, m, n0 + 2u); }
-            if (n0 + 3u < p.n) { y[base + 3u] = finish(v.w, m, n0 + 3u); }
-        }
-    }
+// x[m, 4kq..4kq + 3], zero past k (a chunk's last lanes).
+fn x_vec(m: u32, kq: u32) -> vec4<f32> {
+    let k4 = p.k / 4u;
+    let v = x4[(p.x_offset + min(m, p.m - 1u) * p.x_stride) / 4u + min(kq, k4 - 1u)];
+    return select(vec4<f32>(0.0), v, kq < k4);
 }
 
-@compute @workgroup_size(64)
+fn x_rows(m: u32, kq: u32) -> Rows {
+    return Rows(x_vec(m, kq), x_vec(m + 1u, kq), x_vec(m + 2u, kq), x_vec(m + 3u, kq));
+}
+
+// What lane j holds of four rows.
+fn lane_rows(x: Rows, j: u32) -> Rows {
+    return Rows(subgroupShuffle(x.r0, j), subgroupShuffle(x.r1, j), subgroupShuffle(x.r2, j), subgroupShuffle(x.r3, j));
+}
+
+fn store_rows(m0: u32, n0: u32, acc: Rows) {
+    store_row(m0, n0, acc.r0);
+    store_row(m0 + 1u, n0, acc.r1);
+    store_row(m0 + 2u, n0, acc.r2);
+    store_row(m0 + 3u, n0, acc.r3);
+}
+
+// 32 rows: each weight load feeds 32 rows (4 weight loads and 4 x loads per 512 multiply-adds
+// per lane; 8 rows measured 1.5x and 16 rows 1.15x slower at 197 x 384 x 1536, 40 rows no
+// faster and 5x slower to compile). The unrolled struct keeps the accumulators in registers:
+// an array indexed in a loop stays in memory and runs 4x slower.
+struct Tile {
+    g0: Rows,
+    g1: Rows,
+    g2: Rows,
+    g3: Rows,
+    g4: Rows,
+    g5: Rows,
+    g6: Rows,
+    g7: Rows,
+}
+
+fn x_tile(m: u32, kq: u32) -> Tile {
+    return Tile(x_rows(m, kq), x_rows(m + 4u, kq), x_rows(m + 8u, kq), x_rows(m + 12u, kq),
+                x_rows(m + 16u, kq), x_rows(m + 20u, kq), x_rows(m + 24u, kq), x_rows(m + 28u, kq));
+}
+
+// acc += (lane j's vec4 of each row) times the weight block b.
+fn mac_tile(acc: Tile, b: Rows, x: Tile, j: u32) -> Tile {
+    return Tile(mac(acc.g0, b, lane_rows(x.g0, j)), mac(acc.g1, b, lane_rows(x.g1, j)),
+                mac(acc.g2, b, lane_rows(x.g2, j)), mac(acc.g3, b, lane_rows(x.g3, j)),
+                mac(acc.g4, b, lane_rows(x.g4, j)), mac(acc.g5, b, lane_rows(x.g5, j)),
+                mac(acc.g6, b, lane_rows(x.g6, j)), mac(acc.g7, b, lane_rows(x.g7, j)));
+}
+
+// A workgroup is one subgroup of 8 lanes: 32 rows x 32 columns, so narrow outputs (n = 44)
+// leave few lanes idle.
+@compute @workgroup_size(8)
 fn matmul_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32, @builtin(local_invocation_index) li: u32) {
+    let n0 = (wg.x * 8u + li) * 4u;
+    let m0 = wg.y * 32u;
+    let k4 = p.k / 4u;
+    let q = lane & 7u;
+    // Columns past n are clamped to the last one and never stored; chunk steps past k read
+    // the last weights against zero x.
+    let wr = min(vec4<u32>(n0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n - 1u)) * k4;
+    let z = Rows(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    var acc = Tile(z, z, z, z, z, z, z, z);
+    for (var c0 = 0u; c0 < k4; c0 += 8u) {
+        let x = x_tile(m0, c0 + q);
+        // Unrolled by hand: a loop over the lane is not unrolled and runs 35% slower.
+        acc = mac_tile(acc, weight_block(wr, c0), x, 0u);
+        acc = mac_tile(acc, weight_block(wr, min(c0 + 1u, k4 - 1u)), x, 1u);
+        acc = mac_tile(acc, weight_block(wr, min(c0 + 2u, k4 - 1u)), x, 2u);
+        acc = mac_tile(acc, weight_block(wr, min(c0 + 3u, k4 - 1u)), x, 3u);
+        acc = mac_tile(acc, weight_block(wr, min(c0 + 4u, k4 - 1u)), x, 4u);
+        acc = mac_tile(acc, weight_block(wr, min(c0 + 5u, k4 - 1u)), x, 5u);
+        acc = mac_tile(acc, weight_block(wr, min(c0 + 6u, k4 - 1u)), x, 6u);
+        acc = mac_tile(acc, weight_block(wr, min(c0 + 7u, k4 - 1u)), x, 7u);
+    }
+    store_rows(m0, n0, acc.g0);
+    store_rows(m0 + 4u, n0, acc.g1);
+    store_rows(m0 + 8u, n0, acc.g2);
+    store_rows(m0 + 12u, n0, acc.g3);
+    store_rows(m0 + 16u, n0, acc.g4);
+    store_rows(m0 + 20u, n0, acc.g5);
+    store_rows(m0 + 24u, n0, acc.g6);
+    store_rows(m0 + 28u, n0, acc.g7);
+}
+
+// Few rows (decode steps, a head over class tokens): 4 rows, 64 lanes x 4 columns per
+// workgroup, so that a small m does not pay for 32 rows of multiply-adds.
+@compute @workgroup_size(64)
+fn matmul_subgroup_rows4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32, @builtin(local_invocation_index) li: u32) {
     let n0 = (wg.x * 64u + li) * 4u;
-    let m0 = wg.y * TS;
-    let valid = n0 < p.n;
+    let m0 = wg.y * 4u;
     let k4 = p.k / 4u;
     let q = lane & 7u;
     let wr = min(vec4<u32>(n0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n - 1u)) * k4;
-    let xr0 = (p.x_offset + min(m0 + 0u, p.m - 1u) * p.x_stride) / 4u;
-    let xr1 = (p.x_offset + min(m0 + 1u, p.m - 1u) * p.x_stride) / 4u;
-    let xr2 = (p.x_offset + min(m0 + 2u, p.m - 1u) * p.x_stride) / 4u;
-    let xr3 = (p.x_offset + min(m0 + 3u, p.m - 1u) * p.x_stride) / 4u;
     var acc = Rows(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     for (var c0 = 0u; c0 < k4; c0 += 8u) {
-        // This lane's share of the chunk: vec4 c0 + q (zero past k).
-        let kq = c0 + q;
-        let in_k = kq < k4;
-        let kc = min(kq, k4 - 1u);
-        let x0 = select(vec4<f32>(0.0), x4[xr0 + kc], in_k);
-        let x1 = select(vec4<f32>(0.0), x4[xr1 + kc], in_k);
-        let x2 = select(vec4<f32>(0.0), x4[xr2 + kc], in_k);
-        let x3 = select(vec4<f32>(0.0), x4[xr3 + kc], in_k);
-        // Unrolled by hand: a loop over the (constant) broadcast lane runs 35% slower on lavapipe.
-        acc = mac(acc, weight_block(wr, min(c0, k4 - 1u)), Rows(subgroupBroadcast(x0, 0u), subgroupBroadcast(x1, 0u), subgroupBroadcast(x2, 0u), subgroupBroadcast(x3, 0u)));
-        acc = mac(acc, weight_block(wr, min(c0 + 1u, k4 - 1u)), Rows(subgroupBroadcast(x0, 1u), subgroupBroadcast(x1, 1u), subgroupBroadcast(x2, 1u), subgroupBroadcast(x3, 1u)));
-        acc = mac(acc, weight_block(wr, min(c0 + 2u, k4 - 1u)), Rows(subgroupBroadcast(x0, 2u), subgroupBroadcast(x1, 2u), subgroupBroadcast(x2, 2u), subgroupBroadcast(x3, 2u)));
-        acc = mac(acc, weight_block(wr, min(c0 + 3u, k4 - 1u)), Rows(subgroupBroadcast(x0, 3u), subgroupBroadcast(x1, 3u), subgroupBroadcast(x2, 3u), subgroupBroadcast(x3, 3u)));
-        acc = mac(acc, weight_block(wr, min(c0 + 4u, k4 - 1u)), Rows(subgroupBroadcast(x0, 4u), subgroupBroadcast(x1, 4u), subgroupBroadcast(x2, 4u), subgroupBroadcast(x3, 4u)));
-        acc = mac(acc, weight_block(wr, min(c0 + 5u, k4 - 1u)), Rows(subgroupBroadcast(x0, 5u), subgroupBroadcast(x1, 5u), subgroupBroadcast(x2, 5u), subgroupBroadcast(x3, 5u)));
-        acc = mac(acc, weight_block(wr, min(c0 + 6u, k4 - 1u)), Rows(subgroupBroadcast(x0, 6u), subgroupBroadcast(x1, 6u), subgroupBroadcast(x2, 6u), subgroupBroadcast(x3, 6u)));
-        acc = mac(acc, weight_block(wr, min(c0 + 7u, k4 - 1u)), Rows(subgroupBroadcast(x0, 7u), subgroupBroadcast(x1, 7u), subgroupBroadcast(x2, 7u), subgroupBroadcast(x3, 7u)));
+        let x = x_rows(m0, c0 + q);
+        acc = mac(acc, weight_block(wr, c0), lane_rows(x, 0u));
+        acc = mac(acc, weight_block(wr, min(c0 + 1u, k4 - 1u)), lane_rows(x, 1u));
+        acc = mac(acc, weight_block(wr, min(c0 + 2u, k4 - 1u)), lane_rows(x, 2u));
+        acc = mac(acc, weight_block(wr, min(c0 + 3u, k4 - 1u)), lane_rows(x, 3u));
+        acc = mac(acc, weight_block(wr, min(c0 + 4u, k4 - 1u)), lane_rows(x, 4u));
+        acc = mac(acc, weight_block(wr, min(c0 + 5u, k4 - 1u)), lane_rows(x, 5u));
+        acc = mac(acc, weight_block(wr, min(c0 + 6u, k4 - 1u)), lane_rows(x, 6u));
+        acc = mac(acc, weight_block(wr, min(c0 + 7u, k4 - 1u)), lane_rows(x, 7u));
     }
-    if (valid) {
-        store_rows(m0, n0, array<vec4<f32>, TS>(acc.r0, acc.r1, acc.r2, acc.r3));
-    }
+    store_rows(m0, n0, acc);
 }
 // #endif

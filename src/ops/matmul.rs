@@ -6,8 +6,9 @@ use crate::ops::activation::Activation;
 use crate::ops::kernel;
 use crate::runtime::{MatView, Recorder, Tensor};
 
-/// Outputs narrower than this use the portable kernel even where subgroups exist.
-pub const SUBGROUP_MIN_COLS: usize = 512;
+/// Fewer rows than this use the 4-row subgroup kernel: the 32-row one would spend most of its
+/// multiply-adds on rows past m (measured crossover on lavapipe, n = 1536, k = 384).
+const SUBGROUP_TILE_MIN_ROWS: usize = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -108,13 +109,14 @@ fn record(
         _pad: [0; 2],
     };
     debug_assert!(residual.is_none_or(|r| r.numel() == m * n));
-    // A subgroup workgroup spans 256 columns: narrower outputs leave most lanes idle, and the
-    // 8x4-block kernel is faster below 512 columns (measured on lavapipe: n = 44 3.7x, n = 384
-    // 1.5x, n = 192 even).
-    let subgroups = vec4 && n >= SUBGROUP_MIN_COLS && rec.context().uses_subgroups();
-    let (kernel, groups) = if subgroups {
-        // 64 invocations x 4 columns, 4 rows per workgroup.
+    let subgroups = vec4 && rec.context().uses_subgroups();
+    let (kernel, groups) = if subgroups && m >= SUBGROUP_TILE_MIN_ROWS {
+        // 8 invocations x 4 columns, 32 rows per workgroup.
         let k = kernel!("matmul", "matmul_subgroup").with_subgroups(true);
+        (k, [n.div_ceil(32) as u32, m.div_ceil(32) as u32, 1])
+    } else if subgroups {
+        // 64 invocations x 4 columns, 4 rows per workgroup.
+        let k = kernel!("matmul", "matmul_subgroup_rows4").with_subgroups(true);
         (k, [n.div_ceil(256) as u32, m.div_ceil(4) as u32, 1])
     } else {
         // 8 x 8 invocations of 8 rows x 4 columns: 64 x 32 outputs per workgroup.
