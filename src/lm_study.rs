@@ -122,7 +122,11 @@ pub fn markdown(studies: &[LmStudy], command: &str, plot: &str) -> String {
 fn summary(s: &LmStudy) -> String {
     let top = s.rows.iter().map(|r| r.1).fold(f64::MIN, f64::max);
     let mut at: Vec<_> = s.rows.iter().filter(|r| r.1 == top).collect();
-    at.sort_by(|a, b| a.3.positions.perplexity.total_cmp(&b.3.positions.perplexity));
+    at.sort_by(|a, b| {
+        a.3.positions
+            .perplexity
+            .total_cmp(&b.3.positions.perplexity)
+    });
     let ranking: Vec<String> = at
         .iter()
         .map(|r| format!("{} {:.3}", r.0, r.3.positions.perplexity))

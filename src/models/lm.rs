@@ -407,11 +407,11 @@ impl LanguageModel {
             .and_then(|v| v.as_str());
         match (model_type, layer) {
             (Some("mamba2"), _) | (None, Some("Mamba2")) => {
-                let config = Mamba2Config::from_model_dir(&dir)?;
+                let config = Mamba2Config::from_model_dir(dir)?;
                 Ok(Self::Mamba2(Mamba2Lm::from_model_dir(ctx, dir, config)?))
             }
             (Some("mamba") | None, _) => {
-                let config = MambaConfig::from_model_dir(&dir)?;
+                let config = MambaConfig::from_model_dir(dir)?;
                 Ok(Self::Mamba(MambaLm::from_model_dir(ctx, dir, config)?))
             }
             (Some(other), _) => Err(dir.config_error(format!(
