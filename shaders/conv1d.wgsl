@@ -6,6 +6,9 @@
 // with write_state != 0 the last 4 inputs are stored back: prefill and decode steps are the
 // same kernel. With reverse != 0 the tokens are walked last to first: the causal conv of the
 // flipped sequence, written at the original positions (Vim's backward branch), with no copies.
+// With has_positions != 0 the tokens are the kept ones of a pruned sequence and `positions`
+// holds their original positions: the window slides over the original positions, reading
+// pruned ones as zero (the alignment that decays the scan's state over the same gaps).
 
 struct Params {
     batch: u32,
@@ -16,6 +19,10 @@ struct Params {
     use_state: u32,
     write_state: u32,
     reverse: u32,
+    has_positions: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -24,6 +31,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> state: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(6) var<storage, read> positions: array<u32>;
 
 @compute @workgroup_size(64)
 fn conv1d_silu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -40,10 +48,20 @@ fn conv1d_silu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     if (p.use_state != 0u) {
         window = state[idx];
     }
+    var previous = 0u;
     for (var s = 0u; s < p.len; s++) {
         let t = select(s, p.len - 1u - s, p.reverse != 0u);
         let row = b * p.len + t;
         let xt = x[p.x_offset + row * p.x_stride + e];
+        if (p.has_positions != 0u) {
+            // Zeros for the pruned positions since the previous kept token (at most 3 matter).
+            let here = positions[row];
+            let gap = select(select(here - previous, previous - here, p.reverse != 0u), 1u, s == 0u);
+            for (var k = 1u; k < min(gap, 4u); k++) {
+                window = vec4<f32>(window.yzw, 0.0);
+            }
+            previous = here;
+        }
         window = vec4<f32>(window.yzw, xt);
         let c = c0 + dot(window, w);
         out[row * p.channels + e] = c / (1.0 + exp(-c));

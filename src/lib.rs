@@ -12,10 +12,12 @@ pub mod error;
 pub mod eval;
 pub mod inspect;
 pub mod lm_eval;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod lm_study;
 pub mod loader;
 pub mod models;
 pub mod ops;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod plot;
 pub mod preprocess;
 pub mod prune;

@@ -154,7 +154,17 @@ fn conv1d_matches_reference_and_carries_state() {
             )
             .unwrap();
         let mut rec = ctx.recorder();
-        let plain = conv1d_silu(&mut rec, xt.mat(), batch, &wt, &bt, Carry::None, false).unwrap();
+        let plain = conv1d_silu(
+            &mut rec,
+            xt.mat(),
+            batch,
+            &wt,
+            &bt,
+            Carry::None,
+            false,
+            None,
+        )
+        .unwrap();
         let captured = conv1d_silu(
             &mut rec,
             xt.mat(),
@@ -163,14 +173,18 @@ fn conv1d_matches_reference_and_carries_state() {
             &bt,
             Carry::Capture(&st),
             false,
+            None,
         )
         .unwrap();
-        let reversed = conv1d_silu(&mut rec, xt.mat(), batch, &wt, &bt, Carry::None, true).unwrap();
+        let reversed =
+            conv1d_silu(&mut rec, xt.mat(), batch, &wt, &bt, Carry::None, true, None).unwrap();
         let got = rec
             .submit_and_read_blocking(&[&plain, &captured, &st, &reversed])
             .unwrap();
         let mut state = vec![0.0; batch * channels * CONV_WIDTH];
-        let want = conv1d_silu_ref(&x, batch, len, channels, &w, &b, &mut state, false, false);
+        let want = conv1d_silu_ref(
+            &x, batch, len, channels, &w, &b, &mut state, false, false, None,
+        );
         // Reverse = the forward conv of each flipped sequence, flipped back.
         let flip = |v: &[f32]| flip_tokens(v, batch, len, channels);
         let mut scratch = vec![0.0; state.len()];
@@ -184,11 +198,22 @@ fn conv1d_matches_reference_and_carries_state() {
             &mut scratch,
             false,
             false,
+            None,
         );
         assert_close("conv1d reverse", &got[3], &flip(&flipped), 1e-5, 1e-5);
         let mut scratch = vec![0.0; state.len()];
-        let reverse_ref =
-            conv1d_silu_ref(&x, batch, len, channels, &w, &b, &mut scratch, false, true);
+        let reverse_ref = conv1d_silu_ref(
+            &x,
+            batch,
+            len,
+            channels,
+            &w,
+            &b,
+            &mut scratch,
+            false,
+            true,
+            None,
+        );
         assert_close(
             "conv1d reverse ref",
             &reverse_ref,
@@ -218,12 +243,116 @@ fn conv1d_matches_reference_and_carries_state() {
             &bt,
             Carry::Continue(&st),
             false,
+            None,
         )
         .unwrap();
         let got = rec.submit_and_read_blocking(&[&step, &st]).unwrap();
-        let want = conv1d_silu_ref(&x2, batch, 1, channels, &w, &b, &mut state, true, false);
+        let want = conv1d_silu_ref(
+            &x2, batch, 1, channels, &w, &b, &mut state, true, false, None,
+        );
         assert_close("conv1d step", &got[0], &want, 1e-5, 1e-5);
         assert_close("conv1d step state", &got[1], &state, 0.0, 0.0);
+    }
+}
+
+/// The kept tokens of a pruned sequence at their original positions: both directions equal
+/// the dense conv of the full sequence with the pruned tokens zeroed, at the kept rows.
+#[test]
+fn conv1d_over_kept_positions_reads_pruned_ones_as_zero() {
+    let ctx = ctx();
+    let mut r = rng(14);
+    let (batch, full, channels) = (2, 23, 5);
+    // Per sequence: kept original positions with gaps of 1 to 5.
+    let kept: Vec<Vec<u32>> = vec![
+        vec![1, 2, 4, 8, 9, 14, 15, 16, 22],
+        vec![0, 3, 4, 5, 10, 11, 13, 17, 20],
+    ];
+    let len = kept[0].len();
+    let dense = randn(&mut r, batch * full * channels, 1.0);
+    let w = randn(&mut r, channels * CONV_WIDTH, 1.0);
+    let b = randn(&mut r, channels, 1.0);
+    let mut zeroed = vec![0.0; dense.len()];
+    let mut compact = Vec::new();
+    for (s, pos) in kept.iter().enumerate() {
+        for &p in pos {
+            let row = (s * full + p as usize) * channels;
+            zeroed[row..row + channels].copy_from_slice(&dense[row..row + channels]);
+            compact.extend_from_slice(&dense[row..row + channels]);
+        }
+    }
+    let positions: Vec<u32> = kept.concat();
+    let xt = ctx
+        .upload_f32("x", &[batch * len, channels], &compact)
+        .unwrap();
+    let wt = ctx.upload_f32("w", &[channels, CONV_WIDTH], &w).unwrap();
+    let bt = ctx.upload_f32("b", &[channels], &b).unwrap();
+    let pt = ctx.upload_u32("pos", &[batch, len], &positions).unwrap();
+    for reverse in [false, true] {
+        let mut rec = ctx.recorder();
+        let out = conv1d_silu(
+            &mut rec,
+            xt.mat(),
+            batch,
+            &wt,
+            &bt,
+            Carry::None,
+            reverse,
+            Some(&pt),
+        )
+        .unwrap();
+        let got = rec.submit_and_read_blocking(&[&out]).unwrap().remove(0);
+        let mut scratch = vec![0.0; batch * channels * CONV_WIDTH];
+        let full_out = conv1d_silu_ref(
+            &zeroed,
+            batch,
+            full,
+            channels,
+            &w,
+            &b,
+            &mut scratch,
+            false,
+            reverse,
+            None,
+        );
+        let want: Vec<f32> = kept
+            .iter()
+            .enumerate()
+            .flat_map(|(s, pos)| {
+                pos.iter()
+                    .flat_map(|&p| {
+                        let row = (s * full + p as usize) * channels;
+                        full_out[row..row + channels].to_vec()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_close(
+            &format!("conv1d gaps reverse {reverse}"),
+            &got,
+            &want,
+            1e-5,
+            1e-5,
+        );
+        let mut scratch = vec![0.0; batch * channels * CONV_WIDTH];
+        let reference = conv1d_silu_ref(
+            &compact,
+            batch,
+            len,
+            channels,
+            &w,
+            &b,
+            &mut scratch,
+            false,
+            reverse,
+            Some(&positions),
+        );
+        assert_close(
+            &format!("conv1d gaps reference {reverse}"),
+            &reference,
+            &want,
+            1e-6,
+            1e-6,
+        );
     }
 }
 

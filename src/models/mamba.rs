@@ -250,6 +250,7 @@ impl SsmBranch {
             &self.conv_bias,
             conv_carry,
             reverse,
+            gap_positions,
         )?; // [B·L, E]
         let q = matmul(rec, "x_proj", u.mat(), &self.x_proj, None)?; // [B·L, R + 2N] = [dt | B | C]
         let dt = matmul(rec, "dt_proj", q.cols(0, r), &self.dt_proj, None)?; // [B·L, E]; bias in the scan

@@ -339,6 +339,7 @@ impl CausalLm for Mamba2Lm {
             &l.conv_bias,
             conv_carry,
             false,
+            None,
         )?;
         let args = SsdArgs {
             x: xbc.cols(0, e),       // [B·L, H·P]

@@ -18,11 +18,15 @@ struct Params {
     use_state: u32,
     write_state: u32,
     reverse: u32,
+    has_positions: u32,
+    _pad: [u32; 3],
 }
 
 /// `x` is `[batch * len, channels]` (any row stride), `weight` `[channels, 4]`, `bias`
 /// `[channels]`, state `[batch, channels, 4]`. Returns `[batch * len, channels]`. `reverse`
-/// convolves each sequence as if flipped, keeping the original token positions.
+/// convolves each sequence as if flipped, keeping the original token positions. With
+/// `gap_positions` (u32 `[batch, len]`, increasing) the tokens are the kept ones of a pruned
+/// sequence at those original positions, and the pruned ones read as zero.
 pub fn conv1d_silu(
     rec: &mut Recorder,
     x: MatView,
@@ -31,6 +35,7 @@ pub fn conv1d_silu(
     bias: &Tensor,
     state: Carry,
     reverse: bool,
+    gap_positions: Option<&Tensor>,
 ) -> Result<Tensor> {
     let channels = x.cols;
     let len = x.rows / batch;
@@ -45,7 +50,10 @@ pub fn conv1d_silu(
         use_state,
         write_state,
         reverse: reverse as u32,
+        has_positions: gap_positions.is_some() as u32,
+        _pad: [0; 3],
     };
+    let dummy = rec.context().inner.dummy.clone();
     rec.dispatch(
         &kernel!("conv1d", "conv1d_silu"),
         &params,
@@ -55,6 +63,7 @@ pub fn conv1d_silu(
             bias.buffer(),
             &state_buf,
             out.buffer(),
+            gap_positions.map_or(&dummy, Tensor::buffer),
         ],
         grid((batch * channels).div_ceil(64) as u32),
     );
@@ -74,6 +83,7 @@ pub fn conv1d_silu_ref(
     state: &mut [f32],
     use_state: bool,
     reverse: bool,
+    gap_positions: Option<&[u32]>,
 ) -> Vec<f32> {
     let mut out = vec![0.0; x.len()];
     for b in 0..batch {
@@ -87,6 +97,13 @@ pub fn conv1d_silu_ref(
             for s in 0..len {
                 let t = if reverse { len - 1 - s } else { s };
                 let i = (b * len + t) * channels + e;
+                if let (Some(pos), true) = (gap_positions, s > 0) {
+                    let prev = if reverse { t + 1 } else { t - 1 };
+                    let gap = pos[b * len + t].abs_diff(pos[b * len + prev]) as usize;
+                    for _ in 1..gap.min(CONV_WIDTH) {
+                        window = [window[1], window[2], window[3], 0.0];
+                    }
+                }
                 window = [window[1], window[2], window[3], x[i]];
                 let c = bias[e]
                     + (0..CONV_WIDTH)
