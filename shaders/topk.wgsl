@@ -1,6 +1,7 @@
 // Top-k token selection for pruning, one workgroup per image:
 //   out[b, :] = the `keep` best tokens of scores[b, :] (a protected class token always among
-//               them, at index (keep - 1) / 2), in original order or in score order.
+//               them, at index (keep - 1) / 2), in original order or in score order; or, balanced,
+//               the best half on each side of the class token, in original order.
 // "Best" is a strict total order: higher score first, ties to the lower index, NaN below every
 // number (-0 and +0 are equal). Scores are read as bits and mapped to u32 keys that compare as
 // the scores do, so no float compare (or flush-to-zero of subnormals) is involved.
@@ -21,7 +22,7 @@ struct Params {
     keep: u32,
     // Position of the protected class token, or >= len for none.
     cls: u32,
-    // 0: original order, 1: score order.
+    // 0: original order, 1: score order, 2: original order balanced around the class token.
     order: u32,
     _pad0: u32,
     _pad1: u32,
@@ -38,6 +39,7 @@ const WG: u32 = 64u;
 const LANES: u32 = 4u;
 const MAX_LEN: u32 = 4096u;
 const ORDER_SCORE: u32 = 1u;
+const ORDER_BALANCED: u32 = 2u;
 var<workgroup> tile: array<vec4<u32>, WG>;
 var<workgroup> chosen: array<atomic<u32>, MAX_LEN / 32u>;
 
@@ -65,9 +67,13 @@ fn keys4(base: u32, first: u32) -> vec4<u32> {
 }
 
 // 1 where token (ki, i) ranks before token (kj, j) (higher key, or the same and a lower index).
+// Balanced, only tokens on the same side of the class token compete.
 fn beats(ki: u32, i: u32, kj: vec4<u32>, j: vec4<u32>) -> vec4<u32> {
     let k = vec4<u32>(ki);
-    return vec4<u32>((k > kj) | ((k == kj) & (vec4<u32>(i) < j)));
+    let better = (k > kj) | ((k == kj) & (vec4<u32>(i) < j));
+    let cls = vec4<u32>(p.cls);
+    let same_side = (vec4<u32>(i) < cls) == (j < cls);
+    return vec4<u32>(better & (same_side | vec4<bool>(p.order != ORDER_BALANCED)));
 }
 
 // Output slot of the chosen token of rank `r` among the chosen: the class token takes slot
@@ -111,7 +117,10 @@ fn topk(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         }
         for (var c = 0u; c < LANES; c++) {
             let token = first + c;
-            if (token < p.len && rank[c] < m) {
+            // Balanced: the best `half` before the class token and the best m - half after
+            // it, so in original order the class token sits at slot half, among its neighbours.
+            let quota = select(m, select(m - half, half, token < p.cls), p.order == ORDER_BALANCED && has_cls);
+            if (token < p.len && rank[c] < quota) {
                 if (p.order == ORDER_SCORE) {
                     out[out_base + slot(rank[c], half, has_cls)] = token;
                 } else {

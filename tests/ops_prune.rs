@@ -59,8 +59,14 @@ fn topk_matches_reference() {
         let st = ctx.upload_f32("scores", &[batch, len], &s).unwrap();
         for keep in [1, len.div_ceil(2), (len * 4 / 5).max(1), len] {
             for cls in [None, Some(len / 2)] {
-                for order in [KeepOrder::Ascending, KeepOrder::Score] {
+                for order in [KeepOrder::Ascending, KeepOrder::Score, KeepOrder::Balanced] {
                     let mut rec = ctx.recorder();
+                    let m = keep - usize::from(cls.is_some());
+                    let sides_too_short = cls.is_some_and(|c| m / 2 > c || m - m / 2 > len - 1 - c);
+                    if order == KeepOrder::Balanced && sides_too_short {
+                        assert!(topk(&mut rec, &st, keep, cls, order).is_err());
+                        continue;
+                    }
                     let out = topk(&mut rec, &st, keep, cls, order).unwrap();
                     rec.submit_blocking().unwrap();
                     let want = topk_ref(&s, len, keep, cls, order);
@@ -82,7 +88,7 @@ fn topk_large_sequence() {
     let (batch, len) = (2, 4096);
     let s = scores(&mut r, batch, len);
     let st = ctx.upload_f32("scores", &[batch, len], &s).unwrap();
-    for order in [KeepOrder::Ascending, KeepOrder::Score] {
+    for order in [KeepOrder::Ascending, KeepOrder::Score, KeepOrder::Balanced] {
         let mut rec = ctx.recorder();
         let out = topk(&mut rec, &st, 3277, Some(2047), order).unwrap();
         rec.submit_blocking().unwrap();
@@ -108,6 +114,22 @@ fn topk_reference_follows_the_authors_layout() {
         [6, 0, 3, 2, 4]
     );
     assert_eq!(topk_ref(&s, 7, 3, None, KeepOrder::Score), [3, 6, 0]);
+    // Balanced: the best 2 of 0..3 (0, then 2 by index) and of 4..7 (6, then 4).
+    assert_eq!(
+        topk_ref(&s, 7, 5, Some(3), KeepOrder::Balanced),
+        [0, 2, 3, 4, 6]
+    );
+    // When the best tokens crowd one side, the authors' layout puts the class token in the
+    // middle out of its original order (before 2); balanced keeps it between its neighbours.
+    let s = [0.9, 0.8, 0.7, 9.0, 0.1, 0.2, 0.3];
+    assert_eq!(
+        topk_ref(&s, 7, 5, Some(3), KeepOrder::Balanced),
+        [0, 1, 3, 5, 6]
+    );
+    assert_eq!(
+        topk_ref(&s, 7, 5, Some(3), KeepOrder::Ascending),
+        [0, 1, 3, 2, 6]
+    );
 }
 
 #[test]

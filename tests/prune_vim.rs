@@ -105,7 +105,10 @@ fn pruned_streams_are_the_unpruned_ones_at_the_kept_positions() {
                     model.config.cls_position(),
                     "{align:?} {row:?}"
                 );
-                if align != Align::Score {
+                if align == Align::Decay {
+                    // Balanced: original order through the class token, half on each side.
+                    assert!(row.windows(2).all(|w| w[0] < w[1]), "{row:?}");
+                } else if align == Align::Carry {
                     // Original order, except the class token, re-inserted in the middle as the
                     // authors' code does.
                     let others: Vec<usize> = row
@@ -145,8 +148,9 @@ fn pruned_streams_are_the_unpruned_ones_at_the_kept_positions() {
             logits_by_mode.insert((align, importance), logits);
         }
     }
-    // Every alignment keeps the same tokens for the same importance (the first pruning step
-    // sees the same scores).
+    // Carry and score keep the same tokens for the same importance (the first pruning step
+    // sees the same scores); decay keeps the best of each side of the class token, the same
+    // set wherever the best ones fall evenly.
     for importance in [Importance::Clipped, Importance::L2] {
         assert_ne!(
             logits_by_mode[&(Align::Carry, importance)],
@@ -155,6 +159,12 @@ fn pruned_streams_are_the_unpruned_ones_at_the_kept_positions() {
         );
     }
     let n = kept_sets.len() / 3;
-    assert_eq!(kept_sets[..n], kept_sets[n..2 * n]);
     assert_eq!(kept_sets[..n], kept_sets[2 * n..]);
+    let cls = model.config.cls_position();
+    for (carry, decay) in kept_sets[..n].iter().zip(&kept_sets[n..2 * n]) {
+        let before = |set: &[usize]| set.iter().filter(|&&p| p < cls).count();
+        if before(&carry.1) == (keep - 1) / 2 {
+            assert_eq!(carry, decay);
+        }
+    }
 }

@@ -13,8 +13,13 @@ pub const TOPK_MAX_LEN: usize = 4096;
 /// The order of the kept tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeepOrder {
-    /// Original (ascending index) order, as the ToP authors' code keeps them.
+    /// Original (ascending index) order, as the ToP authors' code keeps them (the class token
+    /// re-inserted in the middle of the kept list, wherever that falls).
     Ascending,
+    /// Original order with as many kept tokens on each side of the class token (the best of
+    /// each side), so the class token stays among its original neighbours: the order the
+    /// position map of the `decay` alignment needs.
+    Balanced,
     /// Best score first, as ViT pruning (EViT) leaves them: the naive baseline.
     Score,
 }
@@ -38,7 +43,8 @@ struct Params {
 /// with the first `(keep - 1) / 2` chosen before it (ALGORITHMS.md 4.2, steps 2-4). Vim's class
 /// token sits at `M / 2` of `M = N - 1` patches, so it lands where the next layer expects it.
 /// The authors' code protects the class token of batch row 0 only; here every row's is.
-/// `1 <= keep <= N <= TOPK_MAX_LEN`.
+/// [`KeepOrder::Balanced`] needs `(keep - 1) / 2` tokens before the class token and the rest
+/// after it. `1 <= keep <= N <= TOPK_MAX_LEN`.
 pub fn topk(
     rec: &mut Recorder,
     scores: &Tensor,
@@ -56,6 +62,15 @@ pub fn topk(
         return Err(Error::InvalidInput("topk: empty batch".into()));
     }
     check_topk_args(scores.dtype(), len, keep, cls)?;
+    if let (KeepOrder::Balanced, Some(c)) = (order, cls) {
+        let m = keep - 1;
+        if m / 2 > c || m - m / 2 > len - 1 - c {
+            return Err(Error::InvalidInput(format!(
+                "topk: {} kept tokens on each side of the class token at {c} of {len} do not exist",
+                m / 2
+            )));
+        }
+    }
     let out = rec.context().alloc("kept", &[batch, keep], DType::U32)?;
     let params = Params {
         batch: batch as u32,
@@ -65,6 +80,7 @@ pub fn topk(
         order: match order {
             KeepOrder::Ascending => 0,
             KeepOrder::Score => 1,
+            KeepOrder::Balanced => 2,
         },
         _pad: [0; 3],
     };
@@ -116,10 +132,23 @@ pub fn topk_ref(
     scores
         .chunks(len)
         .flat_map(|row| {
-            let mut ranked: Vec<usize> = (0..len).filter(|&j| Some(j) != cls).collect();
-            ranked.sort_by(|&i, &j| better(&row[i], &row[j]));
-            ranked.truncate(keep - cls.is_some() as usize);
-            if order == KeepOrder::Ascending {
+            let m = keep - cls.is_some() as usize;
+            let best = |tokens: Vec<usize>, n: usize| {
+                let mut ranked = tokens;
+                ranked.sort_by(|&i, &j| better(&row[i], &row[j]));
+                ranked.truncate(n);
+                ranked
+            };
+            let others = (0..len).filter(|&j| Some(j) != cls);
+            let mut ranked = match (order, cls) {
+                (KeepOrder::Balanced, Some(c)) => {
+                    let mut before = best(others.clone().filter(|&j| j < c).collect(), m / 2);
+                    before.extend(best(others.filter(|&j| j > c).collect(), m - m / 2));
+                    before
+                }
+                _ => best(others.collect(), m),
+            };
+            if order != KeepOrder::Score {
                 ranked.sort_unstable();
             }
             if let Some(c) = cls {

@@ -417,7 +417,9 @@ impl Pruning {
         };
         let order = match self.align {
             Align::Score => KeepOrder::Score,
-            Align::Carry | Align::Decay => KeepOrder::Ascending,
+            Align::Carry => KeepOrder::Ascending,
+            // The position map must increase through the class token.
+            Align::Decay => KeepOrder::Balanced,
         };
         let cls = has_cls.then_some((streams.len - 1) / 2);
         let kept = topk(rec, &scores, keep, cls, order)?;
