@@ -160,11 +160,11 @@ pub fn selective_scan(rec: &mut Recorder, args: ScanArgs) -> Result<Tensor> {
     };
     // The subgroup variant loads B and C as vec4s, and u, delta, z and the outputs (contiguous
     // `[rows, channels]`) as vec2s of channel pairs.
-    let pairs = |offset: usize, stride: usize| offset % 2 == 0 && stride % 2 == 0;
+    let pairs = |offset: usize, stride: usize| offset.is_multiple_of(2) && stride.is_multiple_of(2);
     let aligned = b.offset % 4 == 0
         && c.offset % 4 == 0
         && b.stride % 4 == 0
-        && channels % 2 == 0
+        && channels.is_multiple_of(2)
         && pairs(u.offset, u.stride)
         && pairs(delta.offset, delta.stride)
         && z.is_none_or(|z| pairs(z.offset, z.stride));

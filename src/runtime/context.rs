@@ -107,6 +107,9 @@ pub struct ContextOptions {
     pub max_binding_bytes: Option<u64>,
 }
 
+/// A pipeline per kernel file, entry point, variant and `FLAGS` value.
+type PipelineKey = (&'static str, &'static str, bool, Option<u32>);
+
 pub(crate) struct Inner {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -114,8 +117,7 @@ pub(crate) struct Inner {
     pub limits: wgpu::Limits,
     /// Subgroup kernels are used: the device has subgroups of at least 8 invocations.
     pub subgroups: bool,
-    pipelines:
-        Mutex<HashMap<(&'static str, &'static str, bool, Option<u32>), wgpu::ComputePipeline>>,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     /// Uniform buffers keyed by their bytes: the same shapes reuse the same parameter buffers.
     uniforms: Mutex<HashMap<Vec<u8>, wgpu::Buffer>>,
     pub pool: Arc<Mutex<BufferPool>>,
