@@ -533,6 +533,7 @@ fn every_shader_variant_passes_naga_validation() {
                 source,
                 entry: "",
                 subgroups,
+                flags: None,
             };
             let wgsl = kernel.wgsl();
             let module = naga::front::wgsl::parse_str(&wgsl).unwrap_or_else(|e| {

@@ -4,7 +4,7 @@ use crate::error::Result;
 use crate::ops::{kernel, silu, softplus, Carry};
 use crate::runtime::{Context, MatView, Recorder, Tensor};
 
-/// The kernel keeps the state in four vec4 registers.
+/// The kernel keeps the state in 16 named registers.
 pub const MAX_STATE: usize = 16;
 
 const HAS_Z: u32 = 1;
@@ -17,6 +17,10 @@ const UNGATED: u32 = 64;
 const UNGATED_CLIP: u32 = 128;
 const UNGATED_ADD: u32 = 256;
 const GAP_DECAY: u32 = 512;
+const RAGGED: u32 = 1024;
+
+/// Channels per workgroup, in both variants.
+const CHANNELS_PER_GROUP: usize = 64;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -34,8 +38,7 @@ struct Params {
     bc_stride: u32,
     z_offset: u32,
     z_stride: u32,
-    flags: u32,
-    _pad: [u32; 2],
+    _pad: [u32; 3],
 }
 
 /// Per-channel parameters in the layout the kernel binds: `[A (channels x nstate) | D | dt_bias]`,
@@ -153,14 +156,29 @@ pub fn selective_scan(rec: &mut Recorder, args: ScanArgs) -> Result<Tensor> {
         bc_stride: b.stride as u32,
         z_offset: z.map_or(0, |z| z.offset) as u32,
         z_stride: z.map_or(0, |z| z.stride) as u32,
-        flags,
-        _pad: [0; 2],
+        _pad: [0; 3],
     };
-    // The subgroup variant loads B and C as vec4s.
-    let aligned = b.offset % 4 == 0 && c.offset % 4 == 0 && b.stride % 4 == 0;
+    // The subgroup variant loads B and C as vec4s, and u, delta, z and the outputs (contiguous
+    // `[rows, channels]`) as vec2s of channel pairs.
+    let pairs = |offset: usize, stride: usize| offset.is_multiple_of(2) && stride.is_multiple_of(2);
+    let aligned = b.offset % 4 == 0
+        && c.offset % 4 == 0
+        && b.stride % 4 == 0
+        && channels.is_multiple_of(2)
+        && pairs(u.offset, u.stride)
+        && pairs(delta.offset, delta.stride)
+        && z.is_none_or(|z| pairs(z.offset, z.stride));
     let subgroups = rec.context().uses_subgroups() && aligned;
+    let flags = flags
+        | if channels % CHANNELS_PER_GROUP != 0 {
+            RAGGED
+        } else {
+            0
+        };
     rec.dispatch(
-        &kernel!("scan", "selective_scan").with_subgroups(subgroups),
+        &kernel!("scan", "selective_scan")
+            .with_subgroups(subgroups)
+            .with_flags(flags),
         &p,
         &[
             u.buffer(),
@@ -173,7 +191,11 @@ pub fn selective_scan(rec: &mut Recorder, args: ScanArgs) -> Result<Tensor> {
             &ungated_buf,
             &positions_buf,
         ],
-        [channels.div_ceil(64) as u32, batch as u32, 1],
+        [
+            channels.div_ceil(CHANNELS_PER_GROUP) as u32,
+            batch as u32,
+            1,
+        ],
     );
     Ok(out)
 }

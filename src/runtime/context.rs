@@ -20,11 +20,21 @@ pub struct Kernel {
     pub source: &'static str,
     pub entry: &'static str,
     pub subgroups: bool,
+    /// The value of the file's `override FLAGS: u32`, for a kernel that declares one: options
+    /// fixed when the pipeline is created cost no branches in its loops (one pipeline per value).
+    pub flags: Option<u32>,
 }
 
 impl Kernel {
     pub fn with_subgroups(self, subgroups: bool) -> Self {
         Kernel { subgroups, ..self }
+    }
+
+    pub fn with_flags(self, flags: u32) -> Self {
+        Kernel {
+            flags: Some(flags),
+            ..self
+        }
     }
 
     /// The WGSL this kernel compiles: its variant of the file, with `// #include <name>` lines
@@ -97,6 +107,9 @@ pub struct ContextOptions {
     pub max_binding_bytes: Option<u64>,
 }
 
+/// A pipeline per kernel file, entry point, variant and `FLAGS` value.
+type PipelineKey = (&'static str, &'static str, bool, Option<u32>);
+
 pub(crate) struct Inner {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -104,7 +117,7 @@ pub(crate) struct Inner {
     pub limits: wgpu::Limits,
     /// Subgroup kernels are used: the device has subgroups of at least 8 invocations.
     pub subgroups: bool,
-    pipelines: Mutex<HashMap<(&'static str, &'static str, bool), wgpu::ComputePipeline>>,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     /// Uniform buffers keyed by their bytes: the same shapes reuse the same parameter buffers.
     uniforms: Mutex<HashMap<Vec<u8>, wgpu::Buffer>>,
     pub pool: Arc<Mutex<BufferPool>>,
@@ -370,7 +383,7 @@ impl Context {
     }
 
     pub(crate) fn pipeline(&self, kernel: &Kernel) -> wgpu::ComputePipeline {
-        let key = (kernel.name, kernel.entry, kernel.subgroups);
+        let key = (kernel.name, kernel.entry, kernel.subgroups, kernel.flags);
         let mut cache = lock(&self.inner.pipelines);
         if let Some(p) = cache.get(&key) {
             return p.clone();
@@ -385,7 +398,13 @@ impl Context {
             layout: None,
             module: &module,
             entry_point: Some(kernel.entry),
-            compilation_options: Default::default(),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &kernel
+                    .flags
+                    .map(|f| vec![("FLAGS", f as f64)])
+                    .unwrap_or_default(),
+                ..Default::default()
+            },
             cache: None,
         });
         cache.insert(key, pipeline.clone());
