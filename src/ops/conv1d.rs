@@ -27,6 +27,7 @@ struct Params {
 /// convolves each sequence as if flipped, keeping the original token positions. With
 /// `gap_positions` (u32 `[batch, len]`, increasing) the tokens are the kept ones of a pruned
 /// sequence at those original positions, and the pruned ones read as zero.
+#[allow(clippy::too_many_arguments)] // mirrors the kernel's inputs one for one
 pub fn conv1d_silu(
     rec: &mut Recorder,
     x: MatView,
