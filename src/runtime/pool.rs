@@ -24,7 +24,11 @@ pub struct PoolStats {
 
 #[derive(Default)]
 pub struct BufferPool {
-    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    /// Free buffers by (releasing thread, size class). A tensor dropped while its recorder is
+    /// still open goes back at once, so the same pass reuses it (commands run in recording
+    /// order); another thread's recorder must not get it, since the first recorder's commands
+    /// that still write it may run after the second's.
+    free: HashMap<(std::thread::ThreadId, u64), Vec<wgpu::Buffer>>,
     stats: PoolStats,
 }
 
@@ -53,7 +57,10 @@ impl BufferPool {
         let class = size_class(bytes);
         let reused = {
             let mut p = lock(pool);
-            let b = p.free.get_mut(&class).and_then(Vec::pop);
+            let b = p
+                .free
+                .get_mut(&(std::thread::current().id(), class))
+                .and_then(Vec::pop);
             p.note_live(class as i64);
             b
         };
@@ -123,7 +130,7 @@ impl BufferPool {
         let freed: u64 = self
             .free
             .iter()
-            .map(|(class, v)| class * v.len() as u64)
+            .map(|((_, class), v)| class * v.len() as u64)
             .sum();
         self.free.clear();
         self.stats.allocated_bytes -= freed;
@@ -141,7 +148,10 @@ impl Drop for PooledBuffer {
         if let Some(buffer) = self.buffer.take() {
             let mut p = lock(&self.pool);
             p.note_live(-(self.class as i64));
-            p.free.entry(self.class).or_default().push(buffer);
+            p.free
+                .entry((std::thread::current().id(), self.class))
+                .or_default()
+                .push(buffer);
         }
     }
 }
