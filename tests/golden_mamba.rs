@@ -5,9 +5,8 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_close, ctx, f32s, golden, golden_dir};
+use common::{check_lm_golden, ctx, golden_dir};
 use ssmgpu::loader::{write_f32, SafetensorsFile};
-use ssmgpu::models::lm::CausalLm;
 use ssmgpu::models::mamba::MambaLm;
 use ssmgpu::Context;
 
@@ -15,33 +14,7 @@ const ATOL: f32 = 1e-4;
 
 fn check_model(ctx: &Context, case: &str, dir: &Path) {
     let model = MambaLm::load(ctx, dir).unwrap();
-    let reference = golden(&format!("{case}/reference.safetensors"));
-    let (shape, ids) = reference.ints("input_ids").unwrap();
-    let (logits, hidden) = pollster::block_on(model.run(ctx, &ids, shape[0], true)).unwrap();
-    let err = assert_close(
-        &format!("{case} logits"),
-        &logits,
-        &f32s(&reference, "logits").1,
-        ATOL,
-        0.0,
-    );
-    eprintln!("{case}: logits max abs err {err:.2e}");
-    assert_eq!(hidden.len(), model.config.n_layer + 1);
-    for (i, h) in hidden.iter().enumerate() {
-        let want = f32s(&reference, &format!("hidden_states.{i}")).1;
-        assert_close(&format!("{case} hidden_states.{i}"), h, &want, ATOL, 0.0);
-    }
-
-    let prompt = reference.ints("generate.prompt_ids").unwrap().1;
-    let expected = reference.ints("generate.output_ids").unwrap().1;
-    let new = expected.len() - prompt.len();
-    let got = pollster::block_on(model.generate(ctx, &prompt, new, None, None)).unwrap();
-    let got: Vec<i64> = prompt
-        .iter()
-        .copied()
-        .chain(got.iter().map(|&t| t as i64))
-        .collect();
-    assert_eq!(got, expected, "{case}: greedy generation");
+    check_lm_golden(ctx, case, &model, model.config.n_layer, ATOL);
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_close, cli, ctx, f32s, golden, golden_dir};
+use common::{assert_close, check_lm_golden, cli, ctx, f32s, golden, golden_dir};
 use safetensors::tensor::{Dtype, TensorView};
 use ssmgpu::loader::SafetensorsFile;
 use ssmgpu::models::lm::CausalLm;
@@ -31,32 +31,7 @@ fn mamba2_tiny_matches_transformers() {
         (2, 16),
         "the case this test is about"
     );
-    let reference = golden(&format!("{CASE}/reference.safetensors"));
-    let (shape, ids) = reference.ints("input_ids").unwrap();
-    let (logits, hidden) = pollster::block_on(model.run(ctx, &ids, shape[0], true)).unwrap();
-    let err = assert_close(
-        &format!("{CASE} logits"),
-        &logits,
-        &f32s(&reference, "logits").1,
-        ATOL,
-        0.0,
-    );
-    eprintln!("{CASE}: logits max abs err {err:.2e}");
-    assert_eq!(hidden.len(), model.config.n_layer + 1);
-    for (i, h) in hidden.iter().enumerate() {
-        let want = f32s(&reference, &format!("hidden_states.{i}")).1;
-        assert_close(&format!("{CASE} hidden_states.{i}"), h, &want, ATOL, 0.0);
-    }
-
-    let (prompt, expected) = expected_generation();
-    let new = expected.len() - prompt.len();
-    let got = pollster::block_on(model.generate(ctx, &prompt, new, None, None)).unwrap();
-    let got: Vec<i64> = prompt
-        .iter()
-        .copied()
-        .chain(got.iter().map(|&t| t as i64))
-        .collect();
-    assert_eq!(got, expected, "{CASE}: greedy generation");
+    check_lm_golden(ctx, CASE, &model, model.config.n_layer, ATOL);
 }
 
 /// `LanguageModel::load` picks Mamba-2 from `model_type`, and the result is the same model.

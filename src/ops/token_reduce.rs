@@ -41,20 +41,13 @@ pub struct ReduceArgs {
 }
 
 impl Split {
-    /// The A tokens (removal candidates) of a sequence of `len`.
+    /// The A tokens (removal candidates) of a sequence of `len`: the most it can lose.
     pub fn candidates(self, len: usize) -> usize {
         match self {
             Split::Importance => len / 2,
             Split::Alternate | Split::Code => len.div_ceil(2) - usize::from(len % 2 == 1),
             Split::Prune => len.saturating_sub(1),
         }
-    }
-}
-
-impl ReduceArgs {
-    /// The most tokens a sequence of `len` can lose under this split.
-    pub fn max_remove(split: Split, len: usize) -> usize {
-        split.candidates(len)
     }
 }
 
@@ -119,7 +112,7 @@ pub fn token_reduce(
             positions.shape()
         ));
     }
-    let max = ReduceArgs::max_remove(args.split, len);
+    let max = args.split.candidates(len);
     if args.remove > max
         || args.hidden_pruned > args.remove
         || args.residual_pruned > args.hidden_pruned

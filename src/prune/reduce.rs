@@ -169,7 +169,7 @@ impl Reduction {
     pub fn args(&self, len: usize) -> ReduceArgs {
         let split = self.split();
         let wanted = len - ((len as f64 * self.ratio).ceil() as usize).min(len);
-        let remove = wanted.min(ReduceArgs::max_remove(split, len));
+        let remove = wanted.min(split.candidates(len));
         let (hidden_pruned, residual_pruned) = match self.method {
             Method::Unified => (remove / 2, 0),
             Method::PruneOnly => (remove, remove),

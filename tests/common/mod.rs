@@ -287,3 +287,35 @@ impl ZigzagCase {
         (got.remove(0), ungated.filter(|_| clip.is_some()))
     }
 }
+
+/// A whole LM against transformers' outputs in `golden/{case}/reference.safetensors`: logits
+/// and every hidden state within `atol` absolute, and the greedy generation exactly.
+pub fn check_lm_golden<M: ssmgpu::models::lm::CausalLm>(
+    ctx: &Context,
+    case: &str,
+    model: &M,
+    n_layer: usize,
+    atol: f32,
+) {
+    let reference = golden(&format!("{case}/reference.safetensors"));
+    let (shape, ids) = reference.ints("input_ids").unwrap();
+    let (logits, hidden) = pollster::block_on(model.run(ctx, &ids, shape[0], true)).unwrap();
+    let want = f32s(&reference, "logits").1;
+    let err = assert_close(&format!("{case} logits"), &logits, &want, atol, 0.0);
+    eprintln!("{case}: logits max abs err {err:.2e}");
+    assert_eq!(hidden.len(), n_layer + 1);
+    for (i, h) in hidden.iter().enumerate() {
+        let want = f32s(&reference, &format!("hidden_states.{i}")).1;
+        assert_close(&format!("{case} hidden_states.{i}"), h, &want, atol, 0.0);
+    }
+    let prompt = reference.ints("generate.prompt_ids").unwrap().1;
+    let expected = reference.ints("generate.output_ids").unwrap().1;
+    let new = expected.len() - prompt.len();
+    let got = pollster::block_on(model.generate(ctx, &prompt, new, None, None)).unwrap();
+    let got: Vec<i64> = prompt
+        .iter()
+        .copied()
+        .chain(got.iter().map(|&t| t as i64))
+        .collect();
+    assert_eq!(got, expected, "{case}: greedy generation");
+}
