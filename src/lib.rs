@@ -26,4 +26,4 @@ pub mod runtime;
 pub mod study;
 
 pub use error::{Error, Result};
-pub use runtime::{Context, ContextOptions, Recorder, Tensor};
+pub use runtime::{Backend, Context, ContextOptions, Recorder, Tensor};

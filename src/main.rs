@@ -23,6 +23,22 @@ use ssmgpu::{study, Context, Error, Result};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Backend: wgpu (WebGPU: Vulkan, Metal, DX12, GL), cuda (NVIDIA, needs a build with
+    /// `--features cuda`), cuda-host (the CUDA kernels on the CPU, for checking) or auto
+    /// (cuda where built in and present, else wgpu).
+    #[arg(long, global = true, default_value = "auto")]
+    backend: String,
+    /// CUDA: let cuBLAS run f32 matmuls in TF32 on tensor cores.
+    #[arg(long, global = true)]
+    tf32: bool,
+}
+
+/// The context options from the command line, set once in `main`.
+static CONTEXT_OPTIONS: std::sync::OnceLock<ssmgpu::ContextOptions> = std::sync::OnceLock::new();
+
+/// The device the command line asked for.
+fn gpu_context() -> Result<Context> {
+    Context::with_options_blocking(CONTEXT_OPTIONS.get().cloned().unwrap_or_default())
 }
 
 /// Token reduction options of the language-model commands.
@@ -290,7 +306,7 @@ fn lm_eval(
     window: usize,
     json: bool,
 ) -> Result<()> {
-    let ctx = Context::new_blocking()?;
+    let ctx = gpu_context()?;
     let lm = LanguageModel::load(&ctx, model)?;
     let reduction = args
         .reduction(window, lm.n_layer())?
@@ -329,7 +345,16 @@ fn lm_eval(
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
-    match run(cli.command) {
+    let options = cli.backend.parse().map(|backend| ssmgpu::ContextOptions {
+        backend,
+        allow_tf32: cli.tf32,
+        ..Default::default()
+    });
+    let result = options.and_then(|o| {
+        let _ = CONTEXT_OPTIONS.set(o);
+        run(cli.command)
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -447,7 +472,7 @@ fn classify(
         images.to_vec()
     };
     let pruning = prune.pruning()?;
-    let ctx = Context::new_blocking()?;
+    let ctx = gpu_context()?;
     let mut classifier = Classifier::load(&ctx, &model_dir)?;
     classifier.pruning = pruning;
     let mut pixels = Vec::with_capacity(images.len());
@@ -494,7 +519,7 @@ fn classify(
         "{} images in {:.1} ms on {}",
         images.len(),
         secs * 1e3,
-        ctx.adapter_info().map_or("?", |i| i.name.as_str())
+        ctx.device_name()
     );
     Ok(())
 }
@@ -581,7 +606,7 @@ fn eval(
     let pruning = prune.pruning()?;
     let model_dir = model.map_or_else(|| assets::path(assets::VIM_MNIST), Path::to_path_buf);
     let set = LabelledImages::load(&test_split(data))?;
-    let ctx = Context::new_blocking()?;
+    let ctx = gpu_context()?;
     let mut classifier = Classifier::load(&ctx, &model_dir)?;
     classifier.pruning = pruning;
     let a = accuracy(&ctx, &classifier, &set, batch, limit)?;
@@ -605,7 +630,7 @@ fn eval(
                 "align": prune.align,
                 "batch": batch,
                 "seconds_total": a.total_secs,
-                "adapter": ctx.adapter_info().map(|i| i.name.clone()),
+                "adapter": ctx.device_name(),
             })
         );
     } else {
@@ -638,7 +663,7 @@ fn lm_study(
     window: usize,
     (out, plot): (&Path, &Path),
 ) -> Result<()> {
-    let ctx = Context::new_blocking()?;
+    let ctx = gpu_context()?;
     let bytes =
         std::fs::read(text).map_err(|e| Error::InvalidInput(format!("{}: {e}", text.display())))?;
     let studies = models
@@ -687,7 +712,7 @@ fn prune_study(
     (out, plot): (&Path, &Path),
 ) -> Result<()> {
     let set = LabelledImages::load(&test_split(data))?;
-    let ctx = Context::new_blocking()?;
+    let ctx = gpu_context()?;
     let models: Vec<PathBuf> = match models {
         [] => [assets::VIM_MNIST, assets::PLAINMAMBA_MNIST]
             .map(assets::path)
@@ -708,7 +733,7 @@ fn prune_study(
 
 fn info(json: bool) -> Result<()> {
     let adapters = pollster::block_on(ssmgpu::runtime::list_adapters());
-    let chosen = Context::new_blocking().ok();
+    let chosen = gpu_context().ok();
     let chosen_name = chosen
         .as_ref()
         .and_then(|c| c.adapter_info())
@@ -791,7 +816,7 @@ fn run_model(
             input.display()
         )));
     }
-    let ctx = Context::new_blocking()?;
+    let ctx = gpu_context()?;
     let model = LanguageModel::load(&ctx, model_dir)?;
     let (logits, states) = pollster::block_on(model.run(&ctx, &ids, shape[0], hidden_states))?;
     let (batch, len) = (shape[0], shape[1]);
@@ -819,7 +844,7 @@ fn run_vision(
 ) -> Result<()> {
     let pruning = prune.pruning()?;
     let (shape, pixels) = inputs.f32("pixel_values", None)?;
-    let ctx = Context::new_blocking()?;
+    let ctx = gpu_context()?;
     let classifier = Classifier::load(&ctx, model_dir)?;
     let batch = shape.first().copied().unwrap_or(0);
     let pixels = ctx.upload_f32("pixel_values", &shape, &pixels)?;
@@ -867,7 +892,7 @@ fn generate(
     reduction: &ReductionArgs,
     json: bool,
 ) -> Result<()> {
-    let ctx = Context::new_blocking()?;
+    let ctx = gpu_context()?;
     let model = LanguageModel::load(&ctx, model_dir)?;
     let reduction = reduction.reduction(ids.len(), model.n_layer())?;
     let eos = if ignore_eos {
@@ -918,7 +943,7 @@ fn bench_model(
         ));
     }
     let pruning = prune.pruning()?;
-    let ctx = Context::new_blocking()?;
+    let ctx = gpu_context()?;
     let classifier = Classifier::load(&ctx, model_dir)?;
     let model = &classifier.model;
     let flops_ratio = model.flops(None) / model.flops(pruning.as_ref().map(|p| &p.schedule));
@@ -933,10 +958,7 @@ fn bench_model(
     }
     // Where the pruned pass spends its GPU time, at the first batch size, when the device
     // has timestamps.
-    let timestamps = ctx
-        .device()
-        .features()
-        .contains(wgpu::Features::TIMESTAMP_QUERY);
+    let timestamps = ctx.can_profile();
     let profile = match &pruning {
         Some(p) if timestamps => Some(ssmgpu::bench::profile_vision(
             &ctx,
@@ -948,7 +970,7 @@ fn bench_model(
         _ => None,
     };
     let per_image = |r: &ssmgpu::bench::ModelBench| r.ms_per_batch / r.batch as f64;
-    let adapter = ctx.adapter_info().map(|i| i.name.clone());
+    let adapter = Some(ctx.device_name());
     if json {
         let batches: Vec<serde_json::Value> = rows
             .iter()
@@ -1046,7 +1068,7 @@ fn bench_prefill(
             "--reps must be positive and --tokens at least 2".into(),
         ));
     }
-    let ctx = Context::new_blocking()?;
+    let ctx = gpu_context()?;
     let (label, lm) = match model_dir {
         Some(dir) => (dir.display().to_string(), LanguageModel::load(&ctx, dir)?),
         None => {
@@ -1065,10 +1087,7 @@ fn bench_prefill(
         rows.push((pct, reduction, r));
     }
     // Where the most reduced prefill spends its GPU time, when the device has timestamps.
-    let timestamps = ctx
-        .device()
-        .features()
-        .contains(wgpu::Features::TIMESTAMP_QUERY);
+    let timestamps = ctx.can_profile();
     let profile = match rows.last() {
         Some((_, Some(r), _)) if timestamps => Some(ssmgpu::bench::profile_prefill(
             &ctx,
@@ -1087,7 +1106,7 @@ fn bench_prefill(
         .iter()
         .find(|r| r.0 == 0.0)
         .map(|r| (r.2.ms, r.2.peak_gpu_bytes));
-    let adapter = ctx.adapter_info().map(|i| i.name.clone());
+    let adapter = Some(ctx.device_name());
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     if json {
         let runs: Vec<serde_json::Value> = rows
@@ -1141,11 +1160,8 @@ fn bench_prefill(
 }
 
 fn bench(json: bool) -> Result<()> {
-    let ctx = Context::new_blocking()?;
-    let adapter = ctx
-        .adapter_info()
-        .map(|i| i.name.clone())
-        .unwrap_or_default();
+    let ctx = gpu_context()?;
+    let adapter = ctx.device_name();
     let results = vec![
         ssmgpu::bench::bench_scan(&ctx, 1, 1536, 1024, 16)?,
         ssmgpu::bench::bench_matmul(&ctx, 197, 384, 1536)?,

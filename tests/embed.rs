@@ -52,15 +52,11 @@ fn a_host_device_runs_the_model_like_the_engines_own() {
 #[test]
 fn host_timestamps_around_a_forward_pass_run_in_its_submission() {
     let ctx = host_context();
-    if !ctx
-        .device()
-        .features()
-        .contains(wgpu::Features::TIMESTAMP_QUERY)
-    {
+    let device = ctx.device().expect("a host's context is a wgpu context");
+    if !device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
         eprintln!("the adapter has no timestamp queries; nothing to check");
         return;
     }
-    let device = ctx.device();
     let queries = device.create_query_set(&wgpu::QuerySetDescriptor {
         label: None,
         ty: wgpu::QueryType::Timestamp,
@@ -81,6 +77,7 @@ fn host_timestamps_around_a_forward_pass_run_in_its_submission() {
     let mut rec = ctx.recorder();
     let stamp = |rec: &mut ssmgpu::Recorder, begin: Option<u32>, end: Option<u32>| {
         rec.encoder()
+            .expect("a wgpu recorder")
             .begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: None,
                 timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
@@ -96,9 +93,10 @@ fn host_timestamps_around_a_forward_pass_run_in_its_submission() {
         .forward(&mut rec, &pixels, None, None)
         .expect("forward");
     stamp(&mut rec, None, Some(1));
-    rec.encoder().resolve_query_set(&queries, 0..2, &resolve, 0);
-    rec.encoder()
-        .copy_buffer_to_buffer(&resolve, 0, ticks.buffer(), 0, 16);
+    let ticks_buffer = ticks.buffer().wgpu().expect("a wgpu tensor").clone();
+    let encoder = rec.encoder().expect("a wgpu recorder");
+    encoder.resolve_query_set(&queries, 0..2, &resolve, 0);
+    encoder.copy_buffer_to_buffer(&resolve, 0, &ticks_buffer, 0, 16);
     let out = rec
         .submit_and_read_blocking(&[&ticks, &logits])
         .expect("submit");

@@ -155,9 +155,9 @@ impl Overlay {
         };
         queue.write_buffer(&self.params, 0, bytemuck::bytes_of(&params));
         // Absent inputs are bound to a buffer the shader never reads past its counts.
-        let positions = view.positions.unwrap_or(view.pixels).buffer();
+        let positions = wgpu_buffer(view.positions.unwrap_or(view.pixels));
         let (scores, next) = match view.step {
-            Some((scores, next)) => (scores.buffer(), next.buffer()),
+            Some((scores, next)) => (wgpu_buffer(scores), wgpu_buffer(next)),
             None => (positions, positions),
         };
         let bind = |pipeline_layout: wgpu::BindGroupLayout, entries: &[(u32, &wgpu::Buffer)]| {
@@ -188,7 +188,7 @@ impl Overlay {
             self.draw_pipeline.get_bind_group_layout(0),
             &[
                 (0, &self.params),
-                (5, view.pixels.buffer()),
+                (5, wgpu_buffer(view.pixels)),
                 (6, &self.cells),
             ],
         );
@@ -228,4 +228,11 @@ fn cells_buffer(device: &wgpu::Device, size: u64) -> wgpu::Buffer {
         usage: wgpu::BufferUsages::STORAGE,
         mapped_at_creation: false,
     })
+}
+
+/// The demo renders with the engine's own wgpu device, so every tensor is a wgpu buffer.
+fn wgpu_buffer(t: &Tensor) -> &wgpu::Buffer {
+    t.buffer()
+        .wgpu()
+        .expect("the demo's context is a wgpu context")
 }

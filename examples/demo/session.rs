@@ -160,6 +160,7 @@ impl GpuTimer {
             (None, Some(1))
         };
         rec.encoder()
+            .expect("the demo's context is a wgpu context")
             .begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("demo.timer"),
                 timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
@@ -175,7 +176,7 @@ impl GpuTimer {
         self.stamp(&mut rec, 0);
         let out = record(&mut rec)?;
         self.stamp(&mut rec, 1);
-        let encoder = rec.encoder();
+        let encoder = rec.encoder().expect("the demo's context is a wgpu context");
         encoder.resolve_query_set(&self.queries, 0..2, &self.resolve, 0);
         encoder.copy_buffer_to_buffer(&self.resolve, 0, &self.readback, 0, 16);
         rec.submit_blocking()?;
@@ -188,6 +189,7 @@ impl GpuTimer {
             });
         let gpu = |e: String| Error::Gpu(format!("reading timestamps: {e}"));
         ctx.device()
+            .expect("the demo's context is a wgpu context")
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| gpu(e.to_string()))?;
         rx.recv()
@@ -203,7 +205,11 @@ impl GpuTimer {
         };
         self.readback.unmap();
         let ns = ticks[1].saturating_sub(ticks[0]) as f64
-            * f64::from(ctx.queue().get_timestamp_period());
+            * f64::from(
+                ctx.queue()
+                    .expect("the demo's context is a wgpu context")
+                    .get_timestamp_period(),
+            );
         Ok(ns / 1e6)
     }
 }

@@ -47,7 +47,7 @@ pub struct Demo {
 impl Demo {
     /// Load what the command line names; anything wrong becomes a message in the window.
     pub fn new(ctx: Context, overlay: Overlay, args: &Args) -> Self {
-        let timer = GpuTimer::new(ctx.device());
+        let timer = GpuTimer::new(ctx.device().expect("the demo's context is a wgpu context"));
         let mut demo = Demo {
             ctx,
             timer,
@@ -278,10 +278,7 @@ impl Demo {
 
     fn controls(&mut self, ui: &mut egui::Ui) {
         ui.heading("ssmgpu: token pruning, live");
-        ui.label(format!(
-            "Adapter: {}",
-            self.ctx.device().adapter_info().name
-        ));
+        ui.label(format!("Adapter: {}", self.ctx.device_name()));
         ui.separator();
 
         ui.strong("Model");

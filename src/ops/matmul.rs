@@ -94,6 +94,10 @@ fn record(
     let width = y.numel() / m.max(1);
     debug_assert_eq!(w.shape(), [n, k]);
     debug_assert!(first_col + n <= width && residual.is_none_or(|_| width == n));
+    #[cfg(feature = "cuda")]
+    if record_cublas(rec, x, w, epilogue, y, first_col) {
+        return;
+    }
     let vec4 = k % 4 == 0 && x.stride.is_multiple_of(4) && x.offset.is_multiple_of(4);
     let params = Params {
         m: m as u32,
@@ -136,6 +140,79 @@ fn record(
         &[x.buffer(), w.buffer(), bias_buf, y.buffer(), residual_buf],
         groups,
     );
+}
+
+/// The epilogue's parameters on the CUDA backend (`shaders/cuda/matmul.cu`).
+#[cfg(feature = "cuda")]
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct EpilogueParams {
+    m: u32,
+    n: u32,
+    y_offset: u32,
+    y_stride: u32,
+    has_bias: u32,
+    activation: u32,
+    has_residual: u32,
+    _pad: u32,
+}
+
+/// On the CUDA backend: the product on cuBLAS, then the epilogue kernel where there is one.
+/// False on wgpu.
+#[cfg(feature = "cuda")]
+fn record_cublas(
+    rec: &mut Recorder,
+    x: MatView,
+    w: &Tensor,
+    epilogue: Epilogue,
+    y: &Tensor,
+    first_col: usize,
+) -> bool {
+    let (m, n) = (x.rows, w.shape()[0]);
+    let width = y.numel() / m.max(1);
+    let gemm = crate::runtime::cuda::Gemm {
+        x: x.buffer(),
+        x_offset: x.offset,
+        x_stride: x.stride,
+        w: w.buffer(),
+        y: y.buffer(),
+        y_offset: first_col,
+        y_stride: width,
+        m,
+        n,
+        k: x.cols,
+    };
+    if !rec.cublas_gemm(gemm) {
+        return false;
+    }
+    let Epilogue {
+        bias,
+        activation,
+        residual,
+    } = epilogue;
+    if bias.is_none() && residual.is_none() && activation == Activation::None {
+        return true;
+    }
+    let params = EpilogueParams {
+        m: m as u32,
+        n: n as u32,
+        y_offset: first_col as u32,
+        y_stride: width as u32,
+        has_bias: bias.is_some() as u32,
+        activation: activation.code(),
+        has_residual: residual.is_some() as u32,
+        _pad: 0,
+    };
+    let dummy = rec.context().inner.dummy.clone();
+    let bias_buf = bias.map(Tensor::buffer).unwrap_or(&dummy);
+    let residual_buf = residual.map(Tensor::buffer).unwrap_or(&dummy);
+    rec.dispatch(
+        &kernel!("matmul", "matmul_epilogue"),
+        &params,
+        &[bias_buf, y.buffer(), residual_buf],
+        crate::runtime::grid((m * n).div_ceil(256) as u32),
+    );
+    true
 }
 
 #[allow(clippy::too_many_arguments)] // mirrors the kernel's inputs one for one

@@ -30,6 +30,8 @@ macro_rules! kernel {
             entry: $entry,
             subgroups: false,
             flags: None,
+            #[cfg(feature = "cuda")]
+            cuda: include_str!(concat!("../../shaders/cuda/", $file, ".cu")),
         }
     };
 }
@@ -81,7 +83,10 @@ pub enum Carry<'a> {
 
 impl Carry<'_> {
     /// The buffer to bind and the (read, write) flags.
-    pub(crate) fn binding(self, rec: &crate::runtime::Recorder) -> (wgpu::Buffer, u32, u32) {
+    pub(crate) fn binding(
+        self,
+        rec: &crate::runtime::Recorder,
+    ) -> (crate::runtime::Buffer, u32, u32) {
         match self {
             Carry::None => (rec.context().inner.dummy_rw.clone(), 0, 0),
             Carry::Capture(s) => (s.buffer().clone(), 0, 1),

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
+use crate::runtime::buffer::Buffer;
 use crate::runtime::pool::BufferPool;
 use crate::runtime::tensor::{DType, RowShards, Tensor};
 use crate::runtime::Recorder;
@@ -23,6 +24,9 @@ pub struct Kernel {
     /// The value of the file's `override FLAGS: u32`, for a kernel that declares one: options
     /// fixed when the pipeline is created cost no branches in its loops (one pipeline per value).
     pub flags: Option<u32>,
+    /// The CUDA C twin of the WGSL file (`shaders/cuda/<name>.cu`), same entry point.
+    #[cfg(feature = "cuda")]
+    pub cuda: &'static str,
 }
 
 impl Kernel {
@@ -46,15 +50,7 @@ impl Kernel {
         let mut out = String::new();
         // Which branch of an `#if subgroups` block each line is in, if any.
         let mut branch: Option<bool> = None;
-        let source: String = self
-            .source
-            .lines()
-            .map(|line| match line.trim().strip_prefix("// #include ") {
-                Some(name) => shader_include(name),
-                None => line,
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
+        let source = expand_includes(self.source, SHADER_INCLUDES, "shaders/include/*.wgsl");
         for line in source.lines() {
             match line.trim() {
                 "// #if subgroups" => branch = Some(true),
@@ -83,19 +79,64 @@ const SHADER_INCLUDES: &[(&str, &str)] = &[
     ),
 ];
 
-fn shader_include(name: &str) -> &'static str {
-    SHADER_INCLUDES
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, text)| *text)
-        .unwrap_or_else(|| panic!("shaders/include/{name}.wgsl is not in SHADER_INCLUDES"))
+/// `source` with each `// #include <name>` line replaced by that snippet of `includes`.
+pub(crate) fn expand_includes(
+    source: &str,
+    includes: &[(&str, &'static str)],
+    folder: &str,
+) -> String {
+    source
+        .lines()
+        .map(|line| match line.trim().strip_prefix("// #include ") {
+            Some(name) => includes
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, text)| *text)
+                // The sources are compiled in: a missing snippet is a build mistake.
+                .unwrap_or_else(|| panic!("`{name}` is not among the includes of {folder}")),
+            None => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
-/// How to pick an adapter when the engine creates its own device. `Default` honours the
-/// `WGPU_BACKEND` and `WGPU_ADAPTER_NAME` environment variables.
+/// Which backend runs the kernels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// CUDA where this build has it and a CUDA device answers, else wgpu.
+    #[default]
+    Auto,
+    /// WebGPU through wgpu: Vulkan, Metal, DX12, GL or the browser.
+    Wgpu,
+    /// NVIDIA GPUs through the CUDA driver, NVRTC and cuBLAS (cargo feature `cuda`).
+    Cuda,
+    /// The CUDA kernels compiled by the host's C++ compiler and run on CPU threads (cargo
+    /// feature `cuda`): checks them where no GPU is; orders of magnitude slower.
+    CudaHost,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Backend::Auto),
+            "wgpu" => Ok(Backend::Wgpu),
+            "cuda" => Ok(Backend::Cuda),
+            "cuda-host" => Ok(Backend::CudaHost),
+            _ => Err(Error::InvalidInput(format!(
+                "backend `{s}`: expected wgpu, cuda, cuda-host or auto"
+            ))),
+        }
+    }
+}
+
+/// How to pick a device when the engine creates its own. `Default` honours the `WGPU_BACKEND`
+/// and `WGPU_ADAPTER_NAME` environment variables.
 #[derive(Clone, Debug, Default)]
 pub struct ContextOptions {
-    /// Backends to consider (e.g. `wgpu::Backends::VULKAN`); `None`: `WGPU_BACKEND` or all.
+    pub backend: Backend,
+    /// wgpu backends to consider (e.g. `wgpu::Backends::VULKAN`); `None`: `WGPU_BACKEND` or all.
     pub backends: Option<wgpu::Backends>,
     /// Case-insensitive substring of the adapter name; `None`: `WGPU_ADAPTER_NAME` or the default.
     pub adapter_name: Option<String>,
@@ -105,30 +146,43 @@ pub struct ContextOptions {
     /// Bind at most this many bytes per storage binding, below the device's own limit: runs
     /// a large GPU as a browser's WebGPU (128 MiB by default) would, for tests and comparisons.
     pub max_binding_bytes: Option<u64>,
+    /// CUDA: let cuBLAS run f32 matmuls in TF32 on tensor cores (10-bit mantissa products).
+    pub allow_tf32: bool,
 }
 
 /// A pipeline per kernel file, entry point, variant and `FLAGS` value.
 type PipelineKey = (&'static str, &'static str, bool, Option<u32>);
 
 pub(crate) struct Inner {
-    pub device: wgpu::Device,
-    pub queue: wgpu::Queue,
-    pub adapter_info: Option<wgpu::AdapterInfo>,
+    pub gpu: Gpu,
     pub limits: wgpu::Limits,
     /// Subgroup kernels are used: the device has subgroups of at least 8 invocations.
     pub subgroups: bool,
-    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
-    /// Uniform buffers keyed by their bytes: the same shapes reuse the same parameter buffers.
-    uniforms: Mutex<HashMap<Vec<u8>, wgpu::Buffer>>,
     pub pool: Arc<Mutex<BufferPool>>,
     lost: Arc<Mutex<Option<String>>>,
     /// Tiny buffers bound where a kernel's optional input (read-only) or carried state
     /// (read-write) is absent; two, because one buffer cannot be both in one dispatch.
-    pub dummy: wgpu::Buffer,
-    pub dummy_rw: wgpu::Buffer,
+    pub dummy: Buffer,
+    pub dummy_rw: Buffer,
     /// Stand-ins for `dummy_rw` where one dispatch binds it more than once (see
     /// `Recorder::dispatch`).
-    pub dummy_rw_twins: [wgpu::Buffer; 2],
+    pub dummy_rw_twins: [Buffer; 2],
+}
+
+/// The device behind a context.
+pub(crate) enum Gpu {
+    Wgpu(WgpuDevice),
+    #[cfg(feature = "cuda")]
+    Cuda(crate::runtime::cuda::CudaDevice),
+}
+
+pub(crate) struct WgpuDevice {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub adapter_info: Option<wgpu::AdapterInfo>,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    /// Uniform buffers keyed by their bytes: the same shapes reuse the same parameter buffers.
+    uniforms: Mutex<HashMap<Vec<u8>, wgpu::Buffer>>,
 }
 
 #[derive(Clone)]
@@ -141,23 +195,23 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
 impl Context {
-    /// Create an instance, pick an adapter (environment variables honoured) and a device with
-    /// the adapter's real limits.
+    /// Create a device on the default backend ([`Backend::Auto`]), environment variables
+    /// honoured.
     pub async fn new() -> Result<Self> {
         Self::with_options(ContextOptions::default()).await
     }
 
     pub async fn with_options(options: ContextOptions) -> Result<Self> {
-        let adapter = select_adapter(&options).await?;
-        let info = adapter.get_info();
-        let (device, queue) = adapter
-            .request_device(&Self::device_descriptor(&adapter))
-            .await
-            .map_err(|e| {
-                Error::RequestDevice(format!("{} ({:?}): {e}", info.name, info.backend))
-            })?;
-        let mut ctx = Self::build(device, queue, Some(info));
+        let mut ctx = match options.backend {
+            Backend::Wgpu => Self::new_wgpu(&options).await?,
+            Backend::Cuda | Backend::CudaHost => Self::new_cuda(&options)?,
+            Backend::Auto => Self::new_auto(&options).await?,
+        };
         let inner = Arc::get_mut(&mut ctx.inner).expect("not shared yet");
         if options.disable_subgroups {
             inner.subgroups = false;
@@ -166,12 +220,70 @@ impl Context {
             let limit = &mut inner.limits.max_storage_buffer_binding_size;
             *limit = (*limit).min(bytes);
         }
+        Ok(ctx)
+    }
+
+    async fn new_auto(options: &ContextOptions) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        if crate::runtime::cuda::driver_present() {
+            match Self::new_cuda(&ContextOptions {
+                backend: Backend::Cuda,
+                ..options.clone()
+            }) {
+                Ok(ctx) => return Ok(ctx),
+                Err(e) => log::info!("no CUDA device ({e}); using wgpu"),
+            }
+        }
+        Self::new_wgpu(options).await
+    }
+
+    #[cfg(feature = "cuda")]
+    fn new_cuda(options: &ContextOptions) -> Result<Self> {
+        let device = match options.backend {
+            Backend::CudaHost => crate::runtime::cuda::CudaDevice::host()?,
+            _ => crate::runtime::cuda::CudaDevice::nvidia(options.allow_tf32)?,
+        };
+        let limits = wgpu::Limits {
+            max_storage_buffer_binding_size: device.max_buffer_bytes(),
+            max_buffer_size: device.max_buffer_bytes(),
+            ..wgpu::Limits::default()
+        };
+        let dummy = || device.alloc(16).map(Buffer::Cuda);
+        let (dummy, dummy_rw, twins) = (dummy()?, dummy()?, [dummy()?, dummy()?]);
+        Ok(Self::build(
+            Gpu::Cuda(device),
+            limits,
+            false,
+            dummy,
+            dummy_rw,
+            twins,
+        ))
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn new_cuda(options: &ContextOptions) -> Result<Self> {
+        Err(Error::NoAdapter(format!(
+            ": the {:?} backend needs a build with the cargo feature `cuda`",
+            options.backend
+        )))
+    }
+
+    async fn new_wgpu(options: &ContextOptions) -> Result<Self> {
+        let adapter = select_adapter(options).await?;
+        let info = adapter.get_info();
+        let (device, queue) = adapter
+            .request_device(&Self::device_descriptor(&adapter))
+            .await
+            .map_err(|e| {
+                Error::RequestDevice(format!("{} ({:?}): {e}", info.name, info.backend))
+            })?;
+        let ctx = Self::build_wgpu(device, queue, Some(info));
         let lost = ctx.inner.lost.clone();
-        ctx.inner
-            .device
-            .set_device_lost_callback(move |reason, message| {
+        if let Some(device) = ctx.device() {
+            device.set_device_lost_callback(move |reason, message| {
                 *lock(&lost) = Some(format!("{reason:?}: {message}"));
             });
+        }
         Ok(ctx)
     }
 
@@ -193,7 +305,7 @@ impl Context {
     /// Run on a device a host application (a game or graphics engine) already owns. The engine
     /// leaves the host's error and device-lost handlers alone.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
-        Self::build(device, queue, None)
+        Self::build_wgpu(device, queue, None)
     }
 
     /// Blocking [`Context::new`] for native callers.
@@ -202,7 +314,13 @@ impl Context {
         pollster::block_on(Self::new())
     }
 
-    fn build(
+    /// Blocking [`Context::with_options`] for native callers.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn with_options_blocking(options: ContextOptions) -> Result<Self> {
+        pollster::block_on(Self::with_options(options))
+    }
+
+    fn build_wgpu(
         device: wgpu::Device,
         queue: wgpu::Queue,
         adapter_info: Option<wgpu::AdapterInfo>,
@@ -212,28 +330,42 @@ impl Context {
             && device.adapter_info().subgroup_min_size >= 8
             && std::env::var("SSMGPU_NO_SUBGROUPS").map_or(true, |v| v.is_empty() || v == "0");
         let dummy_buffer = |label| {
-            device.create_buffer(&wgpu::BufferDescriptor {
+            Buffer::Wgpu(device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size: 16,
                 usage: wgpu::BufferUsages::STORAGE,
                 mapped_at_creation: false,
-            })
+            }))
         };
         let dummy = dummy_buffer("ssmgpu.dummy");
         let dummy_rw = dummy_buffer("ssmgpu.dummy_rw");
-        let dummy_rw_twins = [
+        let twins = [
             dummy_buffer("ssmgpu.dummy_rw"),
             dummy_buffer("ssmgpu.dummy_rw"),
         ];
+        let gpu = Gpu::Wgpu(WgpuDevice {
+            device,
+            queue,
+            adapter_info,
+            pipelines: Mutex::new(HashMap::new()),
+            uniforms: Mutex::new(HashMap::new()),
+        });
+        Self::build(gpu, limits, subgroups, dummy, dummy_rw, twins)
+    }
+
+    fn build(
+        gpu: Gpu,
+        limits: wgpu::Limits,
+        subgroups: bool,
+        dummy: Buffer,
+        dummy_rw: Buffer,
+        dummy_rw_twins: [Buffer; 2],
+    ) -> Self {
         Context {
             inner: Arc::new(Inner {
-                device,
-                queue,
-                adapter_info,
+                gpu,
                 limits,
                 subgroups,
-                pipelines: Mutex::new(HashMap::new()),
-                uniforms: Mutex::new(HashMap::new()),
                 pool: Arc::new(Mutex::new(BufferPool::default())),
                 lost: Arc::new(Mutex::new(None)),
                 dummy,
@@ -243,21 +375,74 @@ impl Context {
         }
     }
 
-    pub fn device(&self) -> &wgpu::Device {
-        &self.inner.device
+    /// The wgpu device, for a host's own commands; `None` on the CUDA backend.
+    pub fn device(&self) -> Option<&wgpu::Device> {
+        self.wgpu().map(|w| &w.device)
     }
 
-    pub fn queue(&self) -> &wgpu::Queue {
-        &self.inner.queue
+    /// The wgpu queue; `None` on the CUDA backend.
+    pub fn queue(&self) -> Option<&wgpu::Queue> {
+        self.wgpu().map(|w| &w.queue)
+    }
+
+    pub(crate) fn wgpu(&self) -> Option<&WgpuDevice> {
+        match &self.inner.gpu {
+            Gpu::Wgpu(w) => Some(w),
+            #[cfg(feature = "cuda")]
+            Gpu::Cuda(_) => None,
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    pub(crate) fn cuda(&self) -> Option<&crate::runtime::cuda::CudaDevice> {
+        match &self.inner.gpu {
+            Gpu::Cuda(c) => Some(c),
+            Gpu::Wgpu(_) => None,
+        }
+    }
+
+    /// The backend this context runs on (never [`Backend::Auto`]).
+    pub fn backend(&self) -> Backend {
+        match &self.inner.gpu {
+            Gpu::Wgpu(_) => Backend::Wgpu,
+            #[cfg(feature = "cuda")]
+            Gpu::Cuda(c) if c.is_host() => Backend::CudaHost,
+            #[cfg(feature = "cuda")]
+            Gpu::Cuda(_) => Backend::Cuda,
+        }
+    }
+
+    /// The device's name and backend, for reports: "NVIDIA H100 (CUDA)", "llvmpipe (Vulkan)".
+    pub fn device_name(&self) -> String {
+        match &self.inner.gpu {
+            Gpu::Wgpu(w) => {
+                let info = w
+                    .adapter_info
+                    .clone()
+                    .unwrap_or_else(|| w.device.adapter_info());
+                format!("{} ({:?})", info.name, info.backend)
+            }
+            #[cfg(feature = "cuda")]
+            Gpu::Cuda(c) => c.name(),
+        }
+    }
+
+    /// Whether [`Recorder::profile`] can time dispatches on this device.
+    pub fn can_profile(&self) -> bool {
+        self.wgpu().is_none_or(|w| {
+            w.device
+                .features()
+                .contains(wgpu::Features::TIMESTAMP_QUERY)
+        })
     }
 
     pub fn limits(&self) -> &wgpu::Limits {
         &self.inner.limits
     }
 
-    /// The adapter, when the engine created the device itself.
+    /// The adapter, when the engine created a wgpu device itself.
     pub fn adapter_info(&self) -> Option<&wgpu::AdapterInfo> {
-        self.inner.adapter_info.as_ref()
+        self.wgpu().and_then(|w| w.adapter_info.as_ref())
     }
 
     /// Bytes currently held by pooled buffers (live and free) and the peak of live bytes.
@@ -304,7 +489,18 @@ impl Context {
     pub fn alloc(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let bytes = (shape.iter().product::<usize>() * dtype.size()) as u64;
         self.check_size(name, bytes)?;
-        let buffer = BufferPool::acquire(&self.inner.pool, &self.inner.device, bytes);
+        let buffer = BufferPool::acquire(&self.inner.pool, bytes, |size| {
+            Ok(match &self.inner.gpu {
+                Gpu::Wgpu(w) => Buffer::Wgpu(w.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("ssmgpu.tensor"),
+                    size,
+                    usage: STORAGE_USAGE,
+                    mapped_at_creation: false,
+                })),
+                #[cfg(feature = "cuda")]
+                Gpu::Cuda(c) => Buffer::Cuda(c.alloc(size)?),
+            })
+        })?;
         Ok(Tensor::new(buffer, shape.to_vec(), dtype))
     }
 
@@ -326,10 +522,25 @@ impl Context {
             )));
         }
         self.check_size(name, bytes.len() as u64)?;
-        let buffer = BufferPool::create_init(&self.inner.pool, &self.inner.device, bytes);
+        let buffer = BufferPool::create_init(&self.inner.pool, bytes, |size, data| {
+            Ok(match &self.inner.gpu {
+                Gpu::Wgpu(w) => Buffer::Wgpu(mapped_buffer(
+                    &w.device,
+                    "ssmgpu.upload",
+                    size,
+                    STORAGE_USAGE,
+                    data,
+                )),
+                #[cfg(feature = "cuda")]
+                Gpu::Cuda(c) => {
+                    let b = c.alloc(size)?;
+                    c.write(&b, data)?;
+                    Buffer::Cuda(b)
+                }
+            })
+        })?;
         Ok(Tensor::new(buffer, shape.to_vec(), dtype))
     }
-
     pub fn upload_f32(&self, name: &str, shape: &[usize], data: &[f32]) -> Result<Tensor> {
         self.upload(name, shape, DType::F32, data)
     }
@@ -381,14 +592,16 @@ impl Context {
     pub fn uses_subgroups(&self) -> bool {
         self.inner.subgroups
     }
+}
 
+impl WgpuDevice {
     pub(crate) fn pipeline(&self, kernel: &Kernel) -> wgpu::ComputePipeline {
         let key = (kernel.name, kernel.entry, kernel.subgroups, kernel.flags);
-        let mut cache = lock(&self.inner.pipelines);
+        let mut cache = lock(&self.pipelines);
         if let Some(p) = cache.get(&key) {
             return p.clone();
         }
-        let device = &self.inner.device;
+        let device = &self.device;
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(kernel.name),
             source: wgpu::ShaderSource::Wgsl(kernel.wgsl().into()),
@@ -412,7 +625,7 @@ impl Context {
     }
 
     pub(crate) fn uniform(&self, bytes: &[u8]) -> wgpu::Buffer {
-        let mut cache = lock(&self.inner.uniforms);
+        let mut cache = lock(&self.uniforms);
         if let Some(b) = cache.get(bytes) {
             return b.clone();
         }
@@ -421,22 +634,40 @@ impl Context {
             cache.clear();
         }
         let size = (bytes.len().max(16) as u64).next_multiple_of(16);
-        let buffer = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("ssmgpu.params"),
+        let buffer = mapped_buffer(
+            &self.device,
+            "ssmgpu.params",
             size,
-            usage: wgpu::BufferUsages::UNIFORM,
-            mapped_at_creation: true,
-        });
-        buffer
-            .slice(..)
-            .get_mapped_range_mut()
-            .expect("a buffer mapped at creation is mapped")
-            .slice(..bytes.len())
-            .copy_from_slice(bytes);
-        buffer.unmap();
+            wgpu::BufferUsages::UNIFORM,
+            bytes,
+        );
         cache.insert(bytes.to_vec(), buffer.clone());
         buffer
     }
+}
+
+/// A buffer of `size` bytes starting with `data`, written while mapped at creation.
+fn mapped_buffer(
+    device: &wgpu::Device,
+    label: &str,
+    size: u64,
+    usage: wgpu::BufferUsages,
+    data: &[u8],
+) -> wgpu::Buffer {
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size,
+        usage,
+        mapped_at_creation: true,
+    });
+    buffer
+        .slice(..)
+        .get_mapped_range_mut()
+        .expect("a buffer mapped at creation is mapped")
+        .slice(..data.len())
+        .copy_from_slice(data);
+    buffer.unmap();
+    buffer
 }
 
 async fn select_adapter(options: &ContextOptions) -> Result<wgpu::Adapter> {

@@ -6,11 +6,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::error::Result;
+use crate::runtime::buffer::Buffer;
 use crate::runtime::context::lock;
-
-const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
-    .union(wgpu::BufferUsages::COPY_SRC)
-    .union(wgpu::BufferUsages::COPY_DST);
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolStats {
@@ -28,13 +26,13 @@ pub struct BufferPool {
     /// still open goes back at once, so the same pass reuses it (commands run in recording
     /// order); another thread's recorder must not get it, since the first recorder's commands
     /// that still write it may run after the second's.
-    free: HashMap<(std::thread::ThreadId, u64), Vec<wgpu::Buffer>>,
+    free: HashMap<(std::thread::ThreadId, u64), Vec<Buffer>>,
     stats: PoolStats,
 }
 
 /// A buffer on loan from the pool; goes back on drop.
 pub struct PooledBuffer {
-    buffer: Option<wgpu::Buffer>,
+    buffer: Option<Buffer>,
     class: u64,
     pool: Arc<Mutex<BufferPool>>,
 }
@@ -49,67 +47,51 @@ fn size_class(bytes: u64) -> u64 {
 }
 
 impl BufferPool {
+    /// A free buffer of `bytes`' size class, or a new one from `create` (given the class size).
     pub fn acquire(
         pool: &Arc<Mutex<BufferPool>>,
-        device: &wgpu::Device,
         bytes: u64,
-    ) -> PooledBuffer {
+        create: impl FnOnce(u64) -> Result<Buffer>,
+    ) -> Result<PooledBuffer> {
         let class = size_class(bytes);
-        let reused = {
-            let mut p = lock(pool);
-            let b = p
-                .free
-                .get_mut(&(std::thread::current().id(), class))
-                .and_then(Vec::pop);
-            p.note_live(class as i64);
-            b
+        let reused = lock(pool)
+            .free
+            .get_mut(&(std::thread::current().id(), class))
+            .and_then(Vec::pop);
+        let buffer = match reused {
+            Some(b) => b,
+            None => {
+                let b = create(class)?;
+                lock(pool).stats.allocated_bytes += class;
+                b
+            }
         };
-        let buffer = reused.unwrap_or_else(|| {
-            lock(pool).stats.allocated_bytes += class;
-            device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("ssmgpu.tensor"),
-                size: class,
-                usage: USAGE,
-                mapped_at_creation: false,
-            })
-        });
-        PooledBuffer {
+        lock(pool).note_live(class as i64);
+        Ok(PooledBuffer {
             buffer: Some(buffer),
             class,
             pool: pool.clone(),
-        }
+        })
     }
 
-    /// A new buffer holding `data`, written while mapped at creation.
+    /// A new buffer holding `data`, written by `create` (given the class size and the data).
     pub fn create_init(
         pool: &Arc<Mutex<BufferPool>>,
-        device: &wgpu::Device,
         data: &[u8],
-    ) -> PooledBuffer {
+        create: impl FnOnce(u64, &[u8]) -> Result<Buffer>,
+    ) -> Result<PooledBuffer> {
         let class = size_class(data.len() as u64);
-        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("ssmgpu.upload"),
-            size: class,
-            usage: USAGE,
-            mapped_at_creation: true,
-        });
-        buffer
-            .slice(..)
-            .get_mapped_range_mut()
-            .expect("a buffer mapped at creation is mapped")
-            .slice(..data.len())
-            .copy_from_slice(data);
-        buffer.unmap();
+        let buffer = create(class, data)?;
         {
             let mut p = lock(pool);
             p.stats.allocated_bytes += class;
             p.note_live(class as i64);
         }
-        PooledBuffer {
+        Ok(PooledBuffer {
             buffer: Some(buffer),
             class,
             pool: pool.clone(),
-        }
+        })
     }
 
     fn note_live(&mut self, delta: i64) {
@@ -138,7 +120,7 @@ impl BufferPool {
 }
 
 impl PooledBuffer {
-    pub fn buffer(&self) -> &wgpu::Buffer {
+    pub fn buffer(&self) -> &Buffer {
         self.buffer.as_ref().expect("buffer present until drop")
     }
 }

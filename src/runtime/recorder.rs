@@ -1,8 +1,10 @@
-//! Records a batch of dispatches (a whole forward pass) into one command encoder; submitted
-//! once, with readback of only the tensors the caller names.
+//! Records a batch of dispatches (a whole forward pass) and submits it once, with readback of
+//! only the tensors the caller names. On wgpu the dispatches go into one command encoder; on
+//! CUDA they are launched on the context's stream as they come, and submit waits for them.
 
 use crate::error::{Error, Result};
-use crate::runtime::context::{Context, Kernel};
+use crate::runtime::buffer::Buffer;
+use crate::runtime::context::{Context, Kernel, WgpuDevice};
 use crate::runtime::tensor::{DType, Tensor};
 
 /// Largest workgroup count in one grid dimension (WebGPU's guaranteed minimum).
@@ -10,10 +12,18 @@ const MAX_GROUPS_X: u32 = 65535;
 
 pub struct Recorder {
     ctx: Context,
-    encoder: wgpu::CommandEncoder,
-    scope: wgpu::ErrorScopeGuard,
+    commands: Commands,
     dispatches: usize,
-    profile: Option<Profile>,
+}
+
+enum Commands {
+    Wgpu {
+        encoder: wgpu::CommandEncoder,
+        scope: wgpu::ErrorScopeGuard,
+        profile: Option<Profile>,
+    },
+    #[cfg(feature = "cuda")]
+    Cuda(crate::runtime::cuda::Launches),
 }
 
 /// Timestamps around every dispatch, when profiling (see [`Recorder::profile`]).
@@ -38,47 +48,61 @@ pub fn grid(groups: u32) -> [u32; 3] {
 
 impl Recorder {
     pub(crate) fn new(ctx: Context) -> Self {
-        let scope = ctx.device().push_error_scope(wgpu::ErrorFilter::Validation);
-        let encoder = ctx
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("ssmgpu.forward"),
-            });
+        let commands = match ctx.wgpu() {
+            Some(w) => Commands::Wgpu {
+                scope: w.device.push_error_scope(wgpu::ErrorFilter::Validation),
+                encoder: w
+                    .device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("ssmgpu.forward"),
+                    }),
+                profile: None,
+            },
+            #[cfg(feature = "cuda")]
+            None => Commands::Cuda(crate::runtime::cuda::Launches::default()),
+            #[cfg(not(feature = "cuda"))]
+            None => unreachable!("a context without the cuda feature is a wgpu context"),
+        };
         Recorder {
             ctx,
-            encoder,
-            scope,
+            commands,
             dispatches: 0,
-            profile: None,
         }
     }
 
-    /// Time every dispatch recorded from now on (the first 2048) with GPU timestamps; read the
-    /// times with [`Recorder::submit_profiled`]. Needs `TIMESTAMP_QUERY`.
+    /// Time every dispatch recorded from now on (the first 2048) with GPU timestamps (CUDA:
+    /// events); read the times with [`Recorder::submit_profiled`]. wgpu needs
+    /// `TIMESTAMP_QUERY`.
     pub fn profile(&mut self) -> Result<()> {
-        if !self
-            .ctx
-            .device()
-            .features()
-            .contains(wgpu::Features::TIMESTAMP_QUERY)
-        {
-            return Err(Error::Gpu(
-                "profiling needs timestamp queries, which this device lacks".into(),
-            ));
+        match &mut self.commands {
+            Commands::Wgpu { profile, .. } => {
+                let w = wgpu_of(&self.ctx);
+                if !w
+                    .device
+                    .features()
+                    .contains(wgpu::Features::TIMESTAMP_QUERY)
+                {
+                    return Err(Error::Gpu(
+                        "profiling needs timestamp queries, which this device lacks".into(),
+                    ));
+                }
+                let queries = w.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("ssmgpu.profile"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: 2 * MAX_PROFILED as u32,
+                });
+                *profile = Some(Profile {
+                    queries,
+                    kernels: Vec::new(),
+                });
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            Commands::Cuda(launches) => {
+                launches.profile();
+                Ok(())
+            }
         }
-        let queries = self
-            .ctx
-            .device()
-            .create_query_set(&wgpu::QuerySetDescriptor {
-                label: Some("ssmgpu.profile"),
-                ty: wgpu::QueryType::Timestamp,
-                count: 2 * MAX_PROFILED as u32,
-            });
-        self.profile = Some(Profile {
-            queries,
-            kernels: Vec::new(),
-        });
-        Ok(())
     }
 
     pub fn context(&self) -> &Context {
@@ -100,75 +124,72 @@ impl Recorder {
         &mut self,
         kernel: &Kernel,
         params: &P,
-        buffers: &[&wgpu::Buffer],
+        buffers: &[&Buffer],
         groups: [u32; 3],
     ) {
-        let pipeline = self.ctx.pipeline(kernel);
-        let uniform = self.ctx.uniform(bytemuck::bytes_of(params));
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: uniform.as_entire_binding(),
-        }];
-        // An op binds `dummy_rw` for each absent output, but WebGPU (unlike native wgpu)
-        // refuses two writable bindings of one buffer in a dispatch: repeats get its twins.
-        let inner = &self.ctx.inner;
-        let mut twins = inner.dummy_rw_twins.iter();
-        let mut seen_rw = false;
-        for (i, &b) in buffers.iter().enumerate() {
-            let b = if b != &inner.dummy_rw || !std::mem::replace(&mut seen_rw, true) {
-                b
-            } else {
-                twins.next().unwrap_or(b)
-            };
-            entries.push(wgpu::BindGroupEntry {
-                binding: i as u32 + 1,
-                resource: b.as_entire_binding(),
-            });
-        }
-        let bind_group = self
-            .ctx
-            .device()
-            .create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(kernel.entry),
-                layout: &pipeline.get_bind_group_layout(0),
-                entries: &entries,
-            });
-        let timestamp_writes = self
-            .profile
-            .as_mut()
-            .filter(|p| p.kernels.len() < MAX_PROFILED)
-            .map(|p| {
-                let at = 2 * p.kernels.len() as u32;
-                p.kernels.push(kernel.name);
-                wgpu::ComputePassTimestampWrites {
-                    query_set: &p.queries,
-                    beginning_of_pass_write_index: Some(at),
-                    end_of_pass_write_index: Some(at + 1),
-                }
-            });
-        let mut pass = self
-            .encoder
-            .begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(kernel.entry),
-                timestamp_writes,
-            });
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         self.dispatches += 1;
+        match &mut self.commands {
+            Commands::Wgpu {
+                encoder, profile, ..
+            } => record_wgpu(
+                &self.ctx,
+                encoder,
+                profile.as_mut(),
+                kernel,
+                bytemuck::bytes_of(params),
+                buffers,
+                groups,
+            ),
+            #[cfg(feature = "cuda")]
+            Commands::Cuda(launches) => {
+                let device = self.ctx.cuda().expect("a CUDA recorder has a CUDA context");
+                launches.launch(device, kernel, bytemuck::bytes_of(params), buffers, groups);
+            }
+        }
+    }
+
+    /// `y[:, first_col..][..n] = x · wᵀ` on cuBLAS, for the matmul op on the CUDA backend:
+    /// `x` `[m, k]` from element `x_offset` with row stride `x_stride`, `w` `[n, k]`, `y` rows
+    /// `y_stride` apart. Returns false on wgpu, where the matmul is a kernel.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn cublas_gemm(&mut self, gemm: crate::runtime::cuda::Gemm) -> bool {
+        match &mut self.commands {
+            Commands::Wgpu { .. } => false,
+            Commands::Cuda(launches) => {
+                let device = self.ctx.cuda().expect("a CUDA recorder has a CUDA context");
+                launches.gemm(device, gemm);
+                self.dispatches += 1;
+                true
+            }
+        }
     }
 
     /// The command encoder the forward pass is recorded into, for a host's own commands
     /// (timestamp queries, copies) that must run in order with it, in the same submission.
-    pub fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
-        &mut self.encoder
+    /// `None` on the CUDA backend.
+    pub fn encoder(&mut self) -> Option<&mut wgpu::CommandEncoder> {
+        match &mut self.commands {
+            Commands::Wgpu { encoder, .. } => Some(encoder),
+            #[cfg(feature = "cuda")]
+            Commands::Cuda(_) => None,
+        }
     }
 
     /// A snapshot of `src` as it is at this point of the recorded work.
     pub fn snapshot(&mut self, name: &str, src: &Tensor) -> Result<Tensor> {
         let dst = self.ctx.alloc(name, src.shape(), src.dtype())?;
-        self.encoder
-            .copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, src.size_bytes());
+        match (&mut self.commands, src.buffer(), dst.buffer()) {
+            (Commands::Wgpu { encoder, .. }, Buffer::Wgpu(s), Buffer::Wgpu(d)) => {
+                encoder.copy_buffer_to_buffer(s, 0, d, 0, src.size_bytes())
+            }
+            #[cfg(feature = "cuda")]
+            (Commands::Cuda(launches), Buffer::Cuda(s), Buffer::Cuda(d)) => {
+                let device = self.ctx.cuda().expect("a CUDA recorder has a CUDA context");
+                launches.copy(device, s, d, src.size_bytes());
+            }
+            #[cfg(feature = "cuda")]
+            _ => return Err(foreign_tensor()),
+        }
         Ok(dst)
     }
 
@@ -178,91 +199,77 @@ impl Recorder {
     }
 
     /// Submit, then read back the named tensors as f32 (u32 tensors are returned bit-cast).
-    pub async fn submit_and_read(mut self, tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
+    pub async fn submit_and_read(self, tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
         self.ctx.check_alive()?;
-        let staging: Vec<(wgpu::Buffer, u64)> = tensors
-            .iter()
-            .map(|t| {
-                let size = t.size_bytes().max(4).next_multiple_of(4);
-                let b = self.ctx.device().create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("ssmgpu.readback"),
-                    size,
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
-                if t.size_bytes() > 0 {
-                    self.encoder
-                        .copy_buffer_to_buffer(t.buffer(), 0, &b, 0, t.size_bytes());
-                }
-                (b, t.size_bytes())
-            })
-            .collect();
-        let Recorder {
-            ctx,
-            encoder,
-            scope,
-            ..
-        } = self;
-        ctx.queue().submit([encoder.finish()]);
-        if let Some(err) = scope.pop().await {
-            return Err(Error::Gpu(err.to_string()));
-        }
-        let mut receivers = Vec::with_capacity(staging.len());
-        for (buffer, _) in &staging {
-            let (tx, rx) = futures_channel::oneshot::channel();
-            buffer.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-                let _ = tx.send(r);
-            });
-            receivers.push(rx);
-        }
-        #[cfg(not(target_arch = "wasm32"))]
-        ctx.device()
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
-        let mut out = Vec::with_capacity(staging.len());
-        for ((buffer, bytes), rx) in staging.iter().zip(receivers) {
-            rx.await
-                .map_err(|_| Error::Gpu("readback was cancelled".into()))?
-                .map_err(|e| Error::Gpu(format!("mapping a readback buffer: {e}")))?;
-            {
-                let view = buffer
-                    .slice(..)
-                    .get_mapped_range()
-                    .map_err(|e| Error::Gpu(format!("reading a mapped buffer: {e:?}")))?;
-                out.push(bytemuck::cast_slice::<u8, f32>(&view[..*bytes as usize]).to_vec());
+        let Recorder { ctx, commands, .. } = self;
+        match commands {
+            Commands::Wgpu { encoder, scope, .. } => {
+                submit_wgpu(&ctx, wgpu_of(&ctx), encoder, scope, tensors).await
             }
-            buffer.unmap();
+            #[cfg(feature = "cuda")]
+            Commands::Cuda(launches) => {
+                let device = ctx.cuda().expect("a CUDA recorder has a CUDA context");
+                launches.finish(device)?;
+                tensors
+                    .iter()
+                    .map(|t| match t.buffer() {
+                        Buffer::Cuda(b) => device.read_f32(b, t.numel()),
+                        Buffer::Wgpu(_) => Err(foreign_tensor()),
+                    })
+                    .collect()
+            }
         }
-        ctx.check_alive()?;
-        Ok(out)
     }
 
     /// Submit a profiled recording ([`Recorder::profile`]); returns the GPU milliseconds of
     /// each timed dispatch with its kernel file, in order.
     pub async fn submit_profiled(mut self) -> Result<Vec<(&'static str, f64)>> {
-        let Some(profile) = self.profile.take() else {
-            return Err(Error::InvalidInput(
-                "submit_profiled: the recording was not profiled".into(),
-            ));
+        let profile = match &mut self.commands {
+            Commands::Wgpu { profile, .. } => profile.take(),
+            #[cfg(feature = "cuda")]
+            Commands::Cuda(_) => None,
         };
+        match (self.commands, profile) {
+            (Commands::Wgpu { .. }, None) => Err(not_profiled()),
+            (Commands::Wgpu { encoder, scope, .. }, Some(profile)) => {
+                let rec = Recorder {
+                    commands: Commands::Wgpu {
+                        encoder,
+                        scope,
+                        profile: None,
+                    },
+                    ..self
+                };
+                rec.submit_wgpu_profiled(profile).await
+            }
+            #[cfg(feature = "cuda")]
+            (Commands::Cuda(launches), _) => {
+                let device = self.ctx.cuda().expect("a CUDA recorder has a CUDA context");
+                launches.finish_profiled(device)?.ok_or_else(not_profiled)
+            }
+        }
+    }
+
+    async fn submit_wgpu_profiled(mut self, profile: Profile) -> Result<Vec<(&'static str, f64)>> {
         let n = profile.kernels.len();
         if n == 0 {
             self.submit().await?;
             return Ok(Vec::new());
         }
-        let resolved = self.ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        let w = wgpu_of(&self.ctx);
+        let resolved = w.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("ssmgpu.profile.resolve"),
             size: 16 * n as u64,
             usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
-        self.encoder
-            .resolve_query_set(&profile.queries, 0..2 * n as u32, &resolved, 0);
+        let period_ns = w.queue.get_timestamp_period() as f64;
         // Read back through a tensor: each u64 timestamp as two u32 words.
         let ticks = self.ctx.alloc("profile", &[4 * n], DType::U32)?;
-        self.encoder
-            .copy_buffer_to_buffer(&resolved, 0, ticks.buffer(), 0, 16 * n as u64);
-        let period_ns = self.ctx.queue().get_timestamp_period() as f64;
+        let ticks_buffer = ticks.buffer().wgpu().ok_or_else(foreign_tensor)?;
+        let encoder = self.encoder().expect("a wgpu recorder has an encoder");
+        encoder.resolve_query_set(&profile.queries, 0..2 * n as u32, &resolved, 0);
+        encoder.copy_buffer_to_buffer(&resolved, 0, ticks_buffer, 0, 16 * n as u64);
         let words = self.submit_and_read(&[&ticks]).await?.remove(0);
         let stamp = |i: usize| {
             let (lo, hi) = (
@@ -291,4 +298,132 @@ impl Recorder {
     pub fn submit_and_read_blocking(self, tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
         pollster::block_on(self.submit_and_read(tensors))
     }
+}
+
+fn wgpu_of(ctx: &Context) -> &WgpuDevice {
+    ctx.wgpu().expect("a wgpu recorder has a wgpu context")
+}
+
+fn not_profiled() -> Error {
+    Error::InvalidInput("submit_profiled: the recording was not profiled".into())
+}
+
+/// A tensor of another context's backend passed to this one.
+fn foreign_tensor() -> Error {
+    Error::InvalidInput("a tensor from a context on another backend".into())
+}
+
+fn record_wgpu(
+    ctx: &Context,
+    encoder: &mut wgpu::CommandEncoder,
+    profile: Option<&mut Profile>,
+    kernel: &Kernel,
+    params: &[u8],
+    buffers: &[&Buffer],
+    groups: [u32; 3],
+) {
+    let w = wgpu_of(ctx);
+    let pipeline = w.pipeline(kernel);
+    let uniform = w.uniform(params);
+    let mut entries = vec![wgpu::BindGroupEntry {
+        binding: 0,
+        resource: uniform.as_entire_binding(),
+    }];
+    // An op binds `dummy_rw` for each absent output, but WebGPU (unlike native wgpu)
+    // refuses two writable bindings of one buffer in a dispatch: repeats get its twins.
+    let inner = &ctx.inner;
+    let mut twins = inner.dummy_rw_twins.iter();
+    let mut seen_rw = false;
+    for (i, &b) in buffers.iter().enumerate() {
+        let b = if b != &inner.dummy_rw || !std::mem::replace(&mut seen_rw, true) {
+            b
+        } else {
+            twins.next().unwrap_or(b)
+        };
+        // Every tensor of a wgpu context is a wgpu buffer.
+        let Some(b) = b.wgpu() else {
+            continue;
+        };
+        entries.push(wgpu::BindGroupEntry {
+            binding: i as u32 + 1,
+            resource: b.as_entire_binding(),
+        });
+    }
+    let bind_group = w.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(kernel.entry),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    });
+    let timestamp_writes = profile.filter(|p| p.kernels.len() < MAX_PROFILED).map(|p| {
+        let at = 2 * p.kernels.len() as u32;
+        p.kernels.push(kernel.name);
+        wgpu::ComputePassTimestampWrites {
+            query_set: &p.queries,
+            beginning_of_pass_write_index: Some(at),
+            end_of_pass_write_index: Some(at + 1),
+        }
+    });
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some(kernel.entry),
+        timestamp_writes,
+    });
+    pass.set_pipeline(&pipeline);
+    pass.set_bind_group(0, &bind_group, &[]);
+    pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+}
+
+async fn submit_wgpu(
+    ctx: &Context,
+    w: &WgpuDevice,
+    mut encoder: wgpu::CommandEncoder,
+    scope: wgpu::ErrorScopeGuard,
+    tensors: &[&Tensor],
+) -> Result<Vec<Vec<f32>>> {
+    let mut staging: Vec<(wgpu::Buffer, u64)> = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let src = t.buffer().wgpu().ok_or_else(foreign_tensor)?;
+        let size = t.size_bytes().max(4).next_multiple_of(4);
+        let b = w.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("ssmgpu.readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if t.size_bytes() > 0 {
+            encoder.copy_buffer_to_buffer(src, 0, &b, 0, t.size_bytes());
+        }
+        staging.push((b, t.size_bytes()));
+    }
+    w.queue.submit([encoder.finish()]);
+    if let Some(err) = scope.pop().await {
+        return Err(Error::Gpu(err.to_string()));
+    }
+    let mut receivers = Vec::with_capacity(staging.len());
+    for (buffer, _) in &staging {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        buffer.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        receivers.push(rx);
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    w.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+    let mut out = Vec::with_capacity(staging.len());
+    for ((buffer, bytes), rx) in staging.iter().zip(receivers) {
+        rx.await
+            .map_err(|_| Error::Gpu("readback was cancelled".into()))?
+            .map_err(|e| Error::Gpu(format!("mapping a readback buffer: {e}")))?;
+        {
+            let view = buffer
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(format!("reading a mapped buffer: {e:?}")))?;
+            out.push(bytemuck::cast_slice::<u8, f32>(&view[..*bytes as usize]).to_vec());
+        }
+        buffer.unmap();
+    }
+    ctx.check_alive()?;
+    Ok(out)
 }

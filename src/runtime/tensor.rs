@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::runtime::buffer::Buffer;
 use crate::runtime::pool::PooledBuffer;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,7 +55,7 @@ impl Tensor {
         (self.numel() * self.dtype.size()) as u64
     }
 
-    pub fn buffer(&self) -> &wgpu::Buffer {
+    pub fn buffer(&self) -> &Buffer {
         self.buf.buffer()
     }
 
@@ -105,7 +106,7 @@ pub struct MatView<'a> {
 }
 
 impl MatView<'_> {
-    pub fn buffer(&self) -> &wgpu::Buffer {
+    pub fn buffer(&self) -> &Buffer {
         self.tensor.buffer()
     }
 }

@@ -8,37 +8,50 @@ use rand::{Rng, SeedableRng};
 use ssmgpu::loader::SafetensorsFile;
 use ssmgpu::Context;
 
+/// The backend the tests run on: wgpu, or `SSMGPU_TEST_BACKEND` (`cuda`, `cuda-host`; a build
+/// with `--features cuda`), so one suite checks every backend.
+pub fn options() -> ssmgpu::ContextOptions {
+    let backend = match std::env::var("SSMGPU_TEST_BACKEND") {
+        Ok(name) if !name.is_empty() => name
+            .parse()
+            .unwrap_or_else(|e| panic!("SSMGPU_TEST_BACKEND: {e}")),
+        _ => ssmgpu::Backend::Wgpu,
+    };
+    ssmgpu::ContextOptions {
+        backend,
+        ..Default::default()
+    }
+}
+
+fn context(options: ssmgpu::ContextOptions) -> Context {
+    Context::with_options_blocking(options).unwrap_or_else(|e| {
+        panic!("GPU tests need an adapter (on Debian: apt-get install mesa-vulkan-drivers libvulkan1): {e}")
+    })
+}
+
 /// The GPU context; a machine without an adapter fails here, loudly (never a silent skip).
 pub fn ctx() -> &'static Context {
     static CTX: OnceLock<Context> = OnceLock::new();
-    CTX.get_or_init(|| {
-        Context::new_blocking().unwrap_or_else(|e| {
-            panic!("GPU tests need an adapter (on Debian: apt-get install mesa-vulkan-drivers libvulkan1): {e}")
-        })
-    })
+    CTX.get_or_init(|| context(options()))
 }
 
 /// A second context that runs the portable kernels (no subgroups), so both variants are tested.
 /// A context that binds at most `bytes` per storage buffer, so vocabulary tables split into
 /// several [`ssmgpu::runtime::RowShards`].
 pub fn ctx_with_binding_limit(bytes: u64) -> Context {
-    let options = ssmgpu::ContextOptions {
+    context(ssmgpu::ContextOptions {
         max_binding_bytes: Some(bytes),
-        ..Default::default()
-    };
-    pollster::block_on(Context::with_options(options))
-        .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
+        ..options()
+    })
 }
 
 pub fn ctx_portable() -> &'static Context {
     static CTX: OnceLock<Context> = OnceLock::new();
     CTX.get_or_init(|| {
-        let options = ssmgpu::ContextOptions {
+        context(ssmgpu::ContextOptions {
             disable_subgroups: true,
-            ..Default::default()
-        };
-        pollster::block_on(Context::with_options(options))
-            .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
+            ..options()
+        })
     })
 }
 

@@ -1,0 +1,195 @@
+// Lets g++ compile the CUDA C kernels of this folder into a CPU library, so machines without a
+// GPU run them (tests, CI). Each CUDA thread of a block is a fiber (ucontext) on the calling
+// OS thread: a fiber runs until __syncthreads() or its end, and a block's barrier opens once
+// every live fiber has reached it. Blocks run one after another, so `__shared__` variables are
+// per-OS-thread statics. Deterministic, and orders of magnitude slower than a GPU.
+#pragma once
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __restrict__ __restrict
+#define __launch_bounds__(...)
+#define __shared__ static thread_local
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+struct float2 { float x, y; };
+struct float4 { float x, y, z, w; };
+struct uint2 { unsigned x, y; };
+struct uint4 { unsigned x, y, z, w; };
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+
+// CUDA's overloaded min/max device functions.
+inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
+inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline float min(float a, float b) { return fminf(a, b); }
+inline float max(float a, float b) { return fmaxf(a, b); }
+
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline float __expf(float x) { return expf(x); }
+inline float __logf(float x) { return logf(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float __saturatef(float x) { return fminf(fmaxf(x, 0.0f), 1.0f); }
+inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
+inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
+inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }
+inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
+inline int __popc(unsigned v) { return __builtin_popcount(v); }
+inline int __clz(unsigned v) { return v ? __builtin_clz(v) : 32; }
+inline int __ffs(unsigned v) { return __builtin_ffs(v); }
+inline unsigned __brev(unsigned v) {
+    unsigned r = 0;
+    for (int i = 0; i < 32; ++i) r |= ((v >> i) & 1u) << (31 - i);
+    return r;
+}
+template <class T> inline T __ldg(const T* p) { return *p; }
+
+// Atomics: fibers of a block share one OS thread, so plain read-modify-writes are atomic.
+inline unsigned atomicAdd(unsigned* a, unsigned v) { unsigned o = *a; *a = o + v; return o; }
+inline int atomicAdd(int* a, int v) { int o = *a; *a = o + v; return o; }
+inline float atomicAdd(float* a, float v) { float o = *a; *a = o + v; return o; }
+inline unsigned atomicOr(unsigned* a, unsigned v) { unsigned o = *a; *a = o | v; return o; }
+inline unsigned atomicAnd(unsigned* a, unsigned v) { unsigned o = *a; *a = o & v; return o; }
+inline unsigned atomicMax(unsigned* a, unsigned v) { unsigned o = *a; *a = o > v ? o : v; return o; }
+inline unsigned atomicMin(unsigned* a, unsigned v) { unsigned o = *a; *a = o < v ? o : v; return o; }
+inline unsigned atomicExch(unsigned* a, unsigned v) { unsigned o = *a; *a = v; return o; }
+inline unsigned atomicCAS(unsigned* a, unsigned c, unsigned v) {
+    unsigned o = *a;
+    if (o == c) *a = v;
+    return o;
+}
+inline void __threadfence_block() {}
+
+namespace ssmgpu_host {
+
+constexpr size_t STACK_BYTES = 256 << 10;
+constexpr unsigned MAX_THREADS = 1024;
+
+struct Block {
+    ucontext_t scheduler;
+    ucontext_t fibers[MAX_THREADS];
+    bool done[MAX_THREADS];
+    unsigned current = 0;
+    void (*body)(void*) = nullptr;
+    void* args = nullptr;
+    char* stacks = nullptr;
+};
+inline thread_local Block* block = nullptr;
+
+inline dim3 thread_of(unsigned t) {
+    return {t % blockDim.x, (t / blockDim.x) % blockDim.y, t / (blockDim.x * blockDim.y)};
+}
+
+inline void fiber_main() {
+    Block* b = block;
+    b->body(b->args);
+    b->done[b->current] = true;
+    swapcontext(&b->fibers[b->current], &b->scheduler);
+}
+
+// Run one block: every fiber from its start to its end, in barrier-separated rounds.
+inline void run_block(unsigned threads) {
+    Block* b = block;
+    for (unsigned t = 0; t < threads; ++t) {
+        getcontext(&b->fibers[t]);
+        b->fibers[t].uc_stack.ss_sp = b->stacks + (size_t)t * STACK_BYTES;
+        b->fibers[t].uc_stack.ss_size = STACK_BYTES;
+        b->fibers[t].uc_link = nullptr;
+        makecontext(&b->fibers[t], fiber_main, 0);
+        b->done[t] = false;
+    }
+    unsigned live = threads;
+    while (live > 0) {
+        for (unsigned t = 0; t < threads; ++t) {
+            if (b->done[t]) continue;
+            b->current = t;
+            threadIdx = thread_of(t);
+            swapcontext(&b->scheduler, &b->fibers[t]);
+            if (b->done[t]) --live;
+        }
+    }
+}
+
+}  // namespace ssmgpu_host
+
+inline void __syncthreads() {
+    ssmgpu_host::Block* b = ssmgpu_host::block;
+    swapcontext(&b->fibers[b->current], &b->scheduler);
+}
+
+namespace ssmgpu_host {
+
+template <class P, class... B, size_t... I>
+void call(void (*kernel)(P, B...), const P& p, void* const* buffers, std::index_sequence<I...>) {
+    kernel(p, static_cast<B>(buffers[I])...);
+}
+
+// Launch `kernel` over `grid` blocks of `block_dims` threads: `params` is the by-value
+// parameter struct's bytes, `buffers` the device (here: host) pointers in order.
+template <class P, class... B>
+int emulate(void (*kernel)(P, B...), const unsigned* grid, const unsigned* block_dims,
+            const void* params, void* const* buffers) {
+    using Params = std::remove_cv_t<P>;
+    Params p;
+    memcpy(&p, params, sizeof p);
+    unsigned threads = block_dims[0] * block_dims[1] * block_dims[2];
+    if (threads == 0 || threads > MAX_THREADS) return 1;
+    static thread_local Block state;
+    static thread_local char* stacks = nullptr;
+    if (!stacks) {
+        void* m = mmap(nullptr, STACK_BYTES * MAX_THREADS, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (m == MAP_FAILED) return 2;
+        stacks = static_cast<char*>(m);
+    }
+    struct Args {
+        void (*kernel)(P, B...);
+        const Params* p;
+        void* const* buffers;
+    } args{kernel, &p, buffers};
+    state.stacks = stacks;
+    state.args = &args;
+    state.body = [](void* a) {
+        auto* args = static_cast<Args*>(a);
+        call(args->kernel, *args->p, args->buffers, std::index_sequence_for<B...>{});
+    };
+    Block* outer = block;
+    block = &state;
+    blockDim = {block_dims[0], block_dims[1], block_dims[2]};
+    gridDim = {grid[0], grid[1], grid[2]};
+    for (unsigned z = 0; z < grid[2]; ++z)
+        for (unsigned y = 0; y < grid[1]; ++y)
+            for (unsigned x = 0; x < grid[0]; ++x) {
+                blockIdx = {x, y, z};
+                run_block(threads);
+            }
+    block = outer;
+    return 0;
+}
+
+}  // namespace ssmgpu_host
+
+// One C symbol per kernel, `ssmgpu_launch_<name>`, that the runtime looks up.
+#define SSMGPU_HOST_ENTRY(name)                                                             \
+    extern "C" int ssmgpu_launch_##name(const unsigned* grid, const unsigned* block,        \
+                                        const void* params, void* const* buffers) {         \
+        return ssmgpu_host::emulate(name, grid, block, params, buffers);                    \
+    }
