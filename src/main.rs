@@ -761,8 +761,7 @@ fn info(json: bool) -> Result<()> {
                 })
             })
             .collect();
-        let selected = chosen_name
-            .map(|n| format!("{n} ({:?})", chosen_backend.unwrap_or(wgpu::Backend::Noop)));
+        let selected = chosen.as_ref().map(Context::device_name);
         println!(
             "{}",
             serde_json::json!({ "adapters": list, "selected": selected })
@@ -789,6 +788,13 @@ fn info(json: bool) -> Result<()> {
             limits.max_storage_buffers_per_shader_stage,
             limits.max_compute_invocations_per_workgroup
         );
+    }
+    match &chosen {
+        Some(ctx) if ctx.backend() != ssmgpu::Backend::Wgpu => {
+            println!("selected: {}", ctx.device_name())
+        }
+        Some(_) => {}
+        None => println!("no device could be created on the chosen backend"),
     }
     Ok(())
 }

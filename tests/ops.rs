@@ -534,6 +534,8 @@ fn every_shader_variant_passes_naga_validation() {
                 entry: "",
                 subgroups,
                 flags: None,
+                #[cfg(feature = "cuda")]
+                cuda: "",
             };
             let wgsl = kernel.wgsl();
             let module = naga::front::wgsl::parse_str(&wgsl).unwrap_or_else(|e| {

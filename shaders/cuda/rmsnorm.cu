@@ -9,7 +9,7 @@ struct Params {
 
 #define WG 64u
 
-extern "C" __global__ void add_rmsnorm(const Params p, const float* hidden, const float* weight,
+extern "C" __global__ void __launch_bounds__(64) add_rmsnorm(const Params p, const float* hidden, const float* weight,
                                        float* residual, float* out) {
     __shared__ float partial[WG];
     unsigned li = threadIdx.x;

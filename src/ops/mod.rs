@@ -71,6 +71,44 @@ pub const SHADERS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Every CUDA C twin (`shaders/cuda/<file>.cu`), for compile checks.
+#[cfg(feature = "cuda")]
+pub const CUDA_SHADERS: &[(&str, &str)] = &[
+    ("argmax", include_str!("../../shaders/cuda/argmax.cu")),
+    ("conv1d", include_str!("../../shaders/cuda/conv1d.cu")),
+    ("dwconv2d", include_str!("../../shaders/cuda/dwconv2d.cu")),
+    ("embedding", include_str!("../../shaders/cuda/embedding.cu")),
+    (
+        "gated_rmsnorm",
+        include_str!("../../shaders/cuda/gated_rmsnorm.cu"),
+    ),
+    (
+        "gather_rows",
+        include_str!("../../shaders/cuda/gather_rows.cu"),
+    ),
+    ("im2col", include_str!("../../shaders/cuda/im2col.cu")),
+    (
+        "importance",
+        include_str!("../../shaders/cuda/importance.cu"),
+    ),
+    ("kept_grid", include_str!("../../shaders/cuda/kept_grid.cu")),
+    ("layernorm", include_str!("../../shaders/cuda/layernorm.cu")),
+    ("matmul", include_str!("../../shaders/cuda/matmul.cu")),
+    ("rmsnorm", include_str!("../../shaders/cuda/rmsnorm.cu")),
+    ("scan", include_str!("../../shaders/cuda/scan.cu")),
+    ("ssd_scan", include_str!("../../shaders/cuda/ssd_scan.cu")),
+    (
+        "token_reduce",
+        include_str!("../../shaders/cuda/token_reduce.cu"),
+    ),
+    ("tokens", include_str!("../../shaders/cuda/tokens.cu")),
+    ("topk", include_str!("../../shaders/cuda/topk.cu")),
+    (
+        "zigzag_scan",
+        include_str!("../../shaders/cuda/zigzag_scan.cu"),
+    ),
+];
+
 /// A recurrent state carried across calls (conv window or SSM state), for generation.
 #[derive(Clone, Copy)]
 pub enum Carry<'a> {

@@ -171,7 +171,7 @@ pub(crate) struct Inner {
 
 /// The device behind a context.
 pub(crate) enum Gpu {
-    Wgpu(WgpuDevice),
+    Wgpu(Box<WgpuDevice>),
     #[cfg(feature = "cuda")]
     Cuda(crate::runtime::cuda::CudaDevice),
 }
@@ -343,13 +343,13 @@ impl Context {
             dummy_buffer("ssmgpu.dummy_rw"),
             dummy_buffer("ssmgpu.dummy_rw"),
         ];
-        let gpu = Gpu::Wgpu(WgpuDevice {
+        let gpu = Gpu::Wgpu(Box::new(WgpuDevice {
             device,
             queue,
             adapter_info,
             pipelines: Mutex::new(HashMap::new()),
             uniforms: Mutex::new(HashMap::new()),
-        });
+        }));
         Self::build(gpu, limits, subgroups, dummy, dummy_rw, twins)
     }
 

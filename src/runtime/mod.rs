@@ -4,7 +4,7 @@
 mod buffer;
 mod context;
 #[cfg(feature = "cuda")]
-pub(crate) mod cuda;
+pub mod cuda;
 pub mod pool;
 mod recorder;
 mod tensor;

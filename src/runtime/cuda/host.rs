@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::{Driver, GemmAt, Memory, ModuleSource};
+use super::{Driver, GemmAt, Marker, Memory, ModuleKey, ModuleSource};
 use crate::error::{Error, Result};
 use crate::runtime::context::lock;
 
@@ -29,7 +29,7 @@ type LaunchFn = unsafe extern "C" fn(
 pub(super) struct Host {
     compiler: String,
     cache: PathBuf,
-    libraries: Mutex<HashMap<(&'static str, Option<u32>), Arc<libloading::Library>>>,
+    libraries: Mutex<HashMap<ModuleKey, Arc<libloading::Library>>>,
 }
 
 struct HostMemory {
@@ -77,7 +77,7 @@ impl Host {
     }
 
     fn library(&self, module: &ModuleSource) -> Result<Arc<libloading::Library>> {
-        let key = (module.name, module.flags);
+        let key = module.key();
         if let Some(lib) = lock(&self.libraries).get(&key) {
             return Ok(lib.clone());
         }
@@ -90,8 +90,14 @@ impl Host {
         (&source, module.flags, HOST_H, &self.compiler).hash(&mut hasher);
         let stem = format!("{}-{:016x}", module.name, hasher.finish());
         let library = self.cache.join(format!("{stem}.so"));
-        if !library.exists() {
-            self.compile(module, &stem, &source, &library)?;
+        {
+            // One compile at a time in this process (over every context): threads wanting the
+            // same file wait for the first one's library instead of building it again.
+            static COMPILING: Mutex<()> = Mutex::new(());
+            let _compiling = lock(&COMPILING);
+            if !library.exists() {
+                self.compile(module, &stem, &source, &library)?;
+            }
         }
         // SAFETY: a library built above from our kernels; loading runs no initialisers of
         // consequence.
@@ -144,7 +150,11 @@ impl Host {
                 String::from_utf8_lossy(&out.stderr)
             )));
         }
-        std::fs::rename(&partial, library).map_err(|e| Error::io(library, e))
+        std::fs::rename(&partial, library).map_err(|e| Error::io(library, e))?;
+        for path in [header, cu] {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
     }
 }
 
@@ -240,7 +250,7 @@ impl Driver for Host {
         Ok(())
     }
 
-    fn marker(&self) -> Result<Box<dyn Any + Send>> {
+    fn marker(&self) -> Result<Marker> {
         Ok(Box::new(Instant::now()))
     }
 

@@ -16,9 +16,16 @@ use crate::error::{Error, Result};
 use crate::runtime::buffer::Buffer;
 use crate::runtime::context::{expand_includes, lock, Kernel};
 
+pub use nvidia::nvrtc_compile;
+
 /// Whether the CUDA driver library can be loaded (an NVIDIA driver is installed).
 pub fn driver_present() -> bool {
     nvidia::driver_present()
+}
+
+/// A kernel file's CUDA C as the drivers compile it: `// #include` lines expanded.
+pub fn expanded_source(source: &str) -> String {
+    expand_includes(source, CUDA_INCLUDES, "shaders/cuda/include")
 }
 
 /// Device memory: an allocation's address, freed when the last clone goes.
@@ -57,7 +64,17 @@ pub(crate) struct ModuleSource {
     pub source: String,
 }
 
+/// What the drivers cache a compiled file by: its name and `FLAGS`.
+pub(crate) type ModuleKey = (&'static str, Option<u32>);
+
+/// A point in the launch order, for timing ([`Driver::elapsed_ms`]).
+pub(crate) type Marker = Box<dyn Any + Send>;
+
 impl ModuleSource {
+    pub fn key(&self) -> ModuleKey {
+        (self.name, self.flags)
+    }
+
     /// Every `__global__` function of the source, with its block size.
     pub fn entries(&self) -> Vec<(String, Option<u32>)> {
         entry_points(&self.source)
@@ -116,16 +133,20 @@ pub(crate) trait Driver: Send + Sync {
     fn gemm(&self, gemm: &GemmAt) -> Result<()>;
     /// Wait for every launch so far.
     fn synchronize(&self) -> Result<()>;
-    /// A point in the launch order, for timing ([`Driver::elapsed_ms`]).
-    fn marker(&self) -> Result<Box<dyn Any + Send>>;
+    fn marker(&self) -> Result<Marker>;
     fn elapsed_ms(&self, start: &(dyn Any + Send), end: &(dyn Any + Send)) -> Result<f64>;
 }
 
 pub struct CudaDevice {
     driver: Box<dyn Driver>,
     host: bool,
-    /// Each kernel file's expanded source and its entries' block sizes.
-    sources: Mutex<HashMap<&'static str, Arc<(String, HashMap<String, u32>)>>>,
+    sources: Mutex<HashMap<&'static str, Arc<KernelFile>>>,
+}
+
+/// A kernel file's expanded source and its entries' block sizes.
+struct KernelFile {
+    source: String,
+    blocks: HashMap<String, u32>,
 }
 
 /// The CUDA C snippets kernels pull in with `// #include <name>`.
@@ -141,7 +162,7 @@ const CUDA_INCLUDES: &[(&str, &str)] = &[
 ];
 
 /// `__global__ void [__launch_bounds__(N)] name(` of `source`, in order.
-fn entry_points(source: &str) -> Vec<(String, Option<u32>)> {
+pub fn entry_points(source: &str) -> Vec<(String, Option<u32>)> {
     source
         .split("__global__")
         .skip(1)
@@ -212,16 +233,16 @@ impl CudaDevice {
         Ok(out)
     }
 
-    fn source(&self, kernel: &Kernel) -> Arc<(String, HashMap<String, u32>)> {
+    fn source(&self, kernel: &Kernel) -> Arc<KernelFile> {
         lock(&self.sources)
             .entry(kernel.name)
             .or_insert_with(|| {
-                let source = expand_includes(kernel.cuda, CUDA_INCLUDES, "shaders/cuda/include");
+                let source = expanded_source(kernel.cuda);
                 let blocks = entry_points(&source)
                     .into_iter()
                     .filter_map(|(name, block)| Some((name, block?)))
                     .collect();
-                Arc::new((source, blocks))
+                Arc::new(KernelFile { source, blocks })
             })
             .clone()
     }
@@ -233,9 +254,8 @@ impl CudaDevice {
         buffers: &[&Buffer],
         groups: [u32; 3],
     ) -> Result<()> {
-        let compiled = self.source(kernel);
-        let (source, blocks) = &*compiled;
-        let block = *blocks.get(kernel.entry).ok_or_else(|| {
+        let file = self.source(kernel);
+        let block = *file.blocks.get(kernel.entry).ok_or_else(|| {
             Error::Gpu(format!(
                 "shaders/cuda/{}.cu has no `__global__ void __launch_bounds__(N) {}`",
                 kernel.name, kernel.entry
@@ -248,7 +268,7 @@ impl CudaDevice {
         let module = ModuleSource {
             name: kernel.name,
             flags: kernel.flags,
-            source: source.clone(),
+            source: file.source.clone(),
         };
         self.driver
             .launch(&module, kernel.entry, groups, block, params, &addresses)
@@ -271,7 +291,7 @@ fn address(buffer: &Buffer, offset: usize) -> Result<u64> {
 pub(crate) struct Launches {
     error: Option<Error>,
     /// When profiling: each launch's kernel file and markers around it.
-    timed: Option<Vec<(&'static str, Box<dyn Any + Send>, Box<dyn Any + Send>)>>,
+    timed: Option<Vec<(&'static str, [Marker; 2])>>,
 }
 
 impl Launches {
@@ -286,7 +306,7 @@ impl Launches {
         let result = match &mut self.timed {
             Some(timed) => device.driver.marker().and_then(|start| {
                 f()?;
-                timed.push((name, start, device.driver.marker()?));
+                timed.push((name, [start, device.driver.marker()?]));
                 Ok(())
             }),
             None => f(),
@@ -355,7 +375,7 @@ impl Launches {
         timed
             .map(|t| {
                 t.iter()
-                    .map(|(name, a, b)| Ok((*name, device.driver.elapsed_ms(&**a, &**b)?)))
+                    .map(|(name, [a, b])| Ok((*name, device.driver.elapsed_ms(&**a, &**b)?)))
                     .collect()
             })
             .transpose()

@@ -11,14 +11,42 @@ use cudarc::driver::{
     result as cu, sys as cu_sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream,
     DeviceRepr, LaunchConfig, PushKernelArg,
 };
+use cudarc::nvrtc::Ptx;
 
-use super::{Driver, GemmAt, Memory, ModuleSource};
+use super::{Driver, GemmAt, Marker, Memory, ModuleKey, ModuleSource};
 use crate::error::{Error, Result};
 use crate::runtime::context::lock;
 
 pub fn driver_present() -> bool {
     // SAFETY: only tries to open the library.
     unsafe { cu_sys::is_culib_present() }
+}
+
+/// Compile a kernel file's CUDA C (includes expanded) with NVRTC for `arch` (`sm_90`), with
+/// `FLAGS` = `flags`. Needs the NVRTC library only, no GPU.
+pub fn nvrtc_compile(name: &str, source: &str, flags: u32, arch: &str) -> Result<()> {
+    compile(name, source, flags, arch).map(|_| ())
+}
+
+fn compile(name: &str, source: &str, flags: u32, arch: &str) -> Result<Ptx> {
+    // SAFETY: only tries to open the library.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(Error::Gpu(
+            "NVRTC (libnvrtc.so) is not installed; e.g. `pip install nvidia-cuda-nvrtc-cu12` \
+             and add its lib folder to LD_LIBRARY_PATH"
+                .into(),
+        ));
+    }
+    let opts = cudarc::nvrtc::CompileOptions {
+        options: vec![
+            format!("--gpu-architecture={arch}"),
+            format!("-DFLAGS={flags}u"),
+        ],
+        name: Some(format!("{name}.cu")),
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(source, opts)
+        .map_err(|e| Error::Gpu(format!("NVRTC: shaders/cuda/{name}.cu for {arch}: {e:?}")))
 }
 
 fn gpu_error(what: &str, e: impl std::fmt::Debug) -> Error {
@@ -45,8 +73,8 @@ pub(super) struct Nvidia {
     name: String,
     total_memory: u64,
     arch: String,
-    modules: Mutex<HashMap<(&'static str, Option<u32>), Arc<CudaModule>>>,
-    functions: Mutex<HashMap<(&'static str, Option<u32>, &'static str), Arc<Function>>>,
+    modules: Mutex<HashMap<ModuleKey, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<(ModuleKey, &'static str), Arc<Function>>>,
     blas: CudaBlas,
 }
 
@@ -120,7 +148,7 @@ impl Nvidia {
             stream,
             name,
             total_memory,
-            arch: format!("--gpu-architecture=sm_{major}{minor}"),
+            arch: format!("sm_{major}{minor}"),
             modules: Mutex::default(),
             functions: Mutex::default(),
             blas,
@@ -128,7 +156,7 @@ impl Nvidia {
     }
 
     fn function(&self, module: &ModuleSource, entry: &'static str) -> Result<Arc<Function>> {
-        let key = (module.name, module.flags, entry);
+        let key = (module.key(), entry);
         if let Some(f) = lock(&self.functions).get(&key) {
             return Ok(f.clone());
         }
@@ -146,20 +174,16 @@ impl Nvidia {
 
     /// The file compiled by NVRTC for this device, once per `FLAGS` value.
     fn module(&self, module: &ModuleSource) -> Result<Arc<CudaModule>> {
-        let key = (module.name, module.flags);
+        let key = module.key();
         if let Some(m) = lock(&self.modules).get(&key) {
             return Ok(m.clone());
         }
-        let opts = cudarc::nvrtc::CompileOptions {
-            options: vec![
-                self.arch.clone(),
-                format!("-DFLAGS={}u", module.flags.unwrap_or(0)),
-            ],
-            name: Some(format!("{}.cu", module.name)),
-            ..Default::default()
-        };
-        let ptx = cudarc::nvrtc::compile_ptx_with_opts(&module.source, opts)
-            .map_err(|e| Error::Gpu(format!("NVRTC: shaders/cuda/{}.cu: {e:?}", module.name)))?;
+        let ptx = compile(
+            module.name,
+            &module.source,
+            module.flags.unwrap_or(0),
+            &self.arch,
+        )?;
         let loaded = self
             .ctx
             .load_module(ptx)
@@ -288,7 +312,7 @@ impl Driver for Nvidia {
             .map_err(|e| gpu_error("waiting for the GPU", e))
     }
 
-    fn marker(&self) -> Result<Box<dyn Any + Send>> {
+    fn marker(&self) -> Result<Marker> {
         let event = self
             .stream
             .record_event(Some(cu_sys::CUevent_flags::CU_EVENT_DEFAULT))

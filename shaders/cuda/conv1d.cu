@@ -1,0 +1,61 @@
+// Causal depthwise conv1d, width 4, + SiLU, for Mamba's x branch; the CUDA twin of conv1d.wgsl:
+//   c[t, e] = bias[e] + sum_k w[e, k] * x[t - 3 + k, e];   out = c * sigmoid(c)
+// One thread per (sequence, channel) walks the tokens with a 4-tap window in registers, so each
+// input is read once. Positions before the start read the carried conv state (the last 4
+// inputs, oldest first, as mamba_ssm's conv_state) when use_state != 0, else zero; with
+// write_state != 0 the last 4 inputs are stored back: prefill and decode steps are the same
+// kernel. With reverse != 0 the tokens are walked last to first: the causal conv of the flipped
+// sequence, written at the original positions (Vim's backward branch). With has_positions != 0
+// the tokens are the kept ones of a pruned sequence at the original positions `positions`: the
+// window slides over the original positions, reading pruned ones as zero.
+
+struct Params {
+    unsigned batch;
+    unsigned len;
+    unsigned channels;
+    unsigned x_offset;
+    unsigned x_stride;
+    unsigned use_state;
+    unsigned write_state;
+    unsigned reverse;
+    unsigned has_positions;
+    unsigned _pad0;
+    unsigned _pad1;
+    unsigned _pad2;
+};
+
+// The window moved on by one input: (w.y, w.z, w.w, v).
+__device__ __forceinline__ float4 shift(float4 w, float v) {
+    return make_float4(w.y, w.z, w.w, v);
+}
+
+extern "C" __global__ void __launch_bounds__(64) conv1d_silu(const Params p, const float* x,
+        const float4* weight, const float* bias, float4* state, float* out,
+        const unsigned* positions) {
+    unsigned idx = (blockIdx.x + blockIdx.y * gridDim.x) * 64u + threadIdx.x;
+    if (idx >= p.batch * p.channels) return;
+    unsigned b = idx / p.channels;
+    unsigned e = idx - b * p.channels;
+    float4 w = weight[e];
+    float c0 = bias[e];
+    // window = (x[t-4], x[t-3], x[t-2], x[t-1])
+    float4 window = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (p.use_state != 0u) window = state[idx];
+    unsigned previous = 0u;
+    for (unsigned s = 0u; s < p.len; s++) {
+        unsigned t = p.reverse != 0u ? p.len - 1u - s : s;
+        size_t row = (size_t)b * p.len + t;
+        float xt = x[p.x_offset + row * p.x_stride + e];
+        if (p.has_positions != 0u) {
+            // Zeros for the pruned positions since the previous kept token (at most 3 matter).
+            unsigned here = positions[row];
+            unsigned gap = s == 0u ? 1u : (p.reverse != 0u ? previous - here : here - previous);
+            for (unsigned k = 1u; k < min(gap, 4u); k++) window = shift(window, 0.0f);
+            previous = here;
+        }
+        window = shift(window, xt);
+        float c = c0 + (window.x * w.x + window.y * w.y + window.z * w.z + window.w * w.w);
+        out[row * p.channels + e] = c / (1.0f + expf(-c));
+    }
+    if (p.write_state != 0u) state[idx] = window;
+}
