@@ -374,6 +374,9 @@ fn scan_cases(ctx: &ssmgpu::Context) {
         (2, 64, 64, 16, true, true, true, true, false),
         (2, 23, 40, 16, true, true, true, false, true),
         (1, 30, 70, 16, true, true, true, true, true),
+        // Several of the CUDA scan's 1024-token chunks, the state carried across them.
+        (1, 2100, 6, 16, true, true, true, true, true),
+        (2, 1500, 3, 7, false, true, true, false, false),
     ];
     for (batch, len, channels, nstate, with_z, with_bias, softplus, reverse, gaps) in cases {
         let rows = batch * len;

@@ -135,6 +135,21 @@ inline void __syncthreads() {
     swapcontext(&b->fibers[b->current], &b->scheduler);
 }
 
+// Warp shuffles over a block-wide exchange: every thread of the block must make the same
+// calls (the scans' are uniform), since each is a barrier here.
+inline thread_local float shuffle_slots[1024];
+inline unsigned linear_thread() {
+    return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+}
+inline float __shfl_up_sync(unsigned, float v, unsigned delta) {
+    unsigned t = linear_thread();
+    shuffle_slots[t] = v;
+    __syncthreads();
+    float r = t % 32u >= delta ? shuffle_slots[t - delta] : v;
+    __syncthreads();
+    return r;
+}
+
 namespace ssmgpu_host {
 
 template <class P, class... B, size_t... I>

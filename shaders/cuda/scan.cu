@@ -79,6 +79,20 @@ __device__ __forceinline__ void decay4(float4& h, float4 a, float g) {
     h.w *= exp2f(g * a.w);
 }
 
+// Output o's epilogue: the ungated copy (importance), the z gate, the accumulation, the store.
+__device__ __forceinline__ void store_output(float y, float zt, size_t o, bool in_range,
+                                             float* out, float* ungated) {
+    if (in_range && (FLAGS & UNGATED) != 0u) {
+        float g = y;
+        if ((FLAGS & UNGATED_CLIP) != 0u) g = fmaxf(g, 0.0f);
+        if ((FLAGS & UNGATED_ADD) != 0u) g += ungated[o];
+        ungated[o] = g;
+    }
+    if ((FLAGS & HAS_Z) != 0u) y = y * zt / (1.0f + expf(-zt));
+    if ((FLAGS & ACCUMULATE) != 0u) y += out[o];
+    if (in_range) out[o] = y;
+}
+
 // Four states of one step, in order: h = exp2(dt a) h + du b, then y += h c.
 __device__ __forceinline__ void update4(float4& h, float4 a, float dt, float du, float4 b, float4 c,
                                         float& y) {
@@ -138,16 +152,7 @@ __device__ __forceinline__ void step(const Params& p, Scan& sc, const float* u, 
     update4(sc.h2, sc.a2, dt, du, row4(bc, p.nstate, bb, 8u), row4(bc, p.nstate, cb, 8u), y);
     update4(sc.h3, sc.a3, dt, du, row4(bc, p.nstate, bb, 12u), row4(bc, p.nstate, cb, 12u), y);
     y = fmaf(sc.d_skip, ut, y);
-    size_t o = row * p.channels + sc.e;
-    if (sc.in_range && (FLAGS & UNGATED) != 0u) {
-        float g = y;
-        if ((FLAGS & UNGATED_CLIP) != 0u) g = fmaxf(g, 0.0f);
-        if ((FLAGS & UNGATED_ADD) != 0u) g += ungated[o];
-        ungated[o] = g;
-    }
-    if ((FLAGS & HAS_Z) != 0u) y = y * zt / (1.0f + expf(-zt));
-    if ((FLAGS & ACCUMULATE) != 0u) y += out[o];
-    if (sc.in_range) out[o] = y;
+    store_output(y, zt, row * p.channels + sc.e, sc.in_range, out, ungated);
 }
 
 // Grid: x = blocks of 64 channels, y = sequence. No thread returns early: past the last
@@ -191,4 +196,142 @@ extern "C" __global__ void __launch_bounds__(64) selective_scan(const Params p, 
         store_h4(state, ns, sbase, 8u, sc.h2);
         store_h4(state, ns, sbase, 12u, sc.h3);
     }
+}
+
+// The same scan parallel over the tokens, as mamba_ssm's CUDA kernel does it: a block per
+// (channel, sequence), each of its 128 threads owning ITEMS consecutive steps of a chunk of
+// 128 * ITEMS. Per state n, a step is the affine map h -> a h + b (a = exp2(dt A_n), b = dt u
+// B_n); each thread composes its steps' maps in registers, the block scans those compositions
+// (warp shuffles, then the warps' totals), and each thread replays its steps from the state
+// its prefix gives, adding C_n h to its outputs. The state between chunks is carried in shared
+// memory. The launcher uses it on the CUDA backend for prompts (many tokens, few channels per
+// SM otherwise); `selective_scan` above, one thread per channel, serves decode steps.
+#define CHUNK_THREADS 128u
+#define ITEMS 8u
+#define CHUNK (CHUNK_THREADS * ITEMS)
+#define WARPS (CHUNK_THREADS / 32u)
+#define MAX_STATE 16u
+
+// h -> a h + b applied to h, giving what the sequential scan gives where a composed map and
+// the step-by-step recurrence part ways in f32: a zero state or a zero (forgetting) decay
+// contributes nothing, and an infinite state stays so (finite steps never bring it back; a
+// composed b can be the opposite infinity, from its own overflow, and their sum NaN).
+__device__ __forceinline__ float apply_map(float a, float b, float h) {
+    if (h == 0.0f || a == 0.0f) return b;
+    float ah = a * h;
+    return isinf(ah) ? ah : fmaf(a, h, b);
+}
+
+// The product of decays: a step that zeroes the state forgets it for good, however large a
+// later decay (0 * inf would be NaN where the sequential scan has no trace of the state).
+__device__ __forceinline__ float chain_decay(float a, float later) {
+    return a == 0.0f || later == 0.0f ? 0.0f : a * later;
+}
+
+extern "C" __global__ void __launch_bounds__(128) selective_scan_chunked(const Params p,
+        const float* u, const float* delta, const float* bc, const float* ssm, const float* z,
+        float* state, float* out, float* ungated, const unsigned* positions) {
+    __shared__ float carry[MAX_STATE];
+    __shared__ float warp_a[WARPS];
+    __shared__ float warp_b[WARPS];
+    unsigned tid = threadIdx.x;
+    unsigned lane = tid & 31u;
+    unsigned warp = tid >> 5u;
+    unsigned e = blockIdx.x;
+    unsigned seq = blockIdx.y;
+    unsigned ns = p.nstate;
+    float d_skip = ssm[(size_t)p.channels * ns + e];
+    float dt_bias = ssm[(size_t)p.channels * ns + p.channels + e];
+    // Delta of a pruned (zero-input) position, for GAP_DECAY.
+    float idle_dt = (FLAGS & SOFTPLUS) != 0u ? softplus(dt_bias) : dt_bias;
+    size_t sbase = ((size_t)seq * p.channels + e) * ns;
+    if (tid < MAX_STATE) {
+        carry[tid] = (FLAGS & USE_STATE) != 0u && tid < ns ? state[sbase + tid] : 0.0f;
+    }
+    __syncthreads();
+    for (unsigned c0 = 0u; c0 < p.len; c0 += CHUNK) {
+        // This thread's steps: the decay's dt (dt plus the idle dt of the pruned positions
+        // before the step, under GAP_DECAY), dt u, u, z, and the outputs' row.
+        float decay_dt[ITEMS], du[ITEMS], ut[ITEMS], zt[ITEMS], y[ITEMS];
+        size_t rows[ITEMS];
+        bool valid[ITEMS];
+#pragma unroll
+        for (unsigned i = 0u; i < ITEMS; ++i) {
+            unsigned s = c0 + tid * ITEMS + i;
+            valid[i] = s < p.len;
+            unsigned t = (FLAGS & REVERSE) != 0u ? p.len - 1u - s : s;
+            size_t row = (size_t)seq * p.len + t;
+            rows[i] = row;
+            decay_dt[i] = 0.0f;
+            du[i] = 0.0f;
+            ut[i] = 0.0f;
+            zt[i] = 0.0f;
+            y[i] = 0.0f;
+            if (!valid[i]) continue;
+            ut[i] = u[p.u_offset + row * p.u_stride + e];
+            float dt = delta[p.dt_offset + row * p.dt_stride + e] + dt_bias;
+            if ((FLAGS & HAS_Z) != 0u) zt[i] = z[p.z_offset + row * p.z_stride + e];
+            if ((FLAGS & SOFTPLUS) != 0u) dt = softplus(dt);
+            du[i] = dt * ut[i];
+            decay_dt[i] = dt;
+            if ((FLAGS & GAP_DECAY) != 0u && s > 0u) {
+                size_t prev = (FLAGS & REVERSE) != 0u ? row + 1u : row - 1u;
+                int gap = max(abs((int)positions[row] - (int)positions[prev]), 1) - 1;
+                decay_dt[i] += (float)gap * idle_dt;
+            }
+        }
+        unsigned last_owner = (min(p.len - c0, CHUNK) - 1u) / ITEMS;
+        for (unsigned n = 0u; n < ns; ++n) {
+            float a_n = ssm[(size_t)e * ns + n] * LOG2E;
+            float a[ITEMS], b[ITEMS];
+            // This thread's steps composed: h -> ta h + tb.
+            float ta = 1.0f, tb = 0.0f;
+#pragma unroll
+            for (unsigned i = 0u; i < ITEMS; ++i) {
+                a[i] = valid[i] ? exp2f(decay_dt[i] * a_n) : 1.0f;
+                b[i] = valid[i] ? du[i] * bc[p.b_offset + rows[i] * p.bc_stride + n] : 0.0f;
+                tb = apply_map(a[i], b[i], tb);
+                ta = chain_decay(ta, a[i]);
+            }
+            // Inclusive scan over the warp's lanes: lane's map after all lanes before it.
+#pragma unroll
+            for (unsigned d = 1u; d < 32u; d <<= 1u) {
+                float pa = __shfl_up_sync(0xffffffffu, ta, d);
+                float pb = __shfl_up_sync(0xffffffffu, tb, d);
+                if (lane >= d) {
+                    tb = apply_map(ta, tb, pb);
+                    ta = chain_decay(pa, ta);
+                }
+            }
+            if (lane == 31u) {
+                warp_a[warp] = ta;
+                warp_b[warp] = tb;
+            }
+            __syncthreads();
+            // The state entering this thread's first step: the carry through the earlier
+            // warps, then the earlier lanes of its own.
+            float h = carry[n];
+            for (unsigned w = 0u; w < warp; ++w) h = apply_map(warp_a[w], warp_b[w], h);
+            float ea = __shfl_up_sync(0xffffffffu, ta, 1u);
+            float eb = __shfl_up_sync(0xffffffffu, tb, 1u);
+            if (lane > 0u) h = apply_map(ea, eb, h);
+#pragma unroll
+            for (unsigned i = 0u; i < ITEMS; ++i) {
+                h = fmaf(a[i], h, b[i]);
+                if (valid[i]) y[i] = fmaf(h, bc[p.c_offset + rows[i] * p.bc_stride + n], y[i]);
+            }
+            // Everyone has read the carry and the warp totals: the thread of the chunk's last
+            // step, whose state was replayed step by step, carries it on.
+            __syncthreads();
+            if (tid == last_owner) carry[n] = h;
+        }
+#pragma unroll
+        for (unsigned i = 0u; i < ITEMS; ++i) {
+            if (!valid[i]) continue;
+            float yv = fmaf(d_skip, ut[i], y[i]);
+            store_output(yv, zt[i], rows[i] * p.channels + e, true, out, ungated);
+        }
+        __syncthreads();
+    }
+    if ((FLAGS & WRITE_STATE) != 0u && tid < ns) state[sbase + tid] = carry[tid];
 }

@@ -22,6 +22,11 @@ const RAGGED: u32 = 1024;
 /// Channels per workgroup, in both variants.
 const CHANNELS_PER_GROUP: usize = 64;
 
+/// From this many tokens, the CUDA backend scans with a block per channel, parallel over the
+/// tokens; shorter inputs (decode steps) keep one thread per channel. Not yet tuned on a GPU.
+#[cfg(feature = "cuda")]
+const CUDA_CHUNKED_MIN_LEN: usize = 32;
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -175,28 +180,33 @@ pub fn selective_scan(rec: &mut Recorder, args: ScanArgs) -> Result<Tensor> {
         } else {
             0
         };
-    rec.dispatch(
-        &kernel!("scan", "selective_scan")
-            .with_subgroups(subgroups)
-            .with_flags(flags),
-        &p,
-        &[
-            u.buffer(),
-            delta.buffer(),
-            b.buffer(),
-            params.buffer(),
-            &z_buf,
-            &state_buf,
-            out.buffer(),
-            &ungated_buf,
-            &positions_buf,
-        ],
-        [
-            channels.div_ceil(CHANNELS_PER_GROUP) as u32,
-            batch as u32,
-            1,
-        ],
-    );
+    let buffers = [
+        u.buffer(),
+        delta.buffer(),
+        b.buffer(),
+        params.buffer(),
+        &z_buf,
+        &state_buf,
+        out.buffer(),
+        &ungated_buf,
+        &positions_buf,
+    ];
+    #[cfg(feature = "cuda")]
+    if rec.context().cuda().is_some() && p.len as usize >= CUDA_CHUNKED_MIN_LEN {
+        // One block per (channel, sequence), parallel over the tokens (shaders/cuda/scan.cu).
+        let kernel = kernel!("scan", "selective_scan_chunked").with_flags(flags & !RAGGED);
+        rec.dispatch(&kernel, &p, &buffers, [channels as u32, batch as u32, 1]);
+        return Ok(out);
+    }
+    let kernel = kernel!("scan", "selective_scan")
+        .with_subgroups(subgroups)
+        .with_flags(flags);
+    let groups = [
+        channels.div_ceil(CHANNELS_PER_GROUP) as u32,
+        batch as u32,
+        1,
+    ];
+    rec.dispatch(&kernel, &p, &buffers, groups);
     Ok(out)
 }
 
