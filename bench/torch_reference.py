@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
-"""PyTorch CPU reference timings for the shapes that `ssmgpu bench` times.
+"""PyTorch reference timings for the shapes that `ssmgpu bench` times.
 
 1. Selective scan (mamba_ssm `selective_scan_ref` semantics):
-   batch 1, 1536 channels, 1024 tokens, state 16, with D, z, delta_bias and
-   delta_softplus=True.
+   batch 1, 1536 channels, 1024 tokens, state 16, and Vim-Ti's 384 channels over 197 tokens,
+   with D, z, delta_bias and delta_softplus=True. With `--device cuda` also mamba_ssm's CUDA
+   kernel (`selective_scan_fn`) where mamba_ssm is installed.
 2. Matmul (197 x 384) @ (384 x 1536) in float32, as
    torch.nn.functional.linear(x[197, 384], W[1536, 384]) (PyTorch [out, in] layout).
 
 Each op is run once to warm up, then `--repeats` times; the median is reported.
 
 Usage:
-    python bench/torch_reference.py [--threads 2] [--repeats 5] [--json]
+    python bench/torch_reference.py [--threads 2] [--repeats 5] [--device cpu|cuda] [--json]
 """
 
 import argparse
@@ -145,25 +146,38 @@ try:
 except Exception:  # ImportError, or the CUDA extension failing to load
     pass
 
+# mamba_ssm's CUDA kernel, for `--device cuda`.
+try:
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+except Exception:
+    selective_scan_fn = None
+
 # Shapes, kept in step with `ssmgpu bench`.
 SCAN_BATCH, SCAN_CHANNELS, SCAN_LENGTH, SCAN_STATE = 1, 1536, 1024, 16
+VIM_TI_SCAN = (1, 384, 197, 16)
 MM_M, MM_K, MM_N = 197, 384, 1536
 SEED = 0
 
 
-def time_median_ms(fn, repeats):
+def time_median_ms(fn, repeats, device="cpu"):
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
     fn()  # warm-up
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times), times
 
 
-def scan_inputs():
+def scan_inputs(shape=(SCAN_BATCH, SCAN_CHANNELS, SCAN_LENGTH, SCAN_STATE)):
     g = torch.Generator().manual_seed(SEED)
-    b, d, l, n = SCAN_BATCH, SCAN_CHANNELS, SCAN_LENGTH, SCAN_STATE
+    b, d, l, n = shape
     u = torch.randn(b, d, l, generator=g)
     delta = torch.randn(b, d, l, generator=g) * 0.5 - 1.0  # softplus'd inside the scan
     A = -torch.exp(torch.randn(d, n, generator=g) * 0.5)   # negative -> stable decay
@@ -187,6 +201,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs after one warm-up (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where PyTorch runs (cuda: also mamba_ssm's CUDA scan where installed)")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
@@ -194,27 +210,36 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
 
-    # Selective scan.
-    u, delta, A, B, C, D, z, delta_bias = scan_inputs()
+    dev = args.device
 
-    def run_scan():
-        return selective_scan_ref(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
-                                  delta_softplus=True)
+    def time_scan(shape, fn):
+        u, delta, A, B, C, D, z, delta_bias = (t.to(dev) for t in scan_inputs(shape))
 
-    scan_ms, scan_all = time_median_ms(run_scan, args.repeats)
-    scan_out = run_scan()
-    if not torch.isfinite(scan_out).all():
-        print("warning: selective scan output has non-finite values", file=sys.stderr)
-    n_exp = SCAN_BATCH * SCAN_CHANNELS * SCAN_LENGTH * SCAN_STATE
-    scan_gexp = n_exp / (scan_ms * 1e-3) / 1e9
+        def run():
+            return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=True)
+
+        ms, all_ms = time_median_ms(run, args.repeats, dev)
+        if not torch.isfinite(run()).all():
+            print("warning: selective scan output has non-finite values", file=sys.stderr)
+        b, d, l, n = shape
+        return {"batch": b, "channels": d, "length": l, "state": n, "ms": ms, "ms_all": all_ms,
+                "gexp_per_s": b * d * l * n / (ms * 1e-3) / 1e9}
+
+    scans = {}
+    shapes = {"selective_scan": (SCAN_BATCH, SCAN_CHANNELS, SCAN_LENGTH, SCAN_STATE),
+              "selective_scan_vim_ti": VIM_TI_SCAN}
+    for key, shape in shapes.items():
+        scans[key] = time_scan(shape, selective_scan_ref)
+        if dev == "cuda" and selective_scan_fn is not None:
+            scans[key + "_cuda_kernel"] = time_scan(shape, selective_scan_fn)
 
     # Matmul.
-    x, w = matmul_inputs()
+    x, w = (t.to(dev) for t in matmul_inputs())
 
     def run_mm():
         return F.linear(x, w)
 
-    mm_ms, mm_all = time_median_ms(run_mm, args.repeats)
+    mm_ms, mm_all = time_median_ms(run_mm, args.repeats, dev)
     flops = 2 * MM_M * MM_N * MM_K
     mm_gflops = flops / (mm_ms * 1e-3) / 1e9
 
@@ -224,12 +249,9 @@ def main(argv=None):
         "repeats": args.repeats,
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "device": dev if dev == "cpu" else torch.cuda.get_device_name(),
         "scan_impl": SCAN_SOURCE,
-        "selective_scan": {
-            "batch": SCAN_BATCH, "channels": SCAN_CHANNELS,
-            "length": SCAN_LENGTH, "state": SCAN_STATE,
-            "ms": scan_ms, "ms_all": scan_all, "gexp_per_s": scan_gexp,
-        },
+        **scans,
         "matmul": {
             "m": MM_M, "k": MM_K, "n": MM_N, "dtype": "float32",
             "ms": mm_ms, "ms_all": mm_all, "gflop_per_s": mm_gflops,
@@ -240,11 +262,12 @@ def main(argv=None):
         print(json.dumps(result))
         return 0
 
-    print(f"torch {torch.__version__}, {result['threads']} thread(s), "
+    print(f"torch {torch.__version__} on {result['device']}, {result['threads']} thread(s), "
           f"median of {args.repeats} after 1 warm-up")
     print(f"selective scan impl: {SCAN_SOURCE}")
-    print(f"selective_scan b={SCAN_BATCH} d={SCAN_CHANNELS} l={SCAN_LENGTH} n={SCAN_STATE}: "
-          f"{scan_ms:9.3f} ms   {scan_gexp:7.3f} G exp/s")
+    for key, r in scans.items():
+        print(f"{key} b={r['batch']} d={r['channels']} l={r['length']} n={r['state']}: "
+              f"{r['ms']:9.3f} ms   {r['gexp_per_s']:7.3f} G exp/s")
     print(f"matmul {MM_M}x{MM_K} @ {MM_K}x{MM_N} f32:      "
           f"{mm_ms:9.3f} ms   {mm_gflops:7.2f} GFLOP/s")
     return 0

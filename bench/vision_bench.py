@@ -9,7 +9,12 @@ Models: a Vim-Ti-sized model (random weights, 224 px, 24 layers, 197 tokens) and
     what a CPU user of the authors' code runs), and with mambapy's parallel scan (`pscan`).
 Prints ms per image and the ratios PyTorch / ssmgpu.
 
-Usage: cargo build --release && python3 bench/vision_bench.py [--threads 2] [--repeats 5] [--json]
+On a machine with an NVIDIA GPU, `--device cuda` runs PyTorch there and `--backend cuda` (a build
+with `--features cuda`) or `--backend wgpu` picks the engine's backend; `--prune SPEC` also times
+the engine's pruned pass (e.g. `vim-t`).
+
+Usage: cargo build --release && python3 bench/vision_bench.py [--threads 2] [--repeats 5]
+       [--device cpu|cuda] [--backend auto|wgpu|cuda] [--prune SPEC] [--json]
 """
 
 import argparse
@@ -47,28 +52,36 @@ def write_random_model(config, out_dir):
               str(out_dir / "model.safetensors"))
 
 
-def engine_ms(model_dir, batch, repeats):
-    out = subprocess.run(
-        [str(ROOT / "target/release/ssmgpu"), "bench", "--model", str(model_dir), "--batch",
-         str(batch), "--reps", str(repeats), "--json"],
-        check=True, capture_output=True, text=True)
+def engine_ms(model_dir, batch, repeats, backend, prune):
+    command = [str(ROOT / "target/release/ssmgpu"), "--backend", backend, "bench", "--model",
+               str(model_dir), "--batch", str(batch), "--reps", str(repeats), "--json"]
+    if prune:
+        command += ["--prune", prune]
+    out = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(out.stdout)
 
 
-def torch_ms(model_dir, scan, batch, repeats):
+def torch_ms(model_dir, scan, batch, repeats, device):
     model, _ = vision_models.load_model_dir(str(model_dir), scan=scan)
-    model.eval()
+    model.eval().to(device)
     config = json.loads((model_dir / "config.json").read_text())
     size = config["img_size"]
     h, w = (size, size) if isinstance(size, int) else size
     channels = config.get("channels", config.get("in_channels", 3))
-    x = torch.randn(batch, channels, h, w, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(batch, channels, h, w, generator=torch.Generator().manual_seed(1)).to(device)
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
     times = []
     with torch.no_grad():
         model(x)  # warm-up
+        sync()
         for _ in range(repeats):
             start = time.perf_counter()
             model(x)
+            sync()
             times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3
 
@@ -79,6 +92,9 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="PyTorch's device")
+    p.add_argument("--backend", default="auto", help="the engine's backend (auto, wgpu, cuda)")
+    p.add_argument("--prune", help="also time the engine's pruned pass with this schedule")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -91,8 +107,10 @@ def main():
         if (mnist / "model.safetensors").exists():
             models.append(("vim-mnist (28 px, 197 tokens)", mnist))
         for name, model_dir in models:
-            engine = engine_ms(model_dir, args.batch, args.repeats)
+            engine = engine_ms(model_dir, args.batch, args.repeats, args.backend,
+                               args.prune if model_dir == vim_ti else None)
             result = engine["batches"][0]["unpruned"]
+            pruned = engine["batches"][0].get("pruned")
             row = {
                 "model": name,
                 "batch": args.batch,
@@ -101,8 +119,10 @@ def main():
                 "gflops_per_image": result["gflops_per_image"],
                 "dispatches": result["dispatches"],
             }
+            if pruned:
+                row["ssmgpu_pruned_ms"] = pruned["ms_per_batch"]
             for scan in ("ref", "pscan"):
-                ms = torch_ms(model_dir, scan, args.batch, args.repeats)
+                ms = torch_ms(model_dir, scan, args.batch, args.repeats, args.device)
                 row[f"torch_{scan}_ms"] = ms
                 row[f"ratio_torch_{scan}_over_ssmgpu"] = ms / row["ssmgpu_ms"]
             rows.append(row)
@@ -110,11 +130,14 @@ def main():
     if args.json:
         print(json.dumps({"threads": args.threads, "results": rows}, indent=1))
         return
-    print(f"PyTorch {torch.__version__} on {args.threads} CPU threads; ssmgpu on {rows[0]['adapter']}")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{args.threads} CPU threads"
+    print(f"PyTorch {torch.__version__} on {where}; ssmgpu on {rows[0]['adapter']}")
     for r in rows:
         print(f"{r['model']}, batch {r['batch']} ({r['gflops_per_image']:.3f} GFLOPs/image, "
               f"{r['dispatches']} dispatches)")
         print(f"  ssmgpu                    {r['ssmgpu_ms']:9.1f} ms")
+        if "ssmgpu_pruned_ms" in r:
+            print(f"  ssmgpu, pruned            {r['ssmgpu_pruned_ms']:9.1f} ms")
         print(f"  PyTorch, reference scan   {r['torch_ref_ms']:9.1f} ms   "
               f"ssmgpu is {r['ratio_torch_ref_over_ssmgpu']:.1f}x faster")
         print(f"  PyTorch, mambapy pscan    {r['torch_pscan_ms']:9.1f} ms   "

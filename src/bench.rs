@@ -56,13 +56,20 @@ fn time_gpu(
     mut record: impl FnMut(&mut Recorder) -> Result<Tensor>,
 ) -> Result<f64> {
     let mut times = Vec::with_capacity(reps);
+    // wgpu runs the recorded commands at submit; CUDA launches them as they are recorded.
+    let launches_at_record = ctx.backend() != crate::runtime::Backend::Wgpu;
     for i in 0..=reps {
+        let record_start = Instant::now();
         let mut rec = ctx.recorder();
         let mut last = None;
         for _ in 0..per_submit {
             last = Some(record(&mut rec)?);
         }
-        let start = Instant::now();
+        let start = if launches_at_record {
+            record_start
+        } else {
+            Instant::now()
+        };
         // `submit` waits for the GPU to finish on native targets.
         pollster::block_on(rec.submit())?;
         drop(last);

@@ -1170,6 +1170,8 @@ fn bench(json: bool) -> Result<()> {
     let adapter = ctx.device_name();
     let results = vec![
         ssmgpu::bench::bench_scan(&ctx, 1, 1536, 1024, 16)?,
+        // Vim-Ti's: d_inner 384 over 197 tokens (one direction).
+        ssmgpu::bench::bench_scan(&ctx, 1, 384, 197, 16)?,
         ssmgpu::bench::bench_matmul(&ctx, 197, 384, 1536)?,
     ];
     if json {
