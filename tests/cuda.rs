@@ -88,3 +88,30 @@ fn golden_mamba_on_a_cuda_device() {
     let model = ssmgpu::models::mamba::MambaLm::load(&ctx, &dir).expect("mamba1_small");
     common::check_lm_golden(&ctx, "mamba1_small", &model, model.config.n_layer, 1e-4);
 }
+
+/// Without an NVIDIA driver the CUDA backend is a typed error naming what is missing, and
+/// `auto` falls back to wgpu; with one, both give a CUDA context.
+#[test]
+fn backend_choice_follows_the_cuda_driver() {
+    let with = |backend| {
+        ssmgpu::Context::with_options_blocking(ssmgpu::ContextOptions {
+            backend,
+            ..Default::default()
+        })
+    };
+    let auto = with(ssmgpu::Backend::Auto).expect("auto finds some device");
+    if ssmgpu::runtime::cuda::driver_present() {
+        assert_eq!(auto.backend(), ssmgpu::Backend::Cuda);
+        return;
+    }
+    assert_eq!(auto.backend(), ssmgpu::Backend::Wgpu);
+    match with(ssmgpu::Backend::Cuda) {
+        Err(ssmgpu::Error::NoAdapter(why)) => assert!(why.contains("libcuda"), "{why}"),
+        Err(e) => panic!("expected NoAdapter, got {e}"),
+        Ok(ctx) => panic!("a CUDA context without a driver: {}", ctx.device_name()),
+    }
+    assert!(matches!(
+        "vulkan".parse::<ssmgpu::Backend>(),
+        Err(ssmgpu::Error::InvalidInput(_))
+    ));
+}

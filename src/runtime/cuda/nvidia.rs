@@ -81,6 +81,8 @@ pub(super) struct Nvidia {
 struct DeviceMemory {
     ptr: cu_sys::CUdeviceptr,
     stream: Arc<CudaStream>,
+    /// Allocated with `cuMemAllocAsync` (else `cuMemAlloc`), freed the same way.
+    stream_ordered: bool,
 }
 
 impl Memory for DeviceMemory {
@@ -91,11 +93,17 @@ impl Memory for DeviceMemory {
 
 impl Drop for DeviceMemory {
     fn drop(&mut self) {
-        // Freed in stream order, after the launches that use it. An error here (a lost
-        // device) leaves nothing to free.
+        // Freed after the launches that use it: in stream order, or (cuMemFree) once the
+        // device is idle. An error here (a lost device) leaves nothing to free.
         if self.stream.context().bind_to_thread().is_ok() {
-            // SAFETY: allocated by malloc_async on this stream; this is the last owner.
-            let _ = unsafe { cu::free_async(self.ptr, self.stream.cu_stream()) };
+            // SAFETY: allocated as `stream_ordered` says; this is the last owner.
+            let _ = unsafe {
+                if self.stream_ordered {
+                    cu::free_async(self.ptr, self.stream.cu_stream())
+                } else {
+                    cu::free_sync(self.ptr)
+                }
+            };
         }
     }
 }
@@ -206,12 +214,20 @@ impl Driver for Nvidia {
         self.ctx
             .bind_to_thread()
             .map_err(|e| gpu_error("binding", e))?;
-        // SAFETY: a plain allocation on our stream.
-        let ptr = unsafe { cu::malloc_async(self.stream.cu_stream(), bytes as usize) }
-            .map_err(|e| gpu_error(&format!("allocating {bytes} bytes"), e))?;
+        let stream_ordered = self.ctx.has_async_alloc();
+        // SAFETY: a plain allocation (on our stream where the device has memory pools).
+        let ptr = unsafe {
+            if stream_ordered {
+                cu::malloc_async(self.stream.cu_stream(), bytes as usize)
+            } else {
+                cu::malloc_sync(bytes as usize)
+            }
+        }
+        .map_err(|e| gpu_error(&format!("allocating {bytes} bytes"), e))?;
         Ok(Arc::new(DeviceMemory {
             ptr,
             stream: self.stream.clone(),
+            stream_ordered,
         }))
     }
 
@@ -279,6 +295,7 @@ impl Driver for Nvidia {
     }
 
     fn gemm(&self, g: &GemmAt) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| gpu_error("binding", e))?;
         // Row-major y = x · wᵀ is column-major yᵀ = w · xᵀ, with w read transposed.
         let (alpha, beta) = (1f32, 0f32);
         let dim = |v: usize| {
@@ -313,6 +330,7 @@ impl Driver for Nvidia {
     }
 
     fn marker(&self) -> Result<Marker> {
+        self.ctx.bind_to_thread().map_err(|e| gpu_error("binding", e))?;
         let event = self
             .stream
             .record_event(Some(cu_sys::CUevent_flags::CU_EVENT_DEFAULT))
