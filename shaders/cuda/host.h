@@ -2,7 +2,8 @@
 // GPU run them (tests, CI). Each CUDA thread of a block is a fiber (ucontext) on the calling
 // OS thread: a fiber runs until __syncthreads() or its end, and a block's barrier opens once
 // every live fiber has reached it. Blocks run one after another, so `__shared__` variables are
-// per-OS-thread statics. Deterministic, and orders of magnitude slower than a GPU.
+// per-OS-thread statics. Deterministic, and orders of magnitude slower than a GPU. The orders
+// (blocks backwards, fibers alternating) are chosen to expose races a fixed order would hide.
 #pragma once
 #include <math.h>
 #include <stdint.h>
@@ -116,9 +117,12 @@ inline void run_block(unsigned threads) {
         makecontext(&b->fibers[t], fiber_main, 0);
         b->done[t] = false;
     }
+    // Rounds alternate the fibers' order, so that a kernel whose threads race (one writes
+    // what another reads with no barrier between) gives a different answer here as on a GPU.
     unsigned live = threads;
-    while (live > 0) {
-        for (unsigned t = 0; t < threads; ++t) {
+    for (unsigned round = 0; live > 0; ++round) {
+        for (unsigned i = 0; i < threads; ++i) {
+            unsigned t = round % 2 == 0 ? i : threads - 1 - i;
             if (b->done[t]) continue;
             b->current = t;
             threadIdx = thread_of(t);
@@ -190,9 +194,11 @@ int emulate(void (*kernel)(P, B...), const unsigned* grid, const unsigned* block
     block = &state;
     blockDim = {block_dims[0], block_dims[1], block_dims[2]};
     gridDim = {grid[0], grid[1], grid[2]};
-    for (unsigned z = 0; z < grid[2]; ++z)
-        for (unsigned y = 0; y < grid[1]; ++y)
-            for (unsigned x = 0; x < grid[0]; ++x) {
+    // Blocks run last to first: a kernel whose blocks depend on each other's writes (which a
+    // GPU runs in no set order) fails here rather than passing by luck of the order.
+    for (unsigned z = grid[2]; z-- > 0;)
+        for (unsigned y = grid[1]; y-- > 0;)
+            for (unsigned x = grid[0]; x-- > 0;) {
                 blockIdx = {x, y, z};
                 run_block(threads);
             }
