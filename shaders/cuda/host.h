@@ -84,16 +84,29 @@ namespace ssmgpu_host {
 constexpr size_t STACK_BYTES = 256 << 10;
 constexpr unsigned MAX_THREADS = 1024;
 
+// A fiber starts through ucontext (makecontext/setcontext, once per fiber and block); every
+// switch after that is a GCC __builtin_setjmp/__builtin_longjmp pair, which saves no signal
+// mask: swapcontext's system call per switch made barrier-heavy kernels 10x slower.
+using JumpBuffer = void* [5];
+
 struct Block {
-    ucontext_t scheduler;
     ucontext_t fibers[MAX_THREADS];
+    JumpBuffer resume[MAX_THREADS];
+    JumpBuffer scheduler;
+    bool started[MAX_THREADS];
     bool done[MAX_THREADS];
+    // Warp shuffles' exchange (see __shfl_up_sync).
+    float shuffle_slots[2][MAX_THREADS];
+    unsigned shuffle_turn[MAX_THREADS];
     unsigned current = 0;
     void (*body)(void*) = nullptr;
     void* args = nullptr;
     char* stacks = nullptr;
 };
 inline thread_local Block* block = nullptr;
+
+// GCC's rule: a function calling __builtin_setjmp may not call __builtin_longjmp itself.
+__attribute__((noinline)) inline void jump(JumpBuffer& to) { __builtin_longjmp(to, 1); }
 
 inline dim3 thread_of(unsigned t) {
     return {t % blockDim.x, (t / blockDim.x) % blockDim.y, t / (blockDim.x * blockDim.y)};
@@ -103,7 +116,15 @@ inline void fiber_main() {
     Block* b = block;
     b->body(b->args);
     b->done[b->current] = true;
-    swapcontext(&b->fibers[b->current], &b->scheduler);
+    jump(b->scheduler);
+}
+
+// Start fiber t, or resume it where it yielded; returns when it yields or ends.
+__attribute__((noinline)) inline void enter(Block* b, unsigned t) {
+    if (__builtin_setjmp(b->scheduler) != 0) return;
+    if (b->started[t]) jump(b->resume[t]);
+    b->started[t] = true;
+    setcontext(&b->fibers[t]);
 }
 
 // Run one block: every fiber from its start to its end, in barrier-separated rounds.
@@ -115,7 +136,9 @@ inline void run_block(unsigned threads) {
         b->fibers[t].uc_stack.ss_size = STACK_BYTES;
         b->fibers[t].uc_link = nullptr;
         makecontext(&b->fibers[t], fiber_main, 0);
+        b->started[t] = false;
         b->done[t] = false;
+        b->shuffle_turn[t] = 0;
     }
     // Rounds alternate the fibers' order, so that a kernel whose threads race (one writes
     // what another reads with no barrier between) gives a different answer here as on a GPU.
@@ -126,7 +149,7 @@ inline void run_block(unsigned threads) {
             if (b->done[t]) continue;
             b->current = t;
             threadIdx = thread_of(t);
-            swapcontext(&b->scheduler, &b->fibers[t]);
+            enter(b, t);
             if (b->done[t]) --live;
         }
     }
@@ -134,24 +157,25 @@ inline void run_block(unsigned threads) {
 
 }  // namespace ssmgpu_host
 
-inline void __syncthreads() {
+__attribute__((noinline)) inline void __syncthreads() {
     ssmgpu_host::Block* b = ssmgpu_host::block;
-    swapcontext(&b->fibers[b->current], &b->scheduler);
+    if (__builtin_setjmp(b->resume[b->current]) == 0) ssmgpu_host::jump(b->scheduler);
 }
 
 // Warp shuffles over a block-wide exchange: every thread of the block must make the same
-// calls (the scans' are uniform), since each is a barrier here.
-inline thread_local float shuffle_slots[1024];
+// calls (the scans' are uniform), since each is a barrier here. Two slot arrays, used in turn,
+// need one barrier per shuffle: a thread can only overwrite a slot array after the next
+// shuffle's barrier, which every thread reaches after reading it.
 inline unsigned linear_thread() {
     return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
 }
 inline float __shfl_up_sync(unsigned, float v, unsigned delta) {
+    ssmgpu_host::Block* b = ssmgpu_host::block;
     unsigned t = linear_thread();
-    shuffle_slots[t] = v;
+    float* slots = b->shuffle_slots[b->shuffle_turn[t]++ % 2u];
+    slots[t] = v;
     __syncthreads();
-    float r = t % 32u >= delta ? shuffle_slots[t - delta] : v;
-    __syncthreads();
-    return r;
+    return t % 32u >= delta ? slots[t - delta] : v;
 }
 
 namespace ssmgpu_host {

@@ -48,6 +48,7 @@ struct Params {
 #define WG 64u
 
 // #include ssm_inputs
+// #include chunked_scan
 
 // A of states n0..n0+3 of the channel row at `base`, times log2(e); zero past nstate.
 __device__ __forceinline__ float4 a4(const float* ssm, unsigned nstate, size_t base,
@@ -198,45 +199,14 @@ extern "C" __global__ void __launch_bounds__(64) selective_scan(const Params p, 
     }
 }
 
-// The same scan parallel over the tokens, as mamba_ssm's CUDA kernel does it: a block per
-// (channel, sequence), each of its 128 threads owning ITEMS consecutive steps of a chunk of
-// 128 * ITEMS. Per state n, a step is the affine map h -> a h + b (a = exp2(dt A_n), b = dt u
-// B_n); each thread composes its steps' maps in registers, the block scans those compositions
-// (warp shuffles, then the warps' totals), and each thread replays its steps from the state
-// its prefix gives, adding C_n h to its outputs. The state between chunks is carried in shared
-// memory. The launcher uses it on the CUDA backend for prompts (many tokens, few channels per
-// SM otherwise); `selective_scan` above, one thread per channel, serves decode steps.
-#define CHUNK_THREADS 128u
-#define ITEMS 8u
-#define CHUNK (CHUNK_THREADS * ITEMS)
-#define WARPS (CHUNK_THREADS / 32u)
-#define MAX_STATE 16u
-
-// h -> a h + b applied to h, giving what the sequential scan gives where a composed map and
-// the step-by-step recurrence part ways in f32: a zero state or a zero (forgetting) decay
-// contributes nothing, and an infinite state stays so (finite steps never bring it back; a
-// composed b can be the opposite infinity, from its own overflow, and their sum NaN).
-__device__ __forceinline__ float apply_map(float a, float b, float h) {
-    if (h == 0.0f || a == 0.0f) return b;
-    float ah = a * h;
-    return isinf(ah) ? ah : fmaf(a, h, b);
-}
-
-// The product of decays: a step that zeroes the state forgets it for good, however large a
-// later decay (0 * inf would be NaN where the sequential scan has no trace of the state).
-__device__ __forceinline__ float chain_decay(float a, float later) {
-    return a == 0.0f || later == 0.0f ? 0.0f : a * later;
-}
-
+// The same scan parallel over the tokens (include/chunked_scan.cuh): a block per (channel,
+// sequence). The launcher uses it on the CUDA backend for prompts (many tokens, few channels
+// per SM otherwise); `selective_scan` above, one thread per channel, serves decode steps.
 extern "C" __global__ void __launch_bounds__(128) selective_scan_chunked(const Params p,
         const float* u, const float* delta, const float* bc, const float* ssm, const float* z,
         float* state, float* out, float* ungated, const unsigned* positions) {
-    __shared__ float carry[MAX_STATE];
-    __shared__ float warp_a[WARPS];
-    __shared__ float warp_b[WARPS];
+    __shared__ ChunkShared sh;
     unsigned tid = threadIdx.x;
-    unsigned lane = tid & 31u;
-    unsigned warp = tid >> 5u;
     unsigned e = blockIdx.x;
     unsigned seq = blockIdx.y;
     unsigned ns = p.nstate;
@@ -246,7 +216,7 @@ extern "C" __global__ void __launch_bounds__(128) selective_scan_chunked(const P
     float idle_dt = (FLAGS & SOFTPLUS) != 0u ? softplus(dt_bias) : dt_bias;
     size_t sbase = ((size_t)seq * p.channels + e) * ns;
     if (tid < MAX_STATE) {
-        carry[tid] = (FLAGS & USE_STATE) != 0u && tid < ns ? state[sbase + tid] : 0.0f;
+        sh.carry[tid] = (FLAGS & USE_STATE) != 0u && tid < ns ? state[sbase + tid] : 0.0f;
     }
     __syncthreads();
     for (unsigned c0 = 0u; c0 < p.len; c0 += CHUNK) {
@@ -280,50 +250,20 @@ extern "C" __global__ void __launch_bounds__(128) selective_scan_chunked(const P
                 decay_dt[i] += (float)gap * idle_dt;
             }
         }
-        unsigned last_owner = (min(p.len - c0, CHUNK) - 1u) / ITEMS;
+        unsigned last_owner = chunk_last_owner(p.len, c0);
         for (unsigned n = 0u; n < ns; ++n) {
             float a_n = ssm[(size_t)e * ns + n] * LOG2E;
-            float a[ITEMS], b[ITEMS];
-            // This thread's steps composed: h -> ta h + tb.
-            float ta = 1.0f, tb = 0.0f;
+            float a[ITEMS], h[ITEMS];
 #pragma unroll
             for (unsigned i = 0u; i < ITEMS; ++i) {
                 a[i] = valid[i] ? exp2f(decay_dt[i] * a_n) : 1.0f;
-                b[i] = valid[i] ? du[i] * bc[p.b_offset + rows[i] * p.bc_stride + n] : 0.0f;
-                tb = apply_map(a[i], b[i], tb);
-                ta = chain_decay(ta, a[i]);
+                h[i] = valid[i] ? du[i] * bc[p.b_offset + rows[i] * p.bc_stride + n] : 0.0f;
             }
-            // Inclusive scan over the warp's lanes: lane's map after all lanes before it.
-#pragma unroll
-            for (unsigned d = 1u; d < 32u; d <<= 1u) {
-                float pa = __shfl_up_sync(0xffffffffu, ta, d);
-                float pb = __shfl_up_sync(0xffffffffu, tb, d);
-                if (lane >= d) {
-                    tb = apply_map(ta, tb, pb);
-                    ta = chain_decay(pa, ta);
-                }
-            }
-            if (lane == 31u) {
-                warp_a[warp] = ta;
-                warp_b[warp] = tb;
-            }
-            __syncthreads();
-            // The state entering this thread's first step: the carry through the earlier
-            // warps, then the earlier lanes of its own.
-            float h = carry[n];
-            for (unsigned w = 0u; w < warp; ++w) h = apply_map(warp_a[w], warp_b[w], h);
-            float ea = __shfl_up_sync(0xffffffffu, ta, 1u);
-            float eb = __shfl_up_sync(0xffffffffu, tb, 1u);
-            if (lane > 0u) h = apply_map(ea, eb, h);
+            scan_chunk_state(&sh, n, a, h, last_owner);
 #pragma unroll
             for (unsigned i = 0u; i < ITEMS; ++i) {
-                h = fmaf(a[i], h, b[i]);
-                if (valid[i]) y[i] = fmaf(h, bc[p.c_offset + rows[i] * p.bc_stride + n], y[i]);
+                if (valid[i]) y[i] = fmaf(h[i], bc[p.c_offset + rows[i] * p.bc_stride + n], y[i]);
             }
-            // Everyone has read the carry and the warp totals: the thread of the chunk's last
-            // step, whose state was replayed step by step, carries it on.
-            __syncthreads();
-            if (tid == last_owner) carry[n] = h;
         }
 #pragma unroll
         for (unsigned i = 0u; i < ITEMS; ++i) {
@@ -333,5 +273,5 @@ extern "C" __global__ void __launch_bounds__(128) selective_scan_chunked(const P
         }
         __syncthreads();
     }
-    if ((FLAGS & WRITE_STATE) != 0u && tid < ns) state[sbase + tid] = carry[tid];
+    if ((FLAGS & WRITE_STATE) != 0u && tid < ns) state[sbase + tid] = sh.carry[tid];
 }

@@ -40,6 +40,7 @@ struct Params {
 #define UNGATED_ADD 8u
 
 // #include ssm_inputs
+// #include chunked_scan
 
 __device__ __forceinline__ float4 add4(float4 a, float4 b) {
     return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
@@ -190,5 +191,102 @@ extern "C" __global__ void __launch_bounds__(64) zigzag_scan(const Params p, con
             size_t o = row * p.channels + e;
             out[o] = out[o] * zt / (1.0f + expf(-zt));
         }
+    }
+}
+
+// The same scan parallel over the steps (include/chunked_scan.cuh): a block per (channel,
+// image) scans the four directions one after another, so each direction's outputs are added
+// with no other direction writing (a direction visits each kept token once). For prompts on
+// the CUDA backend; `zigzag_scan` above runs the directions in lockstep, a thread per channel.
+extern "C" __global__ void __launch_bounds__(128) zigzag_scan_chunked(const Params p,
+        const float* u, const float* delta, const float* bc, const float* ssm, const float* z,
+        const unsigned* tables, const float4* dir_b, float* out, float* ungated) {
+    __shared__ ChunkShared sh;
+    unsigned tid = threadIdx.x;
+    unsigned e = blockIdx.x;
+    unsigned base = blockIdx.y * p.len;
+    size_t tb = (size_t)blockIdx.y * p.table_stride;
+    unsigned ns = p.nstate;
+    const float* dir_bs = (const float*)dir_b;
+    float d_skip = ssm[(size_t)p.channels * ns + e];
+    float dt_bias = ssm[(size_t)p.channels * ns + p.channels + e];
+    // A pruned token's delta: softplus(2 dt_bias).
+    float idle_dt = softplus(2.0f * dt_bias);
+    bool zero_ungated = (p.flags & (UNGATED | UNGATED_ADD)) == UNGATED;
+    for (unsigned s = tid; s < p.len; s += CHUNK_THREADS) {
+        size_t o = (size_t)(base + s) * p.channels + e;
+        out[o] = 0.0f;
+        if (zero_ungated) ungated[o] = 0.0f;
+    }
+    for (unsigned k = 0u; k < 4u; ++k) {
+        if (tid < MAX_STATE) sh.carry[tid] = 0.0f;
+        __syncthreads();
+        for (unsigned c0 = 0u; c0 < p.len; c0 += CHUNK) {
+            // This thread's steps: the decay's dt (dt plus the idle dt of the pruned tokens
+            // skipped before the step, under DECAY), dt u, u, the move and the token visited.
+            float decay_dt[ITEMS], du[ITEMS], ut[ITEMS], y[ITEMS];
+            size_t rows[ITEMS], visits[ITEMS];
+            unsigned moves[ITEMS];
+            bool valid[ITEMS];
+#pragma unroll
+            for (unsigned i = 0u; i < ITEMS; ++i) {
+                unsigned s = c0 + tid * ITEMS + i;
+                valid[i] = s < p.len;
+                size_t row = base + (valid[i] ? s : 0u);
+                rows[i] = row;
+                decay_dt[i] = 0.0f;
+                du[i] = 0.0f;
+                ut[i] = 0.0f;
+                y[i] = 0.0f;
+                visits[i] = row;
+                moves[i] = 0u;
+                if (!valid[i]) continue;
+                // delta, B and C at raster position s, for every direction.
+                float dt = softplus(delta[p.dt_offset + row * p.dt_stride + e] + dt_bias);
+                visits[i] = base + tables[tb + (size_t)k * p.len + s];
+                moves[i] = tables[tb + (size_t)(4u + k) * p.len + s];
+                ut[i] = u[p.u_offset + visits[i] * p.u_stride + e];
+                du[i] = dt * ut[i];
+                decay_dt[i] = dt;
+                if ((p.flags & DECAY) != 0u) {
+                    decay_dt[i] += (float)tables[tb + (size_t)(8u + k) * p.len + s] * idle_dt;
+                }
+            }
+            unsigned last_owner = chunk_last_owner(p.len, c0);
+            for (unsigned n = 0u; n < ns; ++n) {
+                float a_n = ssm[(size_t)e * ns + n];
+                float a[ITEMS], h[ITEMS];
+#pragma unroll
+                for (unsigned i = 0u; i < ITEMS; ++i) {
+                    a[i] = valid[i] ? expf(decay_dt[i] * a_n) : 1.0f;
+                    float b = bc[p.b_offset + rows[i] * p.bc_stride + n] + dir_bs[moves[i] * 16u + n];
+                    h[i] = valid[i] ? du[i] * b : 0.0f;
+                }
+                scan_chunk_state(&sh, n, a, h, last_owner);
+#pragma unroll
+                for (unsigned i = 0u; i < ITEMS; ++i) {
+                    if (valid[i]) {
+                        y[i] = fmaf(h[i], bc[p.c_offset + rows[i] * p.bc_stride + n], y[i]);
+                    }
+                }
+            }
+#pragma unroll
+            for (unsigned i = 0u; i < ITEMS; ++i) {
+                if (!valid[i]) continue;
+                float yv = fmaf(d_skip, ut[i], y[i]);
+                size_t o = visits[i] * p.channels + e;
+                out[o] += yv;
+                if ((p.flags & UNGATED) != 0u) {
+                    ungated[o] += (p.flags & UNGATED_CLIP) != 0u ? fmaxf(yv, 0.0f) : yv;
+                }
+            }
+            __syncthreads();
+        }
+    }
+    for (unsigned s = tid; s < p.len; s += CHUNK_THREADS) {
+        size_t row = base + s;
+        float zt = z[p.z_offset + row * p.z_stride + e];
+        size_t o = row * p.channels + e;
+        out[o] = out[o] * zt / (1.0f + expf(-zt));
     }
 }

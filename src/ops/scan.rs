@@ -22,10 +22,11 @@ const RAGGED: u32 = 1024;
 /// Channels per workgroup, in both variants.
 const CHANNELS_PER_GROUP: usize = 64;
 
-/// From this many tokens, the CUDA backend scans with a block per channel, parallel over the
-/// tokens; shorter inputs (decode steps) keep one thread per channel. Not yet tuned on a GPU.
+/// From this many tokens, the CUDA backend scans (this scan and the zig-zag one) with a block
+/// per channel, parallel over the tokens; shorter inputs (decode steps) keep one thread per
+/// channel. Not yet tuned on a GPU.
 #[cfg(feature = "cuda")]
-const CUDA_CHUNKED_MIN_LEN: usize = 32;
+pub(crate) const CUDA_CHUNKED_MIN_LEN: usize = 32;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

@@ -216,20 +216,28 @@ pub fn zigzag_scan(rec: &mut Recorder, args: ZigzagArgs) -> Result<Tensor> {
     let aligned =
         b.offset.is_multiple_of(4) && c.offset.is_multiple_of(4) && b.stride.is_multiple_of(4);
     let subgroups = rec.context().uses_subgroups() && aligned;
+    let buffers = [
+        u.buffer(),
+        delta.buffer(),
+        b.buffer(),
+        params.buffer(),
+        z.buffer(),
+        orders.buffer(),
+        direction_bs.buffer(),
+        out.buffer(),
+        &ungated_buf,
+    ];
+    #[cfg(feature = "cuda")]
+    if rec.context().cuda().is_some() && len >= crate::ops::scan::CUDA_CHUNKED_MIN_LEN {
+        // One block per (channel, image), parallel over the steps (shaders/cuda/zigzag_scan.cu).
+        let kernel = kernel!("zigzag_scan", "zigzag_scan_chunked");
+        rec.dispatch(&kernel, &p, &buffers, [channels as u32, batch as u32, 1]);
+        return Ok(out);
+    }
     rec.dispatch(
         &kernel!("zigzag_scan", "zigzag_scan").with_subgroups(subgroups),
         &p,
-        &[
-            u.buffer(),
-            delta.buffer(),
-            b.buffer(),
-            params.buffer(),
-            z.buffer(),
-            orders.buffer(),
-            direction_bs.buffer(),
-            out.buffer(),
-            &ungated_buf,
-        ],
+        &buffers,
         [channels.div_ceil(64) as u32, batch as u32, 1],
     );
     Ok(out)

@@ -159,6 +159,10 @@ const CUDA_INCLUDES: &[(&str, &str)] = &[
         "ssm_inputs",
         include_str!("../../../shaders/cuda/include/ssm_inputs.cuh"),
     ),
+    (
+        "chunked_scan",
+        include_str!("../../../shaders/cuda/include/chunked_scan.cuh"),
+    ),
 ];
 
 /// `__global__ void [__launch_bounds__(N)] name(` of `source`, in order.

@@ -295,7 +295,9 @@ impl Driver for Nvidia {
     }
 
     fn gemm(&self, g: &GemmAt) -> Result<()> {
-        self.ctx.bind_to_thread().map_err(|e| gpu_error("binding", e))?;
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| gpu_error("binding", e))?;
         // Row-major y = x · wᵀ is column-major yᵀ = w · xᵀ, with w read transposed.
         let (alpha, beta) = (1f32, 0f32);
         let dim = |v: usize| {
@@ -330,7 +332,9 @@ impl Driver for Nvidia {
     }
 
     fn marker(&self) -> Result<Marker> {
-        self.ctx.bind_to_thread().map_err(|e| gpu_error("binding", e))?;
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| gpu_error("binding", e))?;
         let event = self
             .stream
             .record_event(Some(cu_sys::CUevent_flags::CU_EVENT_DEFAULT))
