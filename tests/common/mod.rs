@@ -158,9 +158,12 @@ pub fn assert_close_elementwise(what: &str, got: &[f32], want: &[f32], rtol: f32
     eprintln!("{what}: finite values within relative {worst:.3e}, non-finite pattern equal");
 }
 
-/// Runs the `ssmgpu` binary; returns (success, stdout, stderr). A panic is always a failure.
+/// Runs the `ssmgpu` binary on wgpu; returns (success, stdout, stderr). A panic is always a
+/// failure. The CLI tests check the commands, on one backend: the suite's library tests check
+/// each backend's kernels (the CLI's whole-split runs would take hours on `cuda-host`).
 pub fn cli(args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ssmgpu"))
+        .args(["--backend", "wgpu"])
         .args(args)
         .output()
         .unwrap();
