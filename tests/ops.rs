@@ -153,67 +153,32 @@ fn conv1d_matches_reference_and_carries_state() {
                 &vec![0.0; batch * channels * CONV_WIDTH],
             )
             .unwrap();
+        // The kernel and its reference over `x` of `rows` tokens per sequence, the state
+        // carried as given (the reference: `carry` continues `state`, else starts from zero).
+        let gpu = |rec: &mut ssmgpu::Recorder, x: &ssmgpu::Tensor, carry, reverse| {
+            conv1d_silu(rec, x.mat(), batch, &wt, &bt, carry, reverse, None).unwrap()
+        };
+        let reference = |x: &[f32], rows, state: &mut [f32], carry, reverse| {
+            conv1d_silu_ref(
+                x, batch, rows, channels, &w, &b, state, carry, reverse, None,
+            )
+        };
         let mut rec = ctx.recorder();
-        let plain = conv1d_silu(
-            &mut rec,
-            xt.mat(),
-            batch,
-            &wt,
-            &bt,
-            Carry::None,
-            false,
-            None,
-        )
-        .unwrap();
-        let captured = conv1d_silu(
-            &mut rec,
-            xt.mat(),
-            batch,
-            &wt,
-            &bt,
-            Carry::Capture(&st),
-            false,
-            None,
-        )
-        .unwrap();
-        let reversed =
-            conv1d_silu(&mut rec, xt.mat(), batch, &wt, &bt, Carry::None, true, None).unwrap();
+        let plain = gpu(&mut rec, &xt, Carry::None, false);
+        let captured = gpu(&mut rec, &xt, Carry::Capture(&st), false);
+        let reversed = gpu(&mut rec, &xt, Carry::None, true);
         let got = rec
             .submit_and_read_blocking(&[&plain, &captured, &st, &reversed])
             .unwrap();
         let mut state = vec![0.0; batch * channels * CONV_WIDTH];
-        let want = conv1d_silu_ref(
-            &x, batch, len, channels, &w, &b, &mut state, false, false, None,
-        );
+        let want = reference(&x, len, &mut state, false, false);
         // Reverse = the forward conv of each flipped sequence, flipped back.
         let flip = |v: &[f32]| flip_tokens(v, batch, len, channels);
         let mut scratch = vec![0.0; state.len()];
-        let flipped = conv1d_silu_ref(
-            &flip(&x),
-            batch,
-            len,
-            channels,
-            &w,
-            &b,
-            &mut scratch,
-            false,
-            false,
-            None,
-        );
+        let flipped = reference(&flip(&x), len, &mut scratch, false, false);
         assert_close("conv1d reverse", &got[3], &flip(&flipped), 1e-5, 1e-5);
         let mut scratch = vec![0.0; state.len()];
-        let reverse_ref = conv1d_silu_ref(
-            &x,
-            batch,
-            len,
-            channels,
-            &w,
-            &b,
-            &mut scratch,
-            false,
-            true,
-            None,
-        );
+        let reverse_ref = reference(&x, len, &mut scratch, false, true);
         assert_close(
             "conv1d reverse ref",
             &reverse_ref,
@@ -235,21 +200,9 @@ fn conv1d_matches_reference_and_carries_state() {
         let x2 = randn(&mut r, batch * channels, 1.0);
         let x2t = ctx.upload_f32("x2", &[batch, channels], &x2).unwrap();
         let mut rec = ctx.recorder();
-        let step = conv1d_silu(
-            &mut rec,
-            x2t.mat(),
-            batch,
-            &wt,
-            &bt,
-            Carry::Continue(&st),
-            false,
-            None,
-        )
-        .unwrap();
+        let step = gpu(&mut rec, &x2t, Carry::Continue(&st), false);
         let got = rec.submit_and_read_blocking(&[&step, &st]).unwrap();
-        let want = conv1d_silu_ref(
-            &x2, batch, 1, channels, &w, &b, &mut state, true, false, None,
-        );
+        let want = reference(&x2, 1, &mut state, true, false);
         assert_close("conv1d step", &got[0], &want, 1e-5, 1e-5);
         assert_close("conv1d step state", &got[1], &state, 0.0, 0.0);
     }
@@ -301,19 +254,22 @@ fn conv1d_over_kept_positions_reads_pruned_ones_as_zero() {
         )
         .unwrap();
         let got = rec.submit_and_read_blocking(&[&out]).unwrap().remove(0);
-        let mut scratch = vec![0.0; batch * channels * CONV_WIDTH];
-        let full_out = conv1d_silu_ref(
-            &zeroed,
-            batch,
-            full,
-            channels,
-            &w,
-            &b,
-            &mut scratch,
-            false,
-            reverse,
-            None,
-        );
+        let conv_ref = |x: &[f32], len: usize, positions: Option<&[u32]>| {
+            let mut scratch = vec![0.0; batch * channels * CONV_WIDTH];
+            conv1d_silu_ref(
+                x,
+                batch,
+                len,
+                channels,
+                &w,
+                &b,
+                &mut scratch,
+                false,
+                reverse,
+                positions,
+            )
+        };
+        let full_out = conv_ref(&zeroed, full, None);
         let want: Vec<f32> = kept
             .iter()
             .enumerate()
@@ -333,19 +289,7 @@ fn conv1d_over_kept_positions_reads_pruned_ones_as_zero() {
             1e-5,
             1e-5,
         );
-        let mut scratch = vec![0.0; batch * channels * CONV_WIDTH];
-        let reference = conv1d_silu_ref(
-            &compact,
-            batch,
-            len,
-            channels,
-            &w,
-            &b,
-            &mut scratch,
-            false,
-            reverse,
-            Some(&positions),
-        );
+        let reference = conv_ref(&compact, len, Some(&positions));
         assert_close(
             &format!("conv1d gaps reference {reverse}"),
             &reference,

@@ -28,15 +28,12 @@ struct dim3 {
 };
 inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 
-struct float2 { float x, y; };
 struct float4 { float x, y, z, w; };
-struct uint2 { unsigned x, y; };
 struct uint4 { unsigned x, y, z, w; };
-inline float2 make_float2(float x, float y) { return {x, y}; }
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 
-// CUDA's overloaded min/max device functions.
+// The CUDA intrinsics the kernels use. CUDA's overloaded min/max device functions:
 inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
 inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
 inline int min(int a, int b) { return a < b ? a : b; }
@@ -45,39 +42,12 @@ inline float min(float a, float b) { return fminf(a, b); }
 inline float max(float a, float b) { return fmaxf(a, b); }
 
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
-inline float __expf(float x) { return expf(x); }
-inline float __logf(float x) { return logf(x); }
-inline float __fdividef(float a, float b) { return a / b; }
-inline float __saturatef(float x) { return fminf(fmaxf(x, 0.0f), 1.0f); }
 inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
 inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
-inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }
-inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
-inline int __clz(unsigned v) { return v ? __builtin_clz(v) : 32; }
-inline int __ffs(unsigned v) { return __builtin_ffs(v); }
-inline unsigned __brev(unsigned v) {
-    unsigned r = 0;
-    for (int i = 0; i < 32; ++i) r |= ((v >> i) & 1u) << (31 - i);
-    return r;
-}
-template <class T> inline T __ldg(const T* p) { return *p; }
 
-// Atomics: fibers of a block share one OS thread, so plain read-modify-writes are atomic.
-inline unsigned atomicAdd(unsigned* a, unsigned v) { unsigned o = *a; *a = o + v; return o; }
-inline int atomicAdd(int* a, int v) { int o = *a; *a = o + v; return o; }
-inline float atomicAdd(float* a, float v) { float o = *a; *a = o + v; return o; }
+// Fibers of a block share one OS thread, so a plain read-modify-write is atomic.
 inline unsigned atomicOr(unsigned* a, unsigned v) { unsigned o = *a; *a = o | v; return o; }
-inline unsigned atomicAnd(unsigned* a, unsigned v) { unsigned o = *a; *a = o & v; return o; }
-inline unsigned atomicMax(unsigned* a, unsigned v) { unsigned o = *a; *a = o > v ? o : v; return o; }
-inline unsigned atomicMin(unsigned* a, unsigned v) { unsigned o = *a; *a = o < v ? o : v; return o; }
-inline unsigned atomicExch(unsigned* a, unsigned v) { unsigned o = *a; *a = v; return o; }
-inline unsigned atomicCAS(unsigned* a, unsigned c, unsigned v) {
-    unsigned o = *a;
-    if (o == c) *a = v;
-    return o;
-}
-inline void __threadfence_block() {}
 
 namespace ssmgpu_host {
 

@@ -1,5 +1,7 @@
 //! A device buffer on either backend; what tensors hold and kernels bind.
 
+use crate::error::Error;
+
 /// Clones share the allocation.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Buffer {
@@ -17,4 +19,9 @@ impl Buffer {
             Buffer::Cuda(_) => None,
         }
     }
+}
+
+/// A tensor of another context's backend passed to this one.
+pub(crate) fn foreign_tensor() -> Error {
+    Error::InvalidInput("a tensor from a context on another backend".into())
 }

@@ -58,19 +58,9 @@ impl BufferPool {
             .free
             .get_mut(&(std::thread::current().id(), class))
             .and_then(Vec::pop);
-        let buffer = match reused {
-            Some(b) => b,
-            None => {
-                let b = create(class)?;
-                lock(pool).stats.allocated_bytes += class;
-                b
-            }
-        };
-        lock(pool).note_live(class as i64);
-        Ok(PooledBuffer {
-            buffer: Some(buffer),
-            class,
-            pool: pool.clone(),
+        Ok(match reused {
+            Some(b) => Self::lend(pool, b, class, false),
+            None => Self::lend(pool, create(class)?, class, true),
         })
     }
 
@@ -81,17 +71,28 @@ impl BufferPool {
         create: impl FnOnce(u64, &[u8]) -> Result<Buffer>,
     ) -> Result<PooledBuffer> {
         let class = size_class(data.len() as u64);
-        let buffer = create(class, data)?;
+        Ok(Self::lend(pool, create(class, data)?, class, true))
+    }
+
+    /// Count `buffer` live (and allocated, when `created`) and hand it out.
+    fn lend(
+        pool: &Arc<Mutex<BufferPool>>,
+        buffer: Buffer,
+        class: u64,
+        created: bool,
+    ) -> PooledBuffer {
         {
             let mut p = lock(pool);
-            p.stats.allocated_bytes += class;
+            if created {
+                p.stats.allocated_bytes += class;
+            }
             p.note_live(class as i64);
         }
-        Ok(PooledBuffer {
+        PooledBuffer {
             buffer: Some(buffer),
             class,
             pool: pool.clone(),
-        })
+        }
     }
 
     fn note_live(&mut self, delta: i64) {

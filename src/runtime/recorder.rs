@@ -3,7 +3,7 @@
 //! CUDA they are launched on the context's stream as they come, and submit waits for them.
 
 use crate::error::{Error, Result};
-use crate::runtime::buffer::Buffer;
+use crate::runtime::buffer::{foreign_tensor, Buffer};
 use crate::runtime::context::{Context, Kernel, WgpuDevice};
 use crate::runtime::tensor::{DType, Tensor};
 
@@ -142,7 +142,7 @@ impl Recorder {
             ),
             #[cfg(feature = "cuda")]
             Commands::Cuda(launches) => {
-                let device = self.ctx.cuda().expect("a CUDA recorder has a CUDA context");
+                let device = cuda_of(&self.ctx);
                 launches.launch(device, kernel, bytemuck::bytes_of(params), buffers, groups);
             }
         }
@@ -156,7 +156,7 @@ impl Recorder {
         match &mut self.commands {
             Commands::Wgpu { .. } => false,
             Commands::Cuda(launches) => {
-                let device = self.ctx.cuda().expect("a CUDA recorder has a CUDA context");
+                let device = cuda_of(&self.ctx);
                 launches.gemm(device, gemm);
                 self.dispatches += 1;
                 true
@@ -184,7 +184,7 @@ impl Recorder {
             }
             #[cfg(feature = "cuda")]
             (Commands::Cuda(launches), Buffer::Cuda(s), Buffer::Cuda(d)) => {
-                let device = self.ctx.cuda().expect("a CUDA recorder has a CUDA context");
+                let device = cuda_of(&self.ctx);
                 launches.copy(device, s, d, src.size_bytes());
             }
             #[cfg(feature = "cuda")]
@@ -208,7 +208,7 @@ impl Recorder {
             }
             #[cfg(feature = "cuda")]
             Commands::Cuda(launches) => {
-                let device = ctx.cuda().expect("a CUDA recorder has a CUDA context");
+                let device = cuda_of(&ctx);
                 launches.finish(device)?;
                 tensors
                     .iter()
@@ -244,7 +244,7 @@ impl Recorder {
             }
             #[cfg(feature = "cuda")]
             (Commands::Cuda(launches), _) => {
-                let device = self.ctx.cuda().expect("a CUDA recorder has a CUDA context");
+                let device = cuda_of(&self.ctx);
                 launches.finish_profiled(device)?.ok_or_else(not_profiled)
             }
         }
@@ -304,13 +304,13 @@ fn wgpu_of(ctx: &Context) -> &WgpuDevice {
     ctx.wgpu().expect("a wgpu recorder has a wgpu context")
 }
 
-fn not_profiled() -> Error {
-    Error::InvalidInput("submit_profiled: the recording was not profiled".into())
+#[cfg(feature = "cuda")]
+fn cuda_of(ctx: &Context) -> &crate::runtime::cuda::CudaDevice {
+    ctx.cuda().expect("a CUDA recorder has a CUDA context")
 }
 
-/// A tensor of another context's backend passed to this one.
-fn foreign_tensor() -> Error {
-    Error::InvalidInput("a tensor from a context on another backend".into())
+fn not_profiled() -> Error {
+    Error::InvalidInput("submit_profiled: the recording was not profiled".into())
 }
 
 fn record_wgpu(

@@ -81,8 +81,11 @@ impl Host {
         if let Some(lib) = lock(&self.libraries).get(&key) {
             return Ok(lib.clone());
         }
-        let mut source = module.source.clone();
-        for (entry, _) in module.entries() {
+        let mut source = module.file.source.clone();
+        // Sorted: the text (and so the cache's hash) must not depend on the map's order.
+        let mut entries: Vec<&String> = module.file.blocks.keys().collect();
+        entries.sort();
+        for entry in entries {
             source.push_str(&format!("\nSSMGPU_HOST_ENTRY({entry})"));
         }
         source.push('\n');

@@ -57,11 +57,18 @@ impl std::fmt::Debug for DeviceBuffer {
     }
 }
 
-/// One compiled unit: a kernel file's CUDA C with its includes expanded, for one `FLAGS`.
-pub(crate) struct ModuleSource {
+/// A kernel file's CUDA C with its includes expanded, and its entries' block sizes; parsed once
+/// per device.
+pub(crate) struct KernelFile {
+    pub source: String,
+    pub blocks: HashMap<String, u32>,
+}
+
+/// One compiled unit: a kernel file for one `FLAGS` value.
+pub(crate) struct ModuleSource<'a> {
     pub name: &'static str,
     pub flags: Option<u32>,
-    pub source: String,
+    pub file: &'a KernelFile,
 }
 
 /// What the drivers cache a compiled file by: its name and `FLAGS`.
@@ -70,14 +77,9 @@ pub(crate) type ModuleKey = (&'static str, Option<u32>);
 /// A point in the launch order, for timing ([`Driver::elapsed_ms`]).
 pub(crate) type Marker = Box<dyn Any + Send>;
 
-impl ModuleSource {
+impl ModuleSource<'_> {
     pub fn key(&self) -> ModuleKey {
         (self.name, self.flags)
-    }
-
-    /// Every `__global__` function of the source, with its block size.
-    pub fn entries(&self) -> Vec<(String, Option<u32>)> {
-        entry_points(&self.source)
     }
 }
 
@@ -141,12 +143,6 @@ pub struct CudaDevice {
     driver: Box<dyn Driver>,
     host: bool,
     sources: Mutex<HashMap<&'static str, Arc<KernelFile>>>,
-}
-
-/// A kernel file's expanded source and its entries' block sizes.
-struct KernelFile {
-    source: String,
-    blocks: HashMap<String, u32>,
 }
 
 /// The CUDA C snippets kernels pull in with `// #include <name>`.
@@ -272,7 +268,7 @@ impl CudaDevice {
         let module = ModuleSource {
             name: kernel.name,
             flags: kernel.flags,
-            source: file.source.clone(),
+            file: &file,
         };
         self.driver
             .launch(&module, kernel.entry, groups, block, params, &addresses)
@@ -283,9 +279,7 @@ impl CudaDevice {
 fn address(buffer: &Buffer, offset: usize) -> Result<u64> {
     match buffer {
         Buffer::Cuda(b) => Ok(b.address() + 4 * offset as u64),
-        Buffer::Wgpu(_) => Err(Error::InvalidInput(
-            "a wgpu tensor passed to a CUDA context".into(),
-        )),
+        Buffer::Wgpu(_) => Err(crate::runtime::buffer::foreign_tensor()),
     }
 }
 

@@ -188,7 +188,7 @@ impl Nvidia {
         }
         let ptx = compile(
             module.name,
-            &module.source,
+            &module.file.source,
             module.flags.unwrap_or(0),
             &self.arch,
         )?;
