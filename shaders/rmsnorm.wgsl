@@ -1,6 +1,9 @@
-// Fused residual add + RMSNorm, one workgroup per row (token):
+// Fused residual add + RMSNorm, one invocation per row (token): a software driver pays dearly
+// for the barriers of a workgroup reduction (one per row cost 25x this), and rows are many.
 //   residual = residual + hidden      (f32 residual stream; skipped when has_hidden == 0)
 //   out      = residual * (mean(residual^2) + eps)^-1/2 * weight
+// `add_rmsnorm_vec4` (dim a multiple of 4) reads and writes vec4s: a software driver pays per
+// load instruction nearly whatever its width.
 
 struct Params {
     rows: u32,
@@ -14,20 +17,26 @@ struct Params {
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read_write> residual: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> hidden4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> weight4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> residual4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> out4: array<vec4<f32>>;
 
 const WG: u32 = 64u;
-var<workgroup> partial: array<f32, WG>;
+
+fn row_of(wg: vec3<u32>, nwg: vec3<u32>, li: u32) -> u32 {
+    return (wg.x + wg.y * nwg.x) * WG + li;
+}
 
 @compute @workgroup_size(64)
 fn add_rmsnorm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let row = wg.x + wg.y * nwg.x;
-    // Whole workgroups leave together, so the barriers below stay uniform.
+    let row = row_of(wg, nwg, li);
     if (row >= p.rows) {
         return;
     }
     let base = row * p.dim;
     var sq = 0.0;
-    for (var d = li; d < p.dim; d += WG) {
+    for (var d = 0u; d < p.dim; d++) {
         var r = residual[base + d];
         if (p.has_hidden != 0u) {
             r += hidden[base + d];
@@ -35,16 +44,31 @@ fn add_rmsnorm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         }
         sq = fma(r, r, sq);
     }
-    partial[li] = sq;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            partial[li] += partial[li + s];
-        }
-        workgroupBarrier();
-    }
-    let scale = inverseSqrt(partial[0] / f32(p.dim) + p.eps);
-    for (var d = li; d < p.dim; d += WG) {
+    let scale = inverseSqrt(sq / f32(p.dim) + p.eps);
+    for (var d = 0u; d < p.dim; d++) {
         out[base + d] = residual[base + d] * scale * weight[d];
+    }
+}
+
+@compute @workgroup_size(64)
+fn add_rmsnorm_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let row = row_of(wg, nwg, li);
+    if (row >= p.rows) {
+        return;
+    }
+    let dim4 = p.dim / 4u;
+    let base = row * dim4;
+    var sq = vec4<f32>(0.0);
+    for (var d = 0u; d < dim4; d++) {
+        var r = residual4[base + d];
+        if (p.has_hidden != 0u) {
+            r += hidden4[base + d];
+            residual4[base + d] = r;
+        }
+        sq = fma(r, r, sq);
+    }
+    let scale = inverseSqrt((sq.x + sq.y + sq.z + sq.w) / f32(p.dim) + p.eps);
+    for (var d = 0u; d < dim4; d++) {
+        out4[base + d] = residual4[base + d] * scale * weight4[d];
     }
 }

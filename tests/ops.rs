@@ -139,7 +139,7 @@ fn add_rmsnorm_matches_reference() {
 fn conv1d_matches_reference_and_carries_state() {
     let ctx = ctx();
     let mut r = rng(4);
-    for (batch, len, channels) in [(1, 1, 1), (2, 5, 3), (1, 33, 64), (3, 17, 130)] {
+    for (batch, len, channels) in [(1, 1, 1), (2, 5, 3), (1, 33, 64), (3, 17, 130), (2, 9, 12)] {
         let x = randn(&mut r, batch * len * channels, 1.0);
         let w = randn(&mut r, channels * CONV_WIDTH, 1.0);
         let b = randn(&mut r, channels, 1.0);
@@ -214,89 +214,92 @@ fn conv1d_matches_reference_and_carries_state() {
 fn conv1d_over_kept_positions_reads_pruned_ones_as_zero() {
     let ctx = ctx();
     let mut r = rng(14);
-    let (batch, full, channels) = (2, 23, 5);
-    // Per sequence: kept original positions with gaps of 1 to 5.
-    let kept: Vec<Vec<u32>> = vec![
-        vec![1, 2, 4, 8, 9, 14, 15, 16, 22],
-        vec![0, 3, 4, 5, 10, 11, 13, 17, 20],
-    ];
-    let len = kept[0].len();
-    let dense = randn(&mut r, batch * full * channels, 1.0);
-    let w = randn(&mut r, channels * CONV_WIDTH, 1.0);
-    let b = randn(&mut r, channels, 1.0);
-    let mut zeroed = vec![0.0; dense.len()];
-    let mut compact = Vec::new();
-    for (s, pos) in kept.iter().enumerate() {
-        for &p in pos {
-            let row = (s * full + p as usize) * channels;
-            zeroed[row..row + channels].copy_from_slice(&dense[row..row + channels]);
-            compact.extend_from_slice(&dense[row..row + channels]);
+    let (batch, full) = (2, 23);
+    // 8 channels take the four-channel kernel.
+    for channels in [5, 8] {
+        // Per sequence: kept original positions with gaps of 1 to 5.
+        let kept: Vec<Vec<u32>> = vec![
+            vec![1, 2, 4, 8, 9, 14, 15, 16, 22],
+            vec![0, 3, 4, 5, 10, 11, 13, 17, 20],
+        ];
+        let len = kept[0].len();
+        let dense = randn(&mut r, batch * full * channels, 1.0);
+        let w = randn(&mut r, channels * CONV_WIDTH, 1.0);
+        let b = randn(&mut r, channels, 1.0);
+        let mut zeroed = vec![0.0; dense.len()];
+        let mut compact = Vec::new();
+        for (s, pos) in kept.iter().enumerate() {
+            for &p in pos {
+                let row = (s * full + p as usize) * channels;
+                zeroed[row..row + channels].copy_from_slice(&dense[row..row + channels]);
+                compact.extend_from_slice(&dense[row..row + channels]);
+            }
         }
-    }
-    let positions: Vec<u32> = kept.concat();
-    let xt = ctx
-        .upload_f32("x", &[batch * len, channels], &compact)
-        .unwrap();
-    let wt = ctx.upload_f32("w", &[channels, CONV_WIDTH], &w).unwrap();
-    let bt = ctx.upload_f32("b", &[channels], &b).unwrap();
-    let pt = ctx.upload_u32("pos", &[batch, len], &positions).unwrap();
-    for reverse in [false, true] {
-        let mut rec = ctx.recorder();
-        let out = conv1d_silu(
-            &mut rec,
-            xt.mat(),
-            batch,
-            &wt,
-            &bt,
-            Carry::None,
-            reverse,
-            Some(&pt),
-        )
-        .unwrap();
-        let got = rec.submit_and_read_blocking(&[&out]).unwrap().remove(0);
-        let conv_ref = |x: &[f32], len: usize, positions: Option<&[u32]>| {
-            let mut scratch = vec![0.0; batch * channels * CONV_WIDTH];
-            conv1d_silu_ref(
-                x,
+        let positions: Vec<u32> = kept.concat();
+        let xt = ctx
+            .upload_f32("x", &[batch * len, channels], &compact)
+            .unwrap();
+        let wt = ctx.upload_f32("w", &[channels, CONV_WIDTH], &w).unwrap();
+        let bt = ctx.upload_f32("b", &[channels], &b).unwrap();
+        let pt = ctx.upload_u32("pos", &[batch, len], &positions).unwrap();
+        for reverse in [false, true] {
+            let mut rec = ctx.recorder();
+            let out = conv1d_silu(
+                &mut rec,
+                xt.mat(),
                 batch,
-                len,
-                channels,
-                &w,
-                &b,
-                &mut scratch,
-                false,
+                &wt,
+                &bt,
+                Carry::None,
                 reverse,
-                positions,
+                Some(&pt),
             )
-        };
-        let full_out = conv_ref(&zeroed, full, None);
-        let want: Vec<f32> = kept
-            .iter()
-            .enumerate()
-            .flat_map(|(s, pos)| {
-                pos.iter()
-                    .flat_map(|&p| {
-                        let row = (s * full + p as usize) * channels;
-                        full_out[row..row + channels].to_vec()
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        assert_close(
-            &format!("conv1d gaps reverse {reverse}"),
-            &got,
-            &want,
-            1e-5,
-            1e-5,
-        );
-        let reference = conv_ref(&compact, len, Some(&positions));
-        assert_close(
-            &format!("conv1d gaps reference {reverse}"),
-            &reference,
-            &want,
-            1e-6,
-            1e-6,
-        );
+            .unwrap();
+            let got = rec.submit_and_read_blocking(&[&out]).unwrap().remove(0);
+            let conv_ref = |x: &[f32], len: usize, positions: Option<&[u32]>| {
+                let mut scratch = vec![0.0; batch * channels * CONV_WIDTH];
+                conv1d_silu_ref(
+                    x,
+                    batch,
+                    len,
+                    channels,
+                    &w,
+                    &b,
+                    &mut scratch,
+                    false,
+                    reverse,
+                    positions,
+                )
+            };
+            let full_out = conv_ref(&zeroed, full, None);
+            let want: Vec<f32> = kept
+                .iter()
+                .enumerate()
+                .flat_map(|(s, pos)| {
+                    pos.iter()
+                        .flat_map(|&p| {
+                            let row = (s * full + p as usize) * channels;
+                            full_out[row..row + channels].to_vec()
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            assert_close(
+                &format!("conv1d gaps reverse {reverse}"),
+                &got,
+                &want,
+                1e-5,
+                1e-5,
+            );
+            let reference = conv_ref(&compact, len, Some(&positions));
+            assert_close(
+                &format!("conv1d gaps reference {reverse}"),
+                &reference,
+                &want,
+                1e-6,
+                1e-6,
+            );
+        }
     }
 }
 

@@ -59,3 +59,47 @@ extern "C" __global__ void __launch_bounds__(64) conv1d_silu(const Params p, con
     }
     if (p.write_state != 0u) state[idx] = window;
 }
+
+// Four channels e..e+3 per thread, as conv1d.wgsl's conv1d_silu_vec4 (channels, offset and
+// stride multiples of 4): tap k of the four channels is one float4.
+extern "C" __global__ void __launch_bounds__(64) conv1d_silu_vec4(const Params p, const float4* x,
+        const float4* weight, const float* bias, float4* state, float4* out,
+        const unsigned* positions) {
+    unsigned idx = (blockIdx.x + blockIdx.y * gridDim.x) * 64u + threadIdx.x;
+    unsigned groups = p.channels / 4u;
+    if (idx >= p.batch * groups) return;
+    unsigned b = idx / groups;
+    unsigned e = (idx - b * groups) * 4u;
+    // win[c]: the window of channel e + c, (x[t-4], x[t-3], x[t-2], x[t-1]).
+    float4 w[4], win[4];
+    float c0[4];
+    size_t s0 = (size_t)b * p.channels + e;
+    for (unsigned c = 0u; c < 4u; c++) {
+        w[c] = weight[e + c];
+        c0[c] = bias[e + c];
+        win[c] = p.use_state != 0u ? state[s0 + c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+    unsigned previous = 0u;
+    for (unsigned s = 0u; s < p.len; s++) {
+        unsigned t = p.reverse != 0u ? p.len - 1u - s : s;
+        size_t row = (size_t)b * p.len + t;
+        float4 xt = x[(p.x_offset + row * p.x_stride + e) / 4u];
+        if (p.has_positions != 0u) {
+            unsigned here = positions[row];
+            unsigned gap = s == 0u ? 1u : (p.reverse != 0u ? previous - here : here - previous);
+            for (unsigned k = 1u; k < min(gap, 4u); k++)
+                for (unsigned c = 0u; c < 4u; c++) win[c] = shift(win[c], 0.0f);
+            previous = here;
+        }
+        float xs[4] = {xt.x, xt.y, xt.z, xt.w};
+        float o[4];
+        for (unsigned c = 0u; c < 4u; c++) {
+            win[c] = shift(win[c], xs[c]);
+            float v = c0[c] + (w[c].x * win[c].x + w[c].y * win[c].y + w[c].z * win[c].z + w[c].w * win[c].w);
+            o[c] = v / (1.0f + expf(-v));
+        }
+        out[(row * p.channels + e) / 4u] = make_float4(o[0], o[1], o[2], o[3]);
+    }
+    if (p.write_state != 0u)
+        for (unsigned c = 0u; c < 4u; c++) state[s0 + c] = win[c];
+}

@@ -55,8 +55,22 @@ pub fn conv1d_silu(
         _pad: [0; 3],
     };
     let dummy = rec.context().inner.dummy.clone();
+    // Four channels per invocation where the rows are vec4-aligned.
+    let per_invocation = if [channels, x.offset, x.stride]
+        .iter()
+        .all(|v| v.is_multiple_of(4))
+    {
+        4
+    } else {
+        1
+    };
+    let kernel = if per_invocation == 4 {
+        kernel!("conv1d", "conv1d_silu_vec4")
+    } else {
+        kernel!("conv1d", "conv1d_silu")
+    };
     rec.dispatch(
-        &kernel!("conv1d", "conv1d_silu"),
+        &kernel,
         &params,
         &[
             x.buffer(),
@@ -66,7 +80,7 @@ pub fn conv1d_silu(
             out.buffer(),
             gap_positions.map_or(&dummy, Tensor::buffer),
         ],
-        grid((batch * channels).div_ceil(64) as u32),
+        grid((batch * channels / per_invocation).div_ceil(64) as u32),
     );
     Ok(out)
 }

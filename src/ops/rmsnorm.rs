@@ -32,11 +32,16 @@ pub fn add_rmsnorm(
     };
     let dummy = rec.context().inner.dummy.clone();
     let hidden_buf = hidden.map(Tensor::buffer).unwrap_or(&dummy);
+    let kernel = if dim.is_multiple_of(4) {
+        kernel!("rmsnorm", "add_rmsnorm_vec4")
+    } else {
+        kernel!("rmsnorm", "add_rmsnorm")
+    };
     rec.dispatch(
-        &kernel!("rmsnorm", "add_rmsnorm"),
+        &kernel,
         &params,
         &[hidden_buf, weight.buffer(), residual.buffer(), out.buffer()],
-        grid(rows as u32),
+        grid(rows.div_ceil(64) as u32),
     );
     Ok(out)
 }
