@@ -1,0 +1,178 @@
+//! What single operations cost on the device, in f32 FMAs measured in the same run:
+//! `cargo run --release --example device_costs`.
+//!
+//! On a CPU driver (lavapipe) a storage-buffer load is a loop over the SIMD lanes, so a kernel's
+//! speed is set by how many FMAs it does per load, not by the FMA ceiling alone.
+//! docs/performance.md reads the kernels' limits from this table.
+
+use std::time::Instant;
+
+use ssmgpu::runtime::Context;
+use wgpu::util::DeviceExt;
+
+const SOURCE: &str = include_str!("../bench/device_costs.wgsl");
+/// Iterations per invocation (the shader's ITERS) and workgroups per dispatch.
+const ITERS: f64 = 1024.0;
+const GROUPS: u32 = 256;
+const INVOCATIONS: f64 = GROUPS as f64 * 64.0;
+
+/// (entry, what one iteration does, operations per iteration, the binding it reads besides
+/// the output)
+const KERNELS: &[(&str, &str, f64, Option<u32>)] = &[
+    ("fma_throughput", "f32 FMA", 32.0, None),
+    ("exp2_throughput", "f32 exp2", 32.0, None),
+    (
+        "storage_vec4",
+        "vec4 storage load, per-invocation address",
+        1.0,
+        Some(1),
+    ),
+    (
+        "storage_vec4_same_address",
+        "vec4 storage load, one address per workgroup",
+        1.0,
+        Some(1),
+    ),
+    ("storage_f32", "f32 storage load", 1.0, Some(2)),
+    ("workgroup_vec4", "vec4 workgroup-memory load", 1.0, None),
+    (
+        "uniform_vec4",
+        "vec4 uniform-buffer load, computed index",
+        1.0,
+        Some(3),
+    ),
+    ("texture_vec4", "rgba32float textureLoad", 1.0, Some(4)),
+    (
+        "subgroup_broadcast_vec4",
+        "vec4 subgroup shuffle from a constant lane",
+        1.0,
+        None,
+    ),
+];
+
+/// The shader without its `// #if subgroups` block where the device has no subgroups.
+fn source_for(subgroups: bool) -> String {
+    let mut keep = true;
+    let mut out = String::new();
+    for line in SOURCE.lines() {
+        match line.trim() {
+            "// #if subgroups" => keep = subgroups,
+            "// #endif" => keep = true,
+            _ if keep => {
+                out.push_str(line);
+                out.push('\n');
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let ctx = Context::new_blocking()?;
+    let (Some(device), Some(queue)) = (ctx.device(), ctx.queue()) else {
+        return Err("device_costs needs a wgpu device".into());
+    };
+    println!("{}", ctx.device_name());
+    let subgroups = ctx.uses_subgroups();
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("device_costs"),
+        source: wgpu::ShaderSource::Wgsl(source_for(subgroups).into()),
+    });
+    let values: Vec<f32> = (0..4 << 20).map(|i| (i % 97) as f32 * 0.01).collect();
+    let buffer = |usage| {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::cast_slice(&values),
+            usage,
+        })
+    };
+    let out = buffer(wgpu::BufferUsages::STORAGE);
+    let data = buffer(wgpu::BufferUsages::STORAGE);
+    let table = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: None,
+        contents: bytemuck::cast_slice(&values[..16384]),
+        usage: wgpu::BufferUsages::UNIFORM,
+    });
+    let image = device.create_texture_with_data(
+        queue,
+        &wgpu::TextureDescriptor {
+            label: None,
+            size: wgpu::Extent3d {
+                width: 1024,
+                height: 1024,
+                depth_or_array_layers: 1,
+            },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Float,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING,
+            view_formats: &[],
+        },
+        wgpu::util::TextureDataOrder::LayerMajor,
+        bytemuck::cast_slice(&values),
+    );
+    let view = image.create_view(&Default::default());
+    let resources = [
+        out.as_entire_binding(),
+        data.as_entire_binding(),
+        data.as_entire_binding(),
+        table.as_entire_binding(),
+        wgpu::BindingResource::TextureView(&view),
+    ];
+
+    println!("{:<48} {:>10} {:>14}", "operation", "G/s", "cost in FMAs");
+    let mut fma_rate = None;
+    for &(entry, what, per_iteration, reads) in KERNELS {
+        if entry.starts_with("subgroup") && !subgroups {
+            continue;
+        }
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        // The layout derived from the entry holds only the bindings it uses.
+        let entries: Vec<_> = std::iter::once(0)
+            .chain(reads)
+            .map(|binding| wgpu::BindGroupEntry {
+                binding,
+                resource: resources[binding as usize].clone(),
+            })
+            .collect();
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        let run = |dispatches: u32| -> Result<f64, wgpu::PollError> {
+            let mut encoder = device.create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&pipeline);
+                pass.set_bind_group(0, &bind_group, &[]);
+                for _ in 0..dispatches {
+                    pass.dispatch_workgroups(GROUPS, 1, 1);
+                }
+            }
+            let start = Instant::now();
+            queue.submit([encoder.finish()]);
+            device.poll(wgpu::PollType::wait_indefinitely())?;
+            Ok(start.elapsed().as_secs_f64() / dispatches as f64)
+        };
+        run(1)?;
+        // Best of five: the fastest run is the one least disturbed by other work.
+        let mut seconds = f64::MAX;
+        for _ in 0..5 {
+            seconds = seconds.min(run(3)?);
+        }
+        let rate = INVOCATIONS * ITERS * per_iteration / seconds;
+        let fma = *fma_rate.get_or_insert(rate);
+        println!("{what:<48} {:>10.2} {:>14.1}", rate / 1e9, fma / rate);
+    }
+    Ok(())
+}
