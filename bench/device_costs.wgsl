@@ -64,28 +64,27 @@ fn exp2_throughput(@builtin(global_invocation_id) gid: vec3<u32>) {
     out[gid.x] = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7;
 }
 
-// A vec4 storage load, a different address in every invocation.
-@compute @workgroup_size(64)
-fn storage_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
+// ITERS vec4 storage loads from index `first` on, 64 vec4s apart.
+fn sum_storage_vec4(first: u32) -> vec4<f32> {
     var acc = vec4<f32>(0.0);
-    var i = gid.x;
+    var i = first;
     for (var it = 0u; it < ITERS; it++) {
         acc += data[i & MASK];
         i += 64u;
     }
-    out[gid.x] = acc;
+    return acc;
+}
+
+// A vec4 storage load, a different address in every invocation.
+@compute @workgroup_size(64)
+fn storage_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    out[gid.x] = sum_storage_vec4(gid.x);
 }
 
 // The same, at one address for the whole workgroup.
 @compute @workgroup_size(64)
 fn storage_vec4_same_address(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
-    var acc = vec4<f32>(0.0);
-    var i = wg.x;
-    for (var it = 0u; it < ITERS; it++) {
-        acc += data[i & MASK];
-        i += 64u;
-    }
-    out[gid.x] = acc;
+    out[gid.x] = sum_storage_vec4(wg.x);
 }
 
 // A scalar storage load.

@@ -56,18 +56,13 @@ pub fn conv1d_silu(
     };
     let dummy = rec.context().inner.dummy.clone();
     // Four channels per invocation where the rows are vec4-aligned.
-    let per_invocation = if [channels, x.offset, x.stride]
+    let aligned = [channels, x.offset, x.stride]
         .iter()
-        .all(|v| v.is_multiple_of(4))
-    {
-        4
+        .all(|v| v.is_multiple_of(4));
+    let (kernel, per_invocation) = if aligned {
+        (kernel!("conv1d", "conv1d_silu_vec4"), 4)
     } else {
-        1
-    };
-    let kernel = if per_invocation == 4 {
-        kernel!("conv1d", "conv1d_silu_vec4")
-    } else {
-        kernel!("conv1d", "conv1d_silu")
+        (kernel!("conv1d", "conv1d_silu"), 1)
     };
     rec.dispatch(
         &kernel,
