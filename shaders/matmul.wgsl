@@ -73,29 +73,26 @@ struct Rows {
     r3: vec4<f32>,
 }
 
+// Four rows as columns: r0 = (c0.x, c1.x, c2.x, c3.x), and so on.
+fn transpose(c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>) -> Rows {
+    return Rows(vec4<f32>(c0.x, c1.x, c2.x, c3.x), vec4<f32>(c0.y, c1.y, c2.y, c3.y),
+                vec4<f32>(c0.z, c1.z, c2.z, c3.z), vec4<f32>(c0.w, c1.w, c2.w, c3.w));
+}
+
 // The invocation's four weight columns (rows of w) at vec4 kk, transposed: r0 holds k = 4kk for
 // columns 0..3, and so on, so that each output row accumulates as one vec4 FMA chain.
 fn weight_block(wr: vec4<u32>, kk: u32) -> Rows {
-    let b0 = w4[wr.x + kk];
-    let b1 = w4[wr.y + kk];
-    let b2 = w4[wr.z + kk];
-    let b3 = w4[wr.w + kk];
-    return Rows(
-        vec4<f32>(b0.x, b1.x, b2.x, b3.x),
-        vec4<f32>(b0.y, b1.y, b2.y, b3.y),
-        vec4<f32>(b0.z, b1.z, b2.z, b3.z),
-        vec4<f32>(b0.w, b1.w, b2.w, b3.w),
-    );
+    return transpose(w4[wr.x + kk], w4[wr.y + kk], w4[wr.z + kk], w4[wr.w + kk]);
+}
+
+// acc + (x, 4 values along k) times the 4 x 4 weight block w (w.ri: k-position i of 4 columns).
+fn mac4(acc: vec4<f32>, x: vec4<f32>, w: Rows) -> vec4<f32> {
+    return fma(vec4<f32>(x.x), w.r0, fma(vec4<f32>(x.y), w.r1, fma(vec4<f32>(x.z), w.r2, fma(vec4<f32>(x.w), w.r3, acc))));
 }
 
 // acc.ri += a.ri (vec4 along k) times the weight block b.
 fn mac(acc: Rows, b: Rows, a: Rows) -> Rows {
-    return Rows(
-        fma(vec4<f32>(a.r0.x), b.r0, fma(vec4<f32>(a.r0.y), b.r1, fma(vec4<f32>(a.r0.z), b.r2, fma(vec4<f32>(a.r0.w), b.r3, acc.r0)))),
-        fma(vec4<f32>(a.r1.x), b.r0, fma(vec4<f32>(a.r1.y), b.r1, fma(vec4<f32>(a.r1.z), b.r2, fma(vec4<f32>(a.r1.w), b.r3, acc.r1)))),
-        fma(vec4<f32>(a.r2.x), b.r0, fma(vec4<f32>(a.r2.y), b.r1, fma(vec4<f32>(a.r2.z), b.r2, fma(vec4<f32>(a.r2.w), b.r3, acc.r2)))),
-        fma(vec4<f32>(a.r3.x), b.r0, fma(vec4<f32>(a.r3.y), b.r1, fma(vec4<f32>(a.r3.z), b.r2, fma(vec4<f32>(a.r3.w), b.r3, acc.r3)))),
-    );
+    return Rows(mac4(acc.r0, a.r0, b), mac4(acc.r1, a.r1, b), mac4(acc.r2, a.r2, b), mac4(acc.r3, a.r3, b));
 }
 
 fn store_block(m0: u32, n0: u32, acc: array<vec4<f32>, TM>) {
@@ -151,14 +148,14 @@ fn matmul_scalar(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
 }
 
 // #if subgroups
-// Subgroup variants: the lanes of a subgroup span columns (4 each) and share a block of rows.
-// Per chunk of 8 vec4s along k, lane q loads vec4 q of each row and the others read it with a
+// Subgroup variants: the lanes of a subgroup span columns and share a block of rows. Per
+// chunk of 8 units along k, lane q loads unit q of each row and the others read it with a
 // shuffle, so x costs one load per row per chunk for the whole subgroup; each lane loads only
 // its weights, and each weight load feeds every row of the block. The shuffles name constant
 // lanes, so the driver compiles them as a broadcast (measured as fast as subgroupBroadcast,
 // which WGSL allows only with a literal lane).
 
-// x[m, 4kq..4kq + 3], zero past k (a chunk's last lanes).
+// (The 4-row kernel's unit is a vec4.) x[m, 4kq..4kq + 3], zero past k (a chunk's last lanes).
 fn x_vec(m: u32, kq: u32) -> vec4<f32> {
     let k4 = p.k / 4u;
     let v = x4[(p.x_offset + min(m, p.m - 1u) * p.x_stride) / 4u + min(kq, k4 - 1u)];
@@ -181,71 +178,205 @@ fn store_rows(m0: u32, n0: u32, acc: Rows) {
     store_row(m0 + 3u, n0, acc.r3);
 }
 
-// 32 rows: each weight load feeds 32 rows (4 weight loads and 4 x loads per 512 multiply-adds
-// per lane; 8 rows measured 1.5x and 16 rows 1.15x slower at 197 x 384 x 1536, 40 rows no
-// faster and 5x slower to compile). The unrolled struct keeps the accumulators in registers:
-// an array indexed in a loop stays in memory and runs 4x slower.
+// The tile: 16 rows x 8 columns per lane, 64 columns per subgroup-sized workgroup. Along k it
+// steps in units of 8 values: each weight unit feeds 16 rows and each shuffled x value 8
+// columns. On lavapipe at 197 x 384 x 1536 the 32 x 4 vec4 tile it replaced ran 1.25x slower;
+// 32 rows ran 7% faster there and no faster on Vim-Ti's shapes, but took 3x as long to compile
+// (0.6 s against 0.2 s). Rows past m and chunk steps past k are handled as in `x_vec`.
+
+// 8 values along k: the k-order inside a unit differs between the load paths below, but x
+// and w always use the same one, so their products pair up.
+struct Eight {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}
+
+// #if int64
+// With 64-bit integers a unit is one vec4<u64> load: the driver's cost is per component, so
+// 8-byte components halve it (x and w are reinterpreted, never converted). Here k, the x offset
+// and the x stride are multiples of 8.
+@group(0) @binding(1) var<storage, read> x8: array<vec4<u64>>;
+@group(0) @binding(2) var<storage, read> w8: array<vec4<u64>>;
+
+const UNIT_ELEMS: u32 = 8u;
+
+fn unpack(v: vec4<u64>) -> Eight {
+    return Eight(bitcast<vec4<f32>>(vec4<u32>(v)), bitcast<vec4<f32>>(vec4<u32>(v >> vec4<u32>(32u))));
+}
+
+// Unit u of the x row starting at element `row` (in units), zero past k.
+fn x_unit(row: u32, u: u32) -> Eight {
+    let units = p.k / 8u;
+    let v = unpack(x8[row + min(u, units - 1u)]);
+    return Eight(select(vec4<f32>(0.0), v.lo, u < units), select(vec4<f32>(0.0), v.hi, u < units));
+}
+
+// Unit u of the weight row starting at element `row`, the last unit past k (met by zero x).
+fn w_unit(row: u32, u: u32) -> Eight {
+    return unpack(w8[row + min(u, p.k / 8u - 1u)]);
+}
+// #else
+// Without them a unit is two vec4 loads; k, the x offset and stride are multiples of 4, so a
+// unit may end half past k.
+const UNIT_ELEMS: u32 = 4u;
+
+fn x_unit(row: u32, u: u32) -> Eight {
+    let k4 = p.k / 4u;
+    let lo = x4[row + min(2u * u, k4 - 1u)];
+    let hi = x4[row + min(2u * u + 1u, k4 - 1u)];
+    return Eight(select(vec4<f32>(0.0), lo, 2u * u < k4), select(vec4<f32>(0.0), hi, 2u * u + 1u < k4));
+}
+
+fn w_unit(row: u32, u: u32) -> Eight {
+    let k4 = p.k / 4u;
+    return Eight(w4[row + min(2u * u, k4 - 1u)], w4[row + min(2u * u + 1u, k4 - 1u)]);
+}
+// #endif
+
+// One row's value in each of the lane's 8 columns.
+struct Cols {
+    a: vec4<f32>,
+    b: vec4<f32>,
+}
+
+// A weight unit transposed for the lane's 8 columns: lo_a.r0 holds k-position lo.x of columns
+// 0..3, and so on.
+struct WeightUnit {
+    lo_a: Rows,
+    lo_b: Rows,
+    hi_a: Rows,
+    hi_b: Rows,
+}
+
+// Unit u of the weight rows (columns of y) starting at units wa (columns 0..3) and wb (4..7).
+fn weight_unit(wa: vec4<u32>, wb: vec4<u32>, u: u32) -> WeightUnit {
+    let c0 = w_unit(wa.x, u);
+    let c1 = w_unit(wa.y, u);
+    let c2 = w_unit(wa.z, u);
+    let c3 = w_unit(wa.w, u);
+    let c4 = w_unit(wb.x, u);
+    let c5 = w_unit(wb.y, u);
+    let c6 = w_unit(wb.z, u);
+    let c7 = w_unit(wb.w, u);
+    return WeightUnit(transpose(c0.lo, c1.lo, c2.lo, c3.lo), transpose(c4.lo, c5.lo, c6.lo, c7.lo),
+                      transpose(c0.hi, c1.hi, c2.hi, c3.hi), transpose(c4.hi, c5.hi, c6.hi, c7.hi));
+}
+
+// acc += x (8 values along k) times the weight unit.
+fn mac_unit(acc: Cols, x: Eight, w: WeightUnit) -> Cols {
+    return Cols(mac4(mac4(acc.a, x.lo, w.lo_a), x.hi, w.hi_a), mac4(mac4(acc.b, x.lo, w.lo_b), x.hi, w.hi_b));
+}
+
+// What lane j holds of one row's unit.
+fn lane_unit(x: Eight, j: u32) -> Eight {
+    return Eight(subgroupShuffle(x.lo, j), subgroupShuffle(x.hi, j));
+}
+
+// Four rows. The unrolled structs keep the tile in registers: an array indexed in a loop
+// stays in memory and runs 4x slower.
+struct Cols4 {
+    r0: Cols,
+    r1: Cols,
+    r2: Cols,
+    r3: Cols,
+}
+
+struct Eight4 {
+    r0: Eight,
+    r1: Eight,
+    r2: Eight,
+    r3: Eight,
+}
+
+fn mac_rows4(acc: Cols4, x: Eight4, w: WeightUnit, j: u32) -> Cols4 {
+    return Cols4(mac_unit(acc.r0, lane_unit(x.r0, j), w), mac_unit(acc.r1, lane_unit(x.r1, j), w),
+                 mac_unit(acc.r2, lane_unit(x.r2, j), w), mac_unit(acc.r3, lane_unit(x.r3, j), w));
+}
+
 struct Tile {
-    g0: Rows,
-    g1: Rows,
-    g2: Rows,
-    g3: Rows,
-    g4: Rows,
-    g5: Rows,
-    g6: Rows,
-    g7: Rows,
+    g0: Cols4,
+    g1: Cols4,
+    g2: Cols4,
+    g3: Cols4,
+
 }
 
-fn x_tile(m: u32, kq: u32) -> Tile {
-    return Tile(x_rows(m, kq), x_rows(m + 4u, kq), x_rows(m + 8u, kq), x_rows(m + 12u, kq),
-                x_rows(m + 16u, kq), x_rows(m + 20u, kq), x_rows(m + 24u, kq), x_rows(m + 28u, kq));
+struct XTile {
+    g0: Eight4,
+    g1: Eight4,
+    g2: Eight4,
+    g3: Eight4,
+
 }
 
-// acc += (lane j's vec4 of each row) times the weight block b.
-fn mac_tile(acc: Tile, b: Rows, x: Tile, j: u32) -> Tile {
-    return Tile(mac(acc.g0, b, lane_rows(x.g0, j)), mac(acc.g1, b, lane_rows(x.g1, j)),
-                mac(acc.g2, b, lane_rows(x.g2, j)), mac(acc.g3, b, lane_rows(x.g3, j)),
-                mac(acc.g4, b, lane_rows(x.g4, j)), mac(acc.g5, b, lane_rows(x.g5, j)),
-                mac(acc.g6, b, lane_rows(x.g6, j)), mac(acc.g7, b, lane_rows(x.g7, j)));
+// The start (in units) of x row m, clamped to the last row.
+fn x_row(m: u32) -> u32 {
+    return (p.x_offset + min(m, p.m - 1u) * p.x_stride) / UNIT_ELEMS;
 }
 
-// A workgroup is one subgroup of 8 lanes: 32 rows x 32 columns, so narrow outputs (n = 44)
-// leave few lanes idle.
+fn x_rows4(m: u32, u: u32) -> Eight4 {
+    return Eight4(x_unit(x_row(m), u), x_unit(x_row(m + 1u), u), x_unit(x_row(m + 2u), u), x_unit(x_row(m + 3u), u));
+}
+
+fn x_tile(m: u32, u: u32) -> XTile {
+    return XTile(x_rows4(m, u), x_rows4(m + 4u, u), x_rows4(m + 8u, u), x_rows4(m + 12u, u));
+}
+
+// acc += (lane j's unit of each row) times the weight unit.
+fn mac_tile(acc: Tile, w: WeightUnit, x: XTile, j: u32) -> Tile {
+    return Tile(mac_rows4(acc.g0, x.g0, w, j), mac_rows4(acc.g1, x.g1, w, j),
+                mac_rows4(acc.g2, x.g2, w, j), mac_rows4(acc.g3, x.g3, w, j));
+}
+
+fn store_rows4(m0: u32, n0: u32, acc: Cols4) {
+    store_row(m0, n0, acc.r0.a);
+    store_row(m0, n0 + 4u, acc.r0.b);
+    store_row(m0 + 1u, n0, acc.r1.a);
+    store_row(m0 + 1u, n0 + 4u, acc.r1.b);
+    store_row(m0 + 2u, n0, acc.r2.a);
+    store_row(m0 + 2u, n0 + 4u, acc.r2.b);
+    store_row(m0 + 3u, n0, acc.r3.a);
+    store_row(m0 + 3u, n0 + 4u, acc.r3.b);
+}
+
+// Units per chunk (1 to 8, one per lane that loads them): with fewer units than lanes in all of
+// k (Vim's dt_proj, k = 12, has 2), the chunk is k, not 8 steps mostly on zeros.
+override FLAGS: u32 = 8u;
+
 @compute @workgroup_size(8)
 fn matmul_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32, @builtin(local_invocation_index) li: u32) {
-    let n0 = (wg.x * 8u + li) * 4u;
-    let m0 = wg.y * 32u;
-    let k4 = p.k / 4u;
+    let n0 = (wg.x * 8u + li) * 8u;
+    let m0 = wg.y * 16u;
+    let units = (p.k + 7u) / 8u;
     let q = lane & 7u;
-    // Columns past n are clamped to the last one and never stored; chunk steps past k read
-    // the last weights against zero x.
-    let wr = min(vec4<u32>(n0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n - 1u)) * k4;
-    let z = Rows(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    var acc = Tile(z, z, z, z, z, z, z, z);
-    for (var c0 = 0u; c0 < k4; c0 += 8u) {
-        let x = x_tile(m0, c0 + q);
-        // Unrolled by hand: a loop over the lane is not unrolled and runs 35% slower.
-        acc = mac_tile(acc, weight_block(wr, c0), x, 0u);
-        acc = mac_tile(acc, weight_block(wr, min(c0 + 1u, k4 - 1u)), x, 1u);
-        acc = mac_tile(acc, weight_block(wr, min(c0 + 2u, k4 - 1u)), x, 2u);
-        acc = mac_tile(acc, weight_block(wr, min(c0 + 3u, k4 - 1u)), x, 3u);
-        acc = mac_tile(acc, weight_block(wr, min(c0 + 4u, k4 - 1u)), x, 4u);
-        acc = mac_tile(acc, weight_block(wr, min(c0 + 5u, k4 - 1u)), x, 5u);
-        acc = mac_tile(acc, weight_block(wr, min(c0 + 6u, k4 - 1u)), x, 6u);
-        acc = mac_tile(acc, weight_block(wr, min(c0 + 7u, k4 - 1u)), x, 7u);
+    // Columns past n are clamped to the last one and never stored.
+    let row_len = p.k / UNIT_ELEMS;
+    let wa = min(vec4<u32>(n0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n - 1u)) * row_len;
+    let wb = min(vec4<u32>(n0) + vec4<u32>(4u, 5u, 6u, 7u), vec4<u32>(p.n - 1u)) * row_len;
+    let z = Cols(vec4<f32>(0.0), vec4<f32>(0.0));
+    let z4 = Cols4(z, z, z, z);
+    var acc = Tile(z4, z4, z4, z4);
+    for (var u0 = 0u; u0 < units; u0 += FLAGS) {
+        let x = x_tile(m0, u0 + q);
+        // Unrolled by hand: a loop over the lane is not unrolled and runs 35% slower. The
+        // conditions are constants of the pipeline, so the steps past the chunk compile away.
+        acc = mac_tile(acc, weight_unit(wa, wb, u0), x, 0u);
+        if (FLAGS > 1u) { acc = mac_tile(acc, weight_unit(wa, wb, u0 + 1u), x, 1u); }
+        if (FLAGS > 2u) { acc = mac_tile(acc, weight_unit(wa, wb, u0 + 2u), x, 2u); }
+        if (FLAGS > 3u) { acc = mac_tile(acc, weight_unit(wa, wb, u0 + 3u), x, 3u); }
+        if (FLAGS > 4u) { acc = mac_tile(acc, weight_unit(wa, wb, u0 + 4u), x, 4u); }
+        if (FLAGS > 5u) { acc = mac_tile(acc, weight_unit(wa, wb, u0 + 5u), x, 5u); }
+        if (FLAGS > 6u) { acc = mac_tile(acc, weight_unit(wa, wb, u0 + 6u), x, 6u); }
+        if (FLAGS > 7u) { acc = mac_tile(acc, weight_unit(wa, wb, u0 + 7u), x, 7u); }
     }
-    store_rows(m0, n0, acc.g0);
-    store_rows(m0 + 4u, n0, acc.g1);
-    store_rows(m0 + 8u, n0, acc.g2);
-    store_rows(m0 + 12u, n0, acc.g3);
-    store_rows(m0 + 16u, n0, acc.g4);
-    store_rows(m0 + 20u, n0, acc.g5);
-    store_rows(m0 + 24u, n0, acc.g6);
-    store_rows(m0 + 28u, n0, acc.g7);
+    store_rows4(m0, n0, acc.g0);
+    store_rows4(m0 + 4u, n0, acc.g1);
+    store_rows4(m0 + 8u, n0, acc.g2);
+    store_rows4(m0 + 12u, n0, acc.g3);
 }
 
 // Few rows (decode steps, a head over class tokens): 4 rows, 64 lanes x 4 columns per
-// workgroup, so that a small m does not pay for 32 rows of multiply-adds.
+// workgroup, so that a small m does not pay for 16 rows of multiply-adds.
 @compute @workgroup_size(64)
 fn matmul_subgroup_rows4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32, @builtin(local_invocation_index) li: u32) {
     let n0 = (wg.x * 64u + li) * 4u;

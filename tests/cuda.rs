@@ -36,6 +36,7 @@ fn wgsl_entries(name: &'static str, source: &'static str) -> Vec<(String, u32)> 
         source,
         entry: "",
         subgroups: false,
+        int64: false,
         flags: None,
         cuda: "",
     };

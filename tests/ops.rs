@@ -21,6 +21,9 @@ fn matmul_matches_reference() {
     for ctx in contexts() {
         matmul_cases(ctx);
     }
+    if ctx().uses_int64() {
+        matmul_cases(common::ctx_without_int64());
+    }
 }
 
 fn matmul_cases(ctx: &ssmgpu::Context) {
@@ -42,6 +45,12 @@ fn matmul_cases(ctx: &ssmgpu::Context) {
         (6, 32, 1030, false, 8),
         // Vim's dt_proj: k = 12 (one partial chunk), a column view of x_proj's output
         (197, 12, 384, false, 32),
+        // 8-value units (64-bit loads): 17 units, so the last chunk is partial; a view whose
+        // offset and stride are multiples of 8, and one whose stride is not
+        (50, 136, 200, true, 16),
+        (40, 64, 70, false, 4),
+        // the tile from 8 rows, with a 5-unit chunk (k = 40)
+        (12, 40, 70, true, 0),
     ];
     for (m, k, n, with_bias, extra) in cases {
         let stride = k + extra;
@@ -66,7 +75,11 @@ fn matmul_cases(ctx: &ssmgpu::Context) {
             .flat_map(|i| x[i * stride + offset..][..k].to_vec())
             .collect();
         let want = matmul_ref(&dense, m, k, &w, n, with_bias.then_some(&b[..]));
-        let what = format!("matmul {m}x{k}x{n} (subgroups {})", ctx.uses_subgroups());
+        let what = format!(
+            "matmul {m}x{k}x{n}+{extra} (subgroups {}, int64 {})",
+            ctx.uses_subgroups(),
+            ctx.uses_int64()
+        );
         assert_close(&what, &got, &want, 1e-5, 1e-5);
     }
 }
@@ -477,33 +490,29 @@ fn argmax_matches_reference_with_ties() {
 #[test]
 fn every_shader_variant_passes_naga_validation() {
     for (name, source) in ssmgpu::ops::SHADERS {
-        for subgroups in [false, true] {
+        for (subgroups, int64) in [(false, false), (true, false), (true, true)] {
             let kernel = ssmgpu::runtime::Kernel {
                 name,
                 source,
                 entry: "",
                 subgroups,
+                int64,
                 flags: None,
                 #[cfg(feature = "cuda")]
                 cuda: "",
             };
+            let what = format!("{name}.wgsl (subgroups {subgroups}, int64 {int64})");
             let wgsl = kernel.wgsl();
-            let module = naga::front::wgsl::parse_str(&wgsl).unwrap_or_else(|e| {
-                panic!(
-                    "{name}.wgsl (subgroups {subgroups}): {}",
-                    e.emit_to_string(&wgsl)
-                )
-            });
-            let caps = if subgroups {
-                naga::valid::Capabilities::SUBGROUP
-            } else {
-                naga::valid::Capabilities::empty()
-            };
+            let module = naga::front::wgsl::parse_str(&wgsl)
+                .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(&wgsl)));
+            let mut caps = naga::valid::Capabilities::empty();
+            caps.set(naga::valid::Capabilities::SUBGROUP, subgroups);
+            caps.set(naga::valid::Capabilities::SHADER_INT64, int64);
             naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
                 .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
                 .subgroup_operations(naga::valid::SubgroupOperationSet::all())
                 .validate(&module)
-                .unwrap_or_else(|e| panic!("{name}.wgsl (subgroups {subgroups}): {e:?}"));
+                .unwrap_or_else(|e| panic!("{what}: {e:?}"));
         }
     }
 }

@@ -29,6 +29,7 @@ macro_rules! kernel {
             source: include_str!(concat!("../../shaders/", $file, ".wgsl")),
             entry: $entry,
             subgroups: false,
+            int64: false,
             flags: None,
             #[cfg(feature = "cuda")]
             cuda: include_str!(concat!("../../shaders/cuda/", $file, ".cu")),

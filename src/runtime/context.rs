@@ -12,15 +12,17 @@ use crate::runtime::Recorder;
 
 /// One compute entry point of one WGSL file; `name` keys the pipeline cache.
 ///
-/// A file may hold a subgroup variant between `// #if subgroups`, `// #else` and `// #endif`
-/// lines: with `subgroups` the module is compiled with the `#if` branch, else with the
-/// `#else` branch, so devices without subgroups never see those builtins.
+/// A file may hold variants between `// #if <feature>`, `// #else` and `// #endif` lines, which
+/// nest; the features are `subgroups` and `int64` (64-bit integers). The module is compiled
+/// with the branches its kernel's features select, so a device never sees builtins or types
+/// it lacks.
 #[derive(Clone, Copy, Debug)]
 pub struct Kernel {
     pub name: &'static str,
     pub source: &'static str,
     pub entry: &'static str,
     pub subgroups: bool,
+    pub int64: bool,
     /// The value of the file's `override FLAGS: u32`, for a kernel that declares one: options
     /// fixed when the pipeline is created cost no branches in its loops (one pipeline per value).
     pub flags: Option<u32>,
@@ -32,6 +34,10 @@ pub struct Kernel {
 impl Kernel {
     pub fn with_subgroups(self, subgroups: bool) -> Self {
         Kernel { subgroups, ..self }
+    }
+
+    pub fn with_int64(self, int64: bool) -> Self {
+        Kernel { int64, ..self }
     }
 
     pub fn with_flags(self, flags: u32) -> Self {
@@ -48,22 +54,37 @@ impl Kernel {
         // (naga takes subgroup builtins without WGSL's `enable subgroups;`, which it rejects;
         // wgpu checks the device feature instead.)
         let mut out = String::new();
-        // Which branch of an `#if subgroups` block each line is in, if any.
-        let mut branch: Option<bool> = None;
+        // Whether the current branch of each enclosing `#if` block is selected.
+        let mut taken: Vec<bool> = Vec::new();
         let source = expand_includes(self.source, SHADER_INCLUDES, "shaders/include/*.wgsl");
         for line in source.lines() {
-            match line.trim() {
-                "// #if subgroups" => branch = Some(true),
-                "// #else" => branch = Some(false),
-                "// #endif" => branch = None,
-                _ if branch.is_none_or(|b| b == self.subgroups) => {
-                    out.push_str(line);
-                    out.push('\n');
+            let trimmed = line.trim();
+            if let Some(feature) = trimmed.strip_prefix("// #if ") {
+                taken.push(self.has(feature));
+            } else if trimmed == "// #else" {
+                if let Some(top) = taken.last_mut() {
+                    *top = !*top;
                 }
-                _ => {}
+            } else if trimmed == "// #endif" {
+                taken.pop();
+            } else if taken.iter().all(|&t| t) {
+                out.push_str(line);
+                out.push('\n');
             }
         }
         out
+    }
+
+    fn has(&self, feature: &str) -> bool {
+        match feature {
+            "subgroups" => self.subgroups,
+            "int64" => self.int64,
+            // The sources are compiled in: an unknown feature is a build mistake.
+            _ => panic!(
+                "{}.wgsl: unknown feature `{feature}` in `// #if`",
+                self.name
+            ),
+        }
     }
 }
 
@@ -143,6 +164,9 @@ pub struct ContextOptions {
     /// Use the portable kernels even where the device has subgroups (for tests and
     /// comparisons; also set by the environment variable `SSMGPU_NO_SUBGROUPS=1`).
     pub disable_subgroups: bool,
+    /// Use the kernels without 64-bit integers even where the device has them (for tests and
+    /// comparisons; also set by `SSMGPU_NO_INT64=1`).
+    pub disable_int64: bool,
     /// Bind at most this many bytes per storage binding, below the device's own limit: runs
     /// a large GPU as a browser's WebGPU (128 MiB by default) would, for tests and comparisons.
     pub max_binding_bytes: Option<u64>,
@@ -151,13 +175,15 @@ pub struct ContextOptions {
 }
 
 /// A pipeline per kernel file, entry point, variant and `FLAGS` value.
-type PipelineKey = (&'static str, &'static str, bool, Option<u32>);
+type PipelineKey = (&'static str, &'static str, bool, bool, Option<u32>);
 
 pub(crate) struct Inner {
     pub gpu: Gpu,
     pub limits: wgpu::Limits,
     /// Subgroup kernels are used: the device has subgroups of at least 8 invocations.
     pub subgroups: bool,
+    /// Kernels with a 64-bit integer variant use it (wide loads; see `shaders/matmul.wgsl`).
+    pub int64: bool,
     pub pool: Arc<Mutex<BufferPool>>,
     lost: Arc<Mutex<Option<String>>>,
     /// Tiny buffers bound where a kernel's optional input (read-only) or carried state
@@ -190,6 +216,11 @@ pub struct Context {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// An environment switch such as `SSMGPU_NO_SUBGROUPS=1`: set, non-empty and not "0".
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
 /// Lock a mutex, recovering from poisoning: the protected caches stay valid after a panic.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -215,6 +246,9 @@ impl Context {
         let inner = Arc::get_mut(&mut ctx.inner).expect("not shared yet");
         if options.disable_subgroups {
             inner.subgroups = false;
+        }
+        if options.disable_int64 {
+            inner.int64 = false;
         }
         if let Some(bytes) = options.max_binding_bytes {
             let limit = &mut inner.limits.max_storage_buffer_binding_size;
@@ -254,6 +288,7 @@ impl Context {
             Gpu::Cuda(device),
             limits,
             false,
+            false,
             dummy,
             dummy_rw,
             twins,
@@ -289,11 +324,13 @@ impl Context {
 
     /// The device the engine asks of `adapter`: the adapter's real limits (model tensors need
     /// its full `max_storage_buffer_binding_size`) and the optional features the kernels and
-    /// timing use where the adapter has them (subgroups, f16, timestamp queries). A host that
+    /// timing use where the adapter has them (subgroups, 64-bit integers, f16, timestamp queries). A host that
     /// creates the device for [`Context::from_device`] requests this, plus what it needs itself.
     pub fn device_descriptor(adapter: &wgpu::Adapter) -> wgpu::DeviceDescriptor<'static> {
-        let wanted =
-            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+        let wanted = wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::SHADER_F16
+            | wgpu::Features::SUBGROUP
+            | wgpu::Features::SHADER_INT64;
         wgpu::DeviceDescriptor {
             label: Some("ssmgpu"),
             required_features: adapter.features() & wanted,
@@ -328,7 +365,9 @@ impl Context {
         let limits = device.limits();
         let subgroups = device.features().contains(wgpu::Features::SUBGROUP)
             && device.adapter_info().subgroup_min_size >= 8
-            && std::env::var("SSMGPU_NO_SUBGROUPS").map_or(true, |v| v.is_empty() || v == "0");
+            && !env_flag("SSMGPU_NO_SUBGROUPS");
+        let int64 = device.features().contains(wgpu::Features::SHADER_INT64)
+            && !env_flag("SSMGPU_NO_INT64");
         let dummy_buffer = |label| {
             Buffer::Wgpu(device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -350,13 +389,14 @@ impl Context {
             pipelines: Mutex::new(HashMap::new()),
             uniforms: Mutex::new(HashMap::new()),
         }));
-        Self::build(gpu, limits, subgroups, dummy, dummy_rw, twins)
+        Self::build(gpu, limits, subgroups, int64, dummy, dummy_rw, twins)
     }
 
     fn build(
         gpu: Gpu,
         limits: wgpu::Limits,
         subgroups: bool,
+        int64: bool,
         dummy: Buffer,
         dummy_rw: Buffer,
         dummy_rw_twins: [Buffer; 2],
@@ -366,6 +406,7 @@ impl Context {
                 gpu,
                 limits,
                 subgroups,
+                int64,
                 pool: Arc::new(Mutex::new(BufferPool::default())),
                 lost: Arc::new(Mutex::new(None)),
                 dummy,
@@ -592,11 +633,22 @@ impl Context {
     pub fn uses_subgroups(&self) -> bool {
         self.inner.subgroups
     }
+
+    /// Whether kernels with a 64-bit integer variant use it on this device.
+    pub fn uses_int64(&self) -> bool {
+        self.inner.int64
+    }
 }
 
 impl WgpuDevice {
     pub(crate) fn pipeline(&self, kernel: &Kernel) -> wgpu::ComputePipeline {
-        let key = (kernel.name, kernel.entry, kernel.subgroups, kernel.flags);
+        let key = (
+            kernel.name,
+            kernel.entry,
+            kernel.subgroups,
+            kernel.int64,
+            kernel.flags,
+        );
         let mut cache = lock(&self.pipelines);
         if let Some(p) = cache.get(&key) {
             return p.clone();

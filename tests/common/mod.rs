@@ -55,6 +55,17 @@ pub fn ctx_portable() -> &'static Context {
     })
 }
 
+/// Subgroup kernels without their 64-bit integer variants, so both load paths are tested.
+pub fn ctx_without_int64() -> &'static Context {
+    static CTX: OnceLock<Context> = OnceLock::new();
+    CTX.get_or_init(|| {
+        context(ssmgpu::ContextOptions {
+            disable_int64: true,
+            ..options()
+        })
+    })
+}
+
 /// The default context and, when it uses subgroup kernels, the portable one too.
 pub fn contexts() -> Vec<&'static Context> {
     let mut v = vec![ctx()];
