@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use ssmgpu::runtime::Context;
+use ssmgpu::runtime::{Context, Kernel};
 use wgpu::util::DeviceExt;
 
 const SOURCE: &str = include_str!("../bench/device_costs.wgsl");
@@ -19,7 +19,7 @@ const INVOCATIONS: f64 = GROUPS as f64 * 64.0;
 /// (entry, what one iteration does, operations per iteration, the binding it reads besides
 /// the output)
 const KERNELS: &[(&str, &str, f64, Option<u32>)] = &[
-    ("fma_throughput", "f32 FMA", 32.0, None),
+    ("fma_throughput", "f32 FMA", 48.0, None),
     ("exp2_throughput", "f32 exp2", 32.0, None),
     (
         "storage_vec4",
@@ -32,6 +32,12 @@ const KERNELS: &[(&str, &str, f64, Option<u32>)] = &[
         "vec4 storage load, one address per workgroup",
         1.0,
         Some(1),
+    ),
+    (
+        "storage_vec4_u64",
+        "vec4<u64> storage load (8 floats), unpacked",
+        1.0,
+        Some(5),
     ),
     ("storage_f32", "f32 storage load", 1.0, Some(2)),
     ("workgroup_vec4", "vec4 workgroup-memory load", 1.0, None),
@@ -50,34 +56,28 @@ const KERNELS: &[(&str, &str, f64, Option<u32>)] = &[
     ),
 ];
 
-/// The shader without its `// #if subgroups` block where the device has no subgroups.
-fn source_for(subgroups: bool) -> String {
-    let mut keep = true;
-    let mut out = String::new();
-    for line in SOURCE.lines() {
-        match line.trim() {
-            "// #if subgroups" => keep = subgroups,
-            "// #endif" => keep = true,
-            _ if keep => {
-                out.push_str(line);
-                out.push('\n');
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ctx = Context::new_blocking()?;
     let (Some(device), Some(queue)) = (ctx.device(), ctx.queue()) else {
         return Err("device_costs needs a wgpu device".into());
     };
     println!("{}", ctx.device_name());
-    let subgroups = ctx.uses_subgroups();
+    let (subgroups, int64) = (ctx.uses_subgroups(), ctx.uses_int64());
+    // The file's variant for this device, as the engine's kernels are picked.
+    let source = Kernel {
+        name: "device_costs",
+        source: SOURCE,
+        entry: "",
+        subgroups,
+        int64,
+        flags: None,
+        #[cfg(feature = "cuda")]
+        cuda: "",
+    }
+    .wgsl();
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("device_costs"),
-        source: wgpu::ShaderSource::Wgsl(source_for(subgroups).into()),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
     });
     let values: Vec<f32> = (0..4 << 20).map(|i| (i % 97) as f32 * 0.01).collect();
     let buffer = |usage| {
@@ -120,12 +120,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         data.as_entire_binding(),
         table.as_entire_binding(),
         wgpu::BindingResource::TextureView(&view),
+        data.as_entire_binding(),
     ];
 
     println!("{:<48} {:>10} {:>14}", "operation", "G/s", "cost in FMAs");
     let mut fma_rate = None;
     for &(entry, what, per_iteration, reads) in KERNELS {
-        if entry.starts_with("subgroup") && !subgroups {
+        if (entry.starts_with("subgroup") && !subgroups) || (entry.ends_with("u64") && !int64) {
             continue;
         }
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
