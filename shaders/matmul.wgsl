@@ -62,6 +62,11 @@ fn store_row(m: u32, n0: u32, v: vec4<f32>) {
     if (n0 + 3u < p.n) { y[base + 3u] = finish(o.w, m, n0 + 3u); }
 }
 
+// Where x row m starts (in floats); rows past m read the last row and are never stored.
+fn x_start(m: u32) -> u32 {
+    return p.x_offset + min(m, p.m - 1u) * p.x_stride;
+}
+
 const WG: u32 = 8u;
 const TM: u32 = 8u;
 
@@ -113,7 +118,7 @@ fn matmul_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     let wr = min(vec4<u32>(n0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n - 1u)) * k4;
     var xr: array<u32, TM>;
     for (var i = 0u; i < TM; i++) {
-        xr[i] = (p.x_offset + min(m0 + i, p.m - 1u) * p.x_stride) / 4u;
+        xr[i] = x_start(m0 + i) / 4u;
     }
     let zero = Rows(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     var lo = zero;
@@ -140,7 +145,7 @@ fn matmul_scalar(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
             b[j] = w1[min(n0 + j, p.n - 1u) * p.k + kk];
         }
         for (var i = 0u; i < TM; i++) {
-            let a = x1[p.x_offset + min(m0 + i, p.m - 1u) * p.x_stride + kk];
+            let a = x1[x_start(m0 + i) + kk];
             acc[i] = fma(vec4<f32>(a), b, acc[i]);
         }
     }
@@ -155,11 +160,15 @@ fn matmul_scalar(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
 // lanes, so the driver compiles them as a broadcast (measured as fast as subgroupBroadcast,
 // which WGSL allows only with a literal lane).
 
-// (The 4-row kernel's unit is a vec4.) x[m, 4kq..4kq + 3], zero past k (a chunk's last lanes).
-fn x_vec(m: u32, kq: u32) -> vec4<f32> {
+// Vec4 kq of the x row starting at vec4 `row`, zero past k (a chunk's last lanes).
+fn x_vec_at(row: u32, kq: u32) -> vec4<f32> {
     let k4 = p.k / 4u;
-    let v = x4[(p.x_offset + min(m, p.m - 1u) * p.x_stride) / 4u + min(kq, k4 - 1u)];
-    return select(vec4<f32>(0.0), v, kq < k4);
+    return select(vec4<f32>(0.0), x4[row + min(kq, k4 - 1u)], kq < k4);
+}
+
+// (The 4-row kernel's unit is a vec4.) x[m, 4kq..4kq + 3], zero past k.
+fn x_vec(m: u32, kq: u32) -> vec4<f32> {
+    return x_vec_at(x_start(m) / 4u, kq);
 }
 
 fn x_rows(m: u32, kq: u32) -> Rows {
@@ -221,10 +230,7 @@ fn w_unit(row: u32, u: u32) -> Eight {
 const UNIT_ELEMS: u32 = 4u;
 
 fn x_unit(row: u32, u: u32) -> Eight {
-    let k4 = p.k / 4u;
-    let lo = x4[row + min(2u * u, k4 - 1u)];
-    let hi = x4[row + min(2u * u + 1u, k4 - 1u)];
-    return Eight(select(vec4<f32>(0.0), lo, 2u * u < k4), select(vec4<f32>(0.0), hi, 2u * u + 1u < k4));
+    return Eight(x_vec_at(row, 2u * u), x_vec_at(row, 2u * u + 1u));
 }
 
 fn w_unit(row: u32, u: u32) -> Eight {
@@ -309,9 +315,9 @@ struct XTile {
 
 }
 
-// The start (in units) of x row m, clamped to the last row.
+// The start (in units) of x row m.
 fn x_row(m: u32) -> u32 {
-    return (p.x_offset + min(m, p.m - 1u) * p.x_stride) / UNIT_ELEMS;
+    return x_start(m) / UNIT_ELEMS;
 }
 
 fn x_rows4(m: u32, u: u32) -> Eight4 {
