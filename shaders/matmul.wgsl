@@ -156,9 +156,9 @@ fn matmul_scalar(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
 // Subgroup variants: the lanes of a subgroup span columns and share a block of rows. Per
 // chunk of 8 units along k, lane q loads unit q of each row and the others read it with a
 // shuffle, so x costs one load per row per chunk for the whole subgroup; each lane loads only
-// its weights, and each weight load feeds every row of the block. The shuffles name constant
-// lanes, so the driver compiles them as a broadcast (measured as fast as subgroupBroadcast,
-// which WGSL allows only with a literal lane).
+// its weights, and each weight load feeds every row of the block. The shuffles name a lane
+// that is the same in every invocation, which the driver compiles as a broadcast (measured as
+// fast as subgroupBroadcast, which WGSL allows only with a constant lane).
 
 // Vec4 kq of the x row starting at vec4 `row`, zero past k (a chunk's last lanes).
 fn x_vec_at(row: u32, kq: u32) -> vec4<f32> {
@@ -189,9 +189,9 @@ fn store_rows(m0: u32, n0: u32, acc: Rows) {
 
 // The tile: 16 rows x 8 columns per lane, 64 columns per subgroup-sized workgroup. Along k it
 // steps in units of 8 values: each weight unit feeds 16 rows and each shuffled x value 8
-// columns. On lavapipe at 197 x 384 x 1536 the 32 x 4 vec4 tile it replaced ran 1.25x slower;
-// 32 rows ran 7% faster there and no faster on Vim-Ti's shapes, but took 3x as long to compile
-// (0.6 s against 0.2 s). Rows past m and chunk steps past k are handled as in `x_vec`.
+// columns. On lavapipe at 197 x 384 x 1536 the 32 x 4 vec4 tile it replaced ran 1.25x slower,
+// and 32 rows ran slower than 16: the driver keeps the tile on the stack, and a larger one
+// outgrows the L1 cache. Rows past m are clamped as in `x_vec`; the steps stop at k.
 
 // 8 values along k: the k-order inside a unit differs between the load paths below, but x
 // and w always use the same one, so their products pair up.
@@ -213,16 +213,14 @@ fn unpack(v: vec4<u64>) -> Eight {
     return Eight(bitcast<vec4<f32>>(vec4<u32>(v)), bitcast<vec4<f32>>(vec4<u32>(v >> vec4<u32>(32u))));
 }
 
-// Unit u of the x row starting at element `row` (in units), zero past k.
+// Unit u of the x row starting at unit `row`.
 fn x_unit(row: u32, u: u32) -> Eight {
-    let units = p.k / 8u;
-    let v = unpack(x8[row + min(u, units - 1u)]);
-    return Eight(select(vec4<f32>(0.0), v.lo, u < units), select(vec4<f32>(0.0), v.hi, u < units));
+    return unpack(x8[row + u]);
 }
 
-// Unit u of the weight row starting at element `row`, the last unit past k (met by zero x).
+// Unit u of the weight row starting at unit `row`; the steps stop at k.
 fn w_unit(row: u32, u: u32) -> Eight {
-    return unpack(w8[row + min(u, p.k / 8u - 1u)]);
+    return unpack(w8[row + u]);
 }
 // #else
 // Without them a unit is two vec4 loads; k, the x offset and stride are multiples of 4, so a
@@ -315,17 +313,25 @@ struct XTile {
 
 }
 
-// The start (in units) of x row m.
-fn x_row(m: u32) -> u32 {
-    return x_start(m) / UNIT_ELEMS;
+// Where the tile's x rows start, in units: computed once, as every read of `p` inside the loop
+// is a uniform-buffer load that the driver does not hoist.
+struct RowStarts {
+    g0: vec4<u32>,
+    g1: vec4<u32>,
+    g2: vec4<u32>,
+    g3: vec4<u32>,
 }
 
-fn x_rows4(m: u32, u: u32) -> Eight4 {
-    return Eight4(x_unit(x_row(m), u), x_unit(x_row(m + 1u), u), x_unit(x_row(m + 2u), u), x_unit(x_row(m + 3u), u));
+fn row_starts4(m: u32) -> vec4<u32> {
+    return vec4<u32>(x_start(m), x_start(m + 1u), x_start(m + 2u), x_start(m + 3u)) / UNIT_ELEMS;
 }
 
-fn x_tile(m: u32, u: u32) -> XTile {
-    return XTile(x_rows4(m, u), x_rows4(m + 4u, u), x_rows4(m + 8u, u), x_rows4(m + 12u, u));
+fn x_rows4(rows: vec4<u32>, u: u32) -> Eight4 {
+    return Eight4(x_unit(rows.x, u), x_unit(rows.y, u), x_unit(rows.z, u), x_unit(rows.w, u));
+}
+
+fn x_tile(rows: RowStarts, u: u32) -> XTile {
+    return XTile(x_rows4(rows.g0, u), x_rows4(rows.g1, u), x_rows4(rows.g2, u), x_rows4(rows.g3, u));
 }
 
 // acc += (lane j's unit of each row) times the weight unit.
@@ -345,10 +351,6 @@ fn store_rows4(m0: u32, n0: u32, acc: Cols4) {
     store_row(m0 + 3u, n0 + 4u, acc.r3.b);
 }
 
-// Units per chunk (1 to 8, one per lane that loads them): with fewer units than lanes in all of
-// k (Vim's dt_proj, k = 12, has 2), the chunk is k, not 8 steps mostly on zeros.
-override FLAGS: u32 = 8u;
-
 @compute @workgroup_size(8)
 fn matmul_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32, @builtin(local_invocation_index) li: u32) {
     let n0 = (wg.x * 8u + li) * 8u;
@@ -362,18 +364,18 @@ fn matmul_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invoc
     let z = Cols(vec4<f32>(0.0), vec4<f32>(0.0));
     let z4 = Cols4(z, z, z, z);
     var acc = Tile(z4, z4, z4, z4);
-    for (var u0 = 0u; u0 < units; u0 += FLAGS) {
-        let x = x_tile(m0, u0 + q);
-        // Unrolled by hand: a loop over the lane is not unrolled and runs 35% slower. The
-        // conditions are constants of the pipeline, so the steps past the chunk compile away.
-        acc = mac_tile(acc, weight_unit(wa, wb, u0), x, 0u);
-        if (FLAGS > 1u) { acc = mac_tile(acc, weight_unit(wa, wb, u0 + 1u), x, 1u); }
-        if (FLAGS > 2u) { acc = mac_tile(acc, weight_unit(wa, wb, u0 + 2u), x, 2u); }
-        if (FLAGS > 3u) { acc = mac_tile(acc, weight_unit(wa, wb, u0 + 3u), x, 3u); }
-        if (FLAGS > 4u) { acc = mac_tile(acc, weight_unit(wa, wb, u0 + 4u), x, 4u); }
-        if (FLAGS > 5u) { acc = mac_tile(acc, weight_unit(wa, wb, u0 + 5u), x, 5u); }
-        if (FLAGS > 6u) { acc = mac_tile(acc, weight_unit(wa, wb, u0 + 6u), x, 6u); }
-        if (FLAGS > 7u) { acc = mac_tile(acc, weight_unit(wa, wb, u0 + 7u), x, 7u); }
+    let rows = RowStarts(row_starts4(m0), row_starts4(m0 + 4u), row_starts4(m0 + 8u), row_starts4(m0 + 12u));
+    for (var u0 = 0u; u0 < units; u0 += 8u) {
+        // Lanes past k load the last unit, which no step reads.
+        let x = x_tile(rows, min(u0 + q, units - 1u));
+        // A loop, not 8 unrolled steps: the lane index need not be a constant (a uniform one
+        // compiles to the same permute), and the 8x smaller body runs 1.2x faster on lavapipe,
+        // whose straight-line version overflowed the instruction cache. A short k (Vim's
+        // dt_proj, k = 12, has 2 units) runs only the steps it has.
+        let steps = min(8u, units - u0);
+        for (var j = 0u; j < steps; j++) {
+            acc = mac_tile(acc, weight_unit(wa, wb, u0 + j), x, j);
+        }
     }
     store_rows4(m0, n0, acc.g0);
     store_rows4(m0 + 4u, n0, acc.g1);

@@ -118,11 +118,9 @@ fn record(
     let (kernel, groups) = if subgroups && m >= SUBGROUP_TILE_MIN_ROWS {
         // 8 invocations x 8 columns, 16 rows per workgroup; 8-value loads where they line up.
         let wide = k % 8 == 0 && x.stride.is_multiple_of(8) && x.offset.is_multiple_of(8);
-        let units_per_chunk = k.div_ceil(8).min(8) as u32;
         let k = kernel!("matmul", "matmul_subgroup")
             .with_subgroups(true)
-            .with_int64(wide && rec.context().uses_int64())
-            .with_flags(units_per_chunk);
+            .with_int64(wide && rec.context().uses_int64());
         (k, [n.div_ceil(64) as u32, m.div_ceil(16) as u32, 1])
     } else if subgroups {
         // 64 invocations x 4 columns, 4 rows per workgroup.
