@@ -64,17 +64,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("{}", ctx.device_name());
     let (subgroups, int64) = (ctx.uses_subgroups(), ctx.uses_int64());
     // The file's variant for this device, as the engine's kernels are picked.
-    let source = Kernel {
-        name: "device_costs",
-        source: SOURCE,
-        entry: "",
-        subgroups,
-        int64,
-        flags: None,
-        #[cfg(feature = "cuda")]
-        cuda: "",
-    }
-    .wgsl();
+    let source = Kernel::file("device_costs", SOURCE)
+        .with_subgroups(subgroups)
+        .with_int64(int64)
+        .wgsl();
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("device_costs"),
         source: wgpu::ShaderSource::Wgsl(source.into()),

@@ -31,15 +31,7 @@ fn every_cuda_kernel_compiles_with_nvrtc_for_ampere_and_hopper() {
 /// Each WGSL entry point of the portable variant (the CUDA backend has no subgroups), with
 /// its workgroup size, as naga reads it.
 fn wgsl_entries(name: &'static str, source: &'static str) -> Vec<(String, u32)> {
-    let kernel = Kernel {
-        name,
-        source,
-        entry: "",
-        subgroups: false,
-        int64: false,
-        flags: None,
-        cuda: "",
-    };
+    let kernel = Kernel::file(name, source);
     let module =
         naga::front::wgsl::parse_str(&kernel.wgsl()).unwrap_or_else(|e| panic!("{name}.wgsl: {e}"));
     module

@@ -491,16 +491,9 @@ fn argmax_matches_reference_with_ties() {
 fn every_shader_variant_passes_naga_validation() {
     for (name, source) in ssmgpu::ops::SHADERS {
         for (subgroups, int64) in [(false, false), (true, false), (true, true)] {
-            let kernel = ssmgpu::runtime::Kernel {
-                name,
-                source,
-                entry: "",
-                subgroups,
-                int64,
-                flags: None,
-                #[cfg(feature = "cuda")]
-                cuda: "",
-            };
+            let kernel = ssmgpu::runtime::Kernel::file(name, source)
+                .with_subgroups(subgroups)
+                .with_int64(int64);
             let what = format!("{name}.wgsl (subgroups {subgroups}, int64 {int64})");
             let wgsl = kernel.wgsl();
             let module = naga::front::wgsl::parse_str(&wgsl)

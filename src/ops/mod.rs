@@ -25,14 +25,13 @@ pub mod zigzag_scan;
 macro_rules! kernel {
     ($file:literal, $entry:literal) => {
         $crate::runtime::Kernel {
-            name: $file,
-            source: include_str!(concat!("../../shaders/", $file, ".wgsl")),
             entry: $entry,
-            subgroups: false,
-            int64: false,
-            flags: None,
             #[cfg(feature = "cuda")]
             cuda: include_str!(concat!("../../shaders/cuda/", $file, ".cu")),
+            ..$crate::runtime::Kernel::file(
+                $file,
+                include_str!(concat!("../../shaders/", $file, ".wgsl")),
+            )
         }
     };
 }

@@ -32,6 +32,21 @@ pub struct Kernel {
 }
 
 impl Kernel {
+    /// A whole WGSL file, no entry point picked and no features: for tools and tests that read
+    /// a variant's source (`Kernel::file(..).with_subgroups(true).wgsl()`).
+    pub fn file(name: &'static str, source: &'static str) -> Self {
+        Kernel {
+            name,
+            source,
+            entry: "",
+            subgroups: false,
+            int64: false,
+            flags: None,
+            #[cfg(feature = "cuda")]
+            cuda: "",
+        }
+    }
+
     pub fn with_subgroups(self, subgroups: bool) -> Self {
         Kernel { subgroups, ..self }
     }
