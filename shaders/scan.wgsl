@@ -10,6 +10,10 @@
 // registers h0..h15 (an indexed array would not stay in registers). B and C are shared by all
 // channels: in the subgroup variant, eight invocations load the step's 32 B/C values with one
 // vec4 load each and broadcast them. A is held times log2(e), for exp2.
+// With DT_PROJ (subgroup variant only) the kernel computes delta itself, as dt_proj's
+// product of x_proj's first dt_rank <= 16 columns (read from the B/C binding, beside B and C)
+// with the channel's dt_proj row (bound in delta's place): a few multiply-adds per step
+// instead of a separate matmul that writes delta and a load that reads it back.
 // FLAGS is a pipeline constant, so the options cost no branches per step. The optional carried
 // state makes the same kernel a decode step (len 1), REVERSE walks the tokens backwards without
 // copying them, and ACCUMULATE adds into the output (Vim's backward branch summed onto the
@@ -29,7 +33,7 @@ struct Params {
     bc_stride: u32,
     z_offset: u32,
     z_stride: u32,
-    _pad0: u32,
+    dt_rank: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -48,6 +52,9 @@ const UNGATED_ADD: u32 = 256u;
 const GAP_DECAY: u32 = 512u;
 // The grid has invocations past the last channel: they compute but store nothing.
 const RAGGED: u32 = 1024u;
+// DT_PROJ: bits 11-13 hold how many vec4s the dt rank spans (1 to 4; 0: delta is given).
+const DT_VEC4S_SHIFT: u32 = 11u;
+const DT_PROJ: u32 = 7u << DT_VEC4S_SHIFT;
 override FLAGS: u32;
 const LOG2E: f32 = 1.4426950408889634;
 
@@ -167,8 +174,54 @@ var<private> m0: vec4<f32>;
 var<private> m1: vec4<f32>;
 var<private> m2: vec4<f32>;
 var<private> m3: vec4<f32>;
+// The dt_proj rows of the invocation's channels (a: e, b: e + 1), values 4i..4i + 3 in dti.
+var<private> dt_a0: vec4<f32>;
+var<private> dt_a1: vec4<f32>;
+var<private> dt_a2: vec4<f32>;
+var<private> dt_a3: vec4<f32>;
+var<private> dt_b0: vec4<f32>;
+var<private> dt_b1: vec4<f32>;
+var<private> dt_b2: vec4<f32>;
+var<private> dt_b3: vec4<f32>;
 // #if subgroups
 var<private> lane: u32;
+// #endif
+
+// #if subgroups
+// Value r of dt_proj's row for channel ch (in the delta binding, `[channels, dt_rank]`), zero
+// past the rank.
+fn dt_weight(ch: u32, r: u32) -> f32 {
+    let i = ch * p.dt_rank + min(r, p.dt_rank - 1u);
+    let pair = delta[i / 2u];
+    return select(0.0, select(pair.x, pair.y, (i & 1u) == 1u), r < p.dt_rank);
+}
+
+fn dt_weights(ch: u32, r0: u32) -> vec4<f32> {
+    return vec4<f32>(dt_weight(ch, r0), dt_weight(ch, r0 + 1u), dt_weight(ch, r0 + 2u), dt_weight(ch, r0 + 3u));
+}
+
+// dt_proj for the token in `row`: lane q < 4 loads vec4 q of its dt columns, every lane
+// reads the ones the rank spans; values past the rank (B's first ones) meet zero weights.
+fn projected_dt(row: u32) -> V {
+    let q = min(lane & 3u, (p.dt_rank - 1u) / 4u);
+    let v = bc[(p.dt_offset + row * p.dt_stride) / 4u + q];
+    let vec4s = (FLAGS & DT_PROJ) >> DT_VEC4S_SHIFT;
+    let x0 = subgroupBroadcast(v, 0u);
+    var dt = V(dot(x0, dt_a0), dot(x0, dt_b0));
+    if (vec4s > 1u) {
+        let x1 = subgroupBroadcast(v, 1u);
+        dt += V(dot(x1, dt_a1), dot(x1, dt_b1));
+    }
+    if (vec4s > 2u) {
+        let x2 = subgroupBroadcast(v, 2u);
+        dt += V(dot(x2, dt_a2), dot(x2, dt_b2));
+    }
+    if (vec4s > 3u) {
+        let x3 = subgroupBroadcast(v, 3u);
+        dt += V(dot(x3, dt_a3), dot(x3, dt_b3));
+    }
+    return dt;
+}
 // #endif
 
 // One token: step s of the walk.
@@ -176,7 +229,16 @@ fn step(s: u32) {
     let t = select(s, p.len - 1u - s, (FLAGS & REVERSE) != 0u);
     let row = seq * p.len + t;
     let ut = u[(p.u_offset + row * p.u_stride + e) / W];
+// #if subgroups
+    var dt: V;
+    if ((FLAGS & DT_PROJ) != 0u) {
+        dt = projected_dt(row) + dt_bias;
+    } else {
+        dt = delta[(p.dt_offset + row * p.dt_stride + e) / W] + dt_bias;
+    }
+// #else
     var dt = delta[(p.dt_offset + row * p.dt_stride + e) / W] + dt_bias;
+// #endif
     var zt = V(0.0);
     if ((FLAGS & HAS_Z) != 0u) {
         zt = z[(p.z_offset + row * p.z_stride + e) / W];
@@ -345,6 +407,18 @@ fn selective_scan(
     m1 = vec4<f32>(vec4<u32>(4u, 5u, 6u, 7u) < vec4<u32>(ns));
     m2 = vec4<f32>(vec4<u32>(8u, 9u, 10u, 11u) < vec4<u32>(ns));
     m3 = vec4<f32>(vec4<u32>(12u, 13u, 14u, 15u) < vec4<u32>(ns));
+// #if subgroups
+    if ((FLAGS & DT_PROJ) != 0u) {
+        dt_a0 = dt_weights(e, 0u);
+        dt_a1 = dt_weights(e, 4u);
+        dt_a2 = dt_weights(e, 8u);
+        dt_a3 = dt_weights(e, 12u);
+        dt_b0 = dt_weights(e + 1u, 0u);
+        dt_b1 = dt_weights(e + 1u, 4u);
+        dt_b2 = dt_weights(e + 1u, 8u);
+        dt_b3 = dt_weights(e + 1u, 12u);
+    }
+// #endif
     // Delta of a pruned (zero-input) position, for GAP_DECAY.
     idle_dt = dt_bias;
     if ((FLAGS & SOFTPLUS) != 0u) {

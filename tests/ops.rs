@@ -407,6 +407,113 @@ fn scan_cases(ctx: &ssmgpu::Context) {
     }
 }
 
+#[test]
+fn scan_with_projected_delta_matches_matmul_then_scan() {
+    for ctx in contexts() {
+        projected_delta_cases(ctx);
+    }
+}
+
+/// Mamba's dt_proj handed to the scan (`Delta::Projected`), against the CPU matmul followed by
+/// the CPU scan. x_proj's output row is `[dt (rank, padded to 4) | B | C]`, as in Vim-Ti
+/// (rank 12). Where the kernel computes the projection itself (wgpu, subgroups, rank <= 16,
+/// aligned rows) the scan is one dispatch; elsewhere a matmul runs first.
+fn projected_delta_cases(ctx: &ssmgpu::Context) {
+    use ssmgpu::ops::scan::{Delta, ScanArgs, MAX_FUSED_DT_RANK};
+    let mut r = rng(9);
+    // batch, len, channels, rank, nstate, reverse, gap decay
+    let cases: [(usize, usize, usize, usize, usize, bool, bool); 7] = [
+        (1, 1, 2, 1, 16, false, false),
+        (2, 37, 64, 12, 16, false, false),
+        (1, 50, 70, 5, 8, true, false),
+        (1, 20, 70, 6, 7, true, false),
+        (2, 23, 40, 16, 16, true, true),
+        (1, 19, 6, 8, 3, false, true),
+        (1, 12, 8, 17, 16, false, false),
+    ];
+    for (batch, len, channels, rank, nstate, reverse, gaps) in cases {
+        let rows = batch * len;
+        let dt_cols = rank.div_ceil(4) * 4;
+        let width = dt_cols + 2 * nstate;
+        let q = randn(&mut r, rows * rank, 0.5);
+        let weight = randn(&mut r, channels * rank, 0.5);
+        let b = randn(&mut r, rows * nstate, 1.0);
+        let c = randn(&mut r, rows * nstate, 1.0);
+        let x_proj_out: Vec<f32> = (0..rows)
+            .flat_map(|t| {
+                let mut row = q[t * rank..][..rank].to_vec();
+                row.resize(dt_cols, 0.0);
+                row.extend_from_slice(&b[t * nstate..][..nstate]);
+                row.extend_from_slice(&c[t * nstate..][..nstate]);
+                row
+            })
+            .collect();
+        let u = randn(&mut r, rows * channels, 1.0);
+        let z = randn(&mut r, rows * channels, 2.0);
+        let a = negative(randn(&mut r, channels * nstate, 1.0));
+        let d = randn(&mut r, channels, 1.0);
+        let bias = randn(&mut r, channels, 1.0);
+        let positions: Vec<u32> = (0..rows as u32).map(|t| 2 * t + t % 3).collect();
+        let delta = matmul_ref(&q, rows, rank, &weight, channels, None);
+        let inputs = ScanRef {
+            batch,
+            len,
+            channels,
+            nstate,
+            u: &u,
+            delta: &delta,
+            b: &b,
+            c: &c,
+            a: &a,
+            d: Some(&d),
+            dt_bias: Some(&bias),
+            z: Some(&z),
+            softplus: true,
+            reverse,
+            gap_positions: gaps.then_some(&positions[..]),
+        };
+        let mut state = vec![0.0; batch * channels * nstate];
+        let want = selective_scan_ref(&inputs, &mut state);
+
+        let on_gpu = inputs.upload(ctx).unwrap();
+        let x_proj_out = ctx
+            .upload_f32("x_proj_out", &[rows, width], &x_proj_out)
+            .unwrap();
+        let weight = ctx
+            .upload_f32("dt_proj", &[channels, rank], &weight)
+            .unwrap();
+        let mut rec = ctx.recorder();
+        let args = ScanArgs {
+            delta: Delta::Projected {
+                q: x_proj_out.cols(0, rank),
+                weight: &weight,
+            },
+            b: x_proj_out.cols(dt_cols, nstate),
+            c: x_proj_out.cols(dt_cols + nstate, nstate),
+            ..on_gpu.args(Carry::None)
+        };
+        let y = selective_scan(&mut rec, args).unwrap();
+        // The subgroup variant reads B and C as vec4s and channel pairs as vec2s.
+        let fused = ctx.uses_subgroups()
+            && ctx.backend() == ssmgpu::runtime::Backend::Wgpu
+            && rank <= MAX_FUSED_DT_RANK
+            && nstate % 4 == 0
+            && channels % 2 == 0;
+        let what = format!(
+            "projected delta b{batch} l{len} e{channels} rank{rank} n{nstate} rev{reverse} \
+             gaps{gaps} (subgroups {})",
+            ctx.uses_subgroups()
+        );
+        assert_eq!(
+            rec.dispatch_count(),
+            if fused { 1 } else { 2 },
+            "{what}: dispatches"
+        );
+        let got = rec.submit_and_read_blocking(&[&y]).unwrap();
+        assert_close(&what, &got[0], &want, 1e-5, 1e-4);
+    }
+}
+
 /// A = -(v + 1.5): negative, as -exp(A_log) is.
 fn negative(v: Vec<f32>) -> Vec<f32> {
     v.iter().map(|x| -(x + 1.5)).collect()

@@ -9,7 +9,7 @@ pub use crate::models::lm::{ForwardOutput, Logits, MambaCache};
 use crate::models::ModelDir;
 use crate::ops::conv1d::{conv1d_silu, CONV_WIDTH};
 use crate::ops::matmul::matmul;
-use crate::ops::scan::{pack_ssm_params, selective_scan, ScanArgs, Ungated, MAX_STATE};
+use crate::ops::scan::{pack_ssm_params, selective_scan, Delta, ScanArgs, Ungated, MAX_STATE};
 use crate::ops::Carry;
 use crate::runtime::{Context, MatView, Recorder, Tensor};
 
@@ -253,12 +253,15 @@ impl SsmBranch {
             gap_positions,
         )?; // [B·L, E]
         let q = matmul(rec, "x_proj", u.mat(), &self.x_proj, None)?; // [B·L, R + 2N] = [dt | B | C]
-        let dt = matmul(rec, "dt_proj", q.cols(0, r), &self.dt_proj, None)?; // [B·L, E]; bias in the scan
         let y = selective_scan(
             rec,
             ScanArgs {
                 u: u.mat(),
-                delta: dt.mat(),
+                // dt_proj (its bias in the scan): [B·L, R] · [E, R]ᵀ
+                delta: Delta::Projected {
+                    q: q.cols(0, r),
+                    weight: &self.dt_proj,
+                },
                 b: q.cols(r, n),
                 c: q.cols(r + n, n),
                 params: &self.ssm,

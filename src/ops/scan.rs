@@ -1,11 +1,16 @@
 //! The Mamba-1 selective scan (mamba_ssm `selective_scan_ref` semantics), prefill and decode.
 
 use crate::error::Result;
+use crate::ops::matmul::matmul;
 use crate::ops::{kernel, silu, softplus, Carry};
-use crate::runtime::{Context, MatView, Recorder, Tensor};
+use crate::runtime::{Backend, Context, MatView, Recorder, Tensor};
 
 /// The kernel keeps the state in 16 named registers.
 pub const MAX_STATE: usize = 16;
+
+/// The largest dt rank whose projection the kernel computes itself (four vec4s of weights per
+/// channel, held for the whole walk).
+pub const MAX_FUSED_DT_RANK: usize = 16;
 
 const HAS_Z: u32 = 1;
 const SOFTPLUS: u32 = 2;
@@ -18,6 +23,8 @@ const UNGATED_CLIP: u32 = 128;
 const UNGATED_ADD: u32 = 256;
 const GAP_DECAY: u32 = 512;
 const RAGGED: u32 = 1024;
+/// How many vec4s a projected delta's rank spans, in bits 11-13 (0: delta is given).
+const DT_VEC4S_SHIFT: u32 = 11;
 
 /// Channels per workgroup, in both variants.
 const CHANNELS_PER_GROUP: usize = 64;
@@ -44,7 +51,8 @@ struct Params {
     bc_stride: u32,
     z_offset: u32,
     z_stride: u32,
-    _pad: [u32; 3],
+    dt_rank: u32,
+    _pad: [u32; 2],
 }
 
 /// Per-channel parameters in the layout the kernel binds: `[A (channels x nstate) | D | dt_bias]`,
@@ -63,11 +71,22 @@ pub fn pack_ssm_params(
     v
 }
 
+/// Where the scan's dt (before its bias and softplus) comes from.
+#[derive(Clone, Copy)]
+pub enum Delta<'a> {
+    /// `[batch * len, channels]`.
+    Values(MatView<'a>),
+    /// `q · weightᵀ`, Mamba's dt_proj without its bias (the scan adds that): `q` is
+    /// `[batch * len, rank]` (x_proj's dt columns), `weight` `[channels, rank]`. On wgpu the
+    /// kernel computes it per step where it can (rank up to [`MAX_FUSED_DT_RANK`], `q` beside B
+    /// and C in one tensor, the subgroup variant); elsewhere a matmul does it first.
+    Projected { q: MatView<'a>, weight: &'a Tensor },
+}
+
 pub struct ScanArgs<'a> {
     /// `[batch * len, channels]`: the (conv'd) input.
     pub u: MatView<'a>,
-    /// `[batch * len, channels]`: dt before bias and softplus.
-    pub delta: MatView<'a>,
+    pub delta: Delta<'a>,
     /// `[batch * len, nstate]` each; B and C must be column slices of one tensor.
     pub b: MatView<'a>,
     pub c: MatView<'a>,
@@ -101,8 +120,42 @@ pub struct Ungated<'a> {
     pub add: bool,
 }
 
+/// Whether the subgroup variant can read these inputs: B and C (and a projected delta's `q`
+/// beside them) as vec4s, u, delta, z and the outputs (contiguous `[rows, channels]`) as vec2s
+/// of channel pairs.
+fn subgroup_layout(args: &ScanArgs) -> bool {
+    let (b, c) = (args.b, args.c);
+    let pairs = |offset: usize, stride: usize| offset.is_multiple_of(2) && stride.is_multiple_of(2);
+    let delta = match args.delta {
+        Delta::Values(d) => pairs(d.offset, d.stride),
+        Delta::Projected { q, .. } => {
+            std::ptr::eq(q.buffer(), b.buffer()) && q.stride == b.stride && q.offset % 4 == 0
+        }
+    };
+    b.offset % 4 == 0
+        && c.offset % 4 == 0
+        && b.stride % 4 == 0
+        && args.u.cols.is_multiple_of(2)
+        && pairs(args.u.offset, args.u.stride)
+        && delta
+        && args.z.is_none_or(|z| pairs(z.offset, z.stride))
+}
+
 /// Returns `y` `[batch * len, channels]`.
 pub fn selective_scan(rec: &mut Recorder, args: ScanArgs) -> Result<Tensor> {
+    let subgroups = rec.context().uses_subgroups() && subgroup_layout(&args);
+    if let Delta::Projected { q, weight } = args.delta {
+        let fused =
+            subgroups && q.cols <= MAX_FUSED_DT_RANK && rec.context().backend() == Backend::Wgpu;
+        if !fused {
+            let dt = matmul(rec, "dt_proj", q, weight, None)?; // [B·L, E]
+            let args = ScanArgs {
+                delta: Delta::Values(dt.mat()),
+                ..args
+            };
+            return selective_scan(rec, args);
+        }
+    }
     let ScanArgs {
         u,
         delta,
@@ -140,7 +193,17 @@ pub fn selective_scan(rec: &mut Recorder, args: ScanArgs) -> Result<Tensor> {
         }
         | ungated.map_or(0, |g| {
             UNGATED | if g.clip { UNGATED_CLIP } else { 0 } | if g.add { UNGATED_ADD } else { 0 }
-        });
+        })
+        | match delta {
+            Delta::Values(_) => 0,
+            Delta::Projected { q, .. } => (q.cols.div_ceil(4) as u32) << DT_VEC4S_SHIFT,
+        };
+    // The kernel reads a projected delta's q through the B/C binding and the weight in
+    // delta's place.
+    let (dt_view, delta_buf, dt_rank) = match delta {
+        Delta::Values(d) => (d, d.tensor.buffer(), 0),
+        Delta::Projected { q, weight } => (q, weight.buffer(), q.cols),
+    };
     let dummy_read = rec.context().inner.dummy.clone();
     let z_buf = z.map(|z| z.buffer().clone()).unwrap_or(dummy_read.clone());
     let positions_buf = gap_positions.map_or(&dummy_read, Tensor::buffer).clone();
@@ -155,26 +218,16 @@ pub fn selective_scan(rec: &mut Recorder, args: ScanArgs) -> Result<Tensor> {
         nstate: nstate as u32,
         u_offset: u.offset as u32,
         u_stride: u.stride as u32,
-        dt_offset: delta.offset as u32,
-        dt_stride: delta.stride as u32,
+        dt_offset: dt_view.offset as u32,
+        dt_stride: dt_view.stride as u32,
         b_offset: b.offset as u32,
         c_offset: c.offset as u32,
         bc_stride: b.stride as u32,
         z_offset: z.map_or(0, |z| z.offset) as u32,
         z_stride: z.map_or(0, |z| z.stride) as u32,
-        _pad: [0; 3],
+        dt_rank: dt_rank as u32,
+        _pad: [0; 2],
     };
-    // The subgroup variant loads B and C as vec4s, and u, delta, z and the outputs (contiguous
-    // `[rows, channels]`) as vec2s of channel pairs.
-    let pairs = |offset: usize, stride: usize| offset.is_multiple_of(2) && stride.is_multiple_of(2);
-    let aligned = b.offset % 4 == 0
-        && c.offset % 4 == 0
-        && b.stride % 4 == 0
-        && channels.is_multiple_of(2)
-        && pairs(u.offset, u.stride)
-        && pairs(delta.offset, delta.stride)
-        && z.is_none_or(|z| pairs(z.offset, z.stride));
-    let subgroups = rec.context().uses_subgroups() && aligned;
     let flags = flags
         | if channels % CHANNELS_PER_GROUP != 0 {
             RAGGED
@@ -183,7 +236,7 @@ pub fn selective_scan(rec: &mut Recorder, args: ScanArgs) -> Result<Tensor> {
         };
     let buffers = [
         u.buffer(),
-        delta.buffer(),
+        delta_buf,
         b.buffer(),
         params.buffer(),
         &z_buf,
@@ -285,7 +338,7 @@ impl ScanTensors {
         let n = self.nstate;
         ScanArgs {
             u: self.u.mat(),
-            delta: self.delta.mat(),
+            delta: Delta::Values(self.delta.mat()),
             b: self.bc.cols(0, n),
             c: self.bc.cols(n, n),
             params: &self.params,

@@ -292,7 +292,10 @@ impl ZigzagCase {
             &mut rec,
             ZigzagArgs {
                 u: args.u,
-                delta: args.delta,
+                delta: match args.delta {
+                    ssmgpu::ops::scan::Delta::Values(delta) => delta,
+                    ssmgpu::ops::scan::Delta::Projected { .. } => unreachable!("uploaded values"),
+                },
                 b: args.b,
                 c: args.c,
                 params: args.params,
