@@ -21,11 +21,13 @@ struct Params {
     x_stride: u32,
     y_offset: u32,
     y_stride: u32,
-    has_bias: u32,
-    activation: u32,
-    has_residual: u32,
-    _pad: [u32; 2],
+    _pad: u32,
 }
+
+/// The kernel's `FLAGS`: the epilogue's options, as pipeline constants.
+const HAS_BIAS: u32 = 1;
+const HAS_RESIDUAL: u32 = 2;
+const ACTIVATION_SHIFT: u32 = 2;
 
 /// Applied to each output, in this order: `+ bias`, the activation, `+ residual`.
 #[derive(Clone, Copy, Default)]
@@ -108,11 +110,11 @@ fn record(
         x_stride: x.stride as u32,
         y_offset: first_col as u32,
         y_stride: width as u32,
-        has_bias: bias.is_some() as u32,
-        activation: activation.code(),
-        has_residual: residual.is_some() as u32,
-        _pad: [0; 2],
+        _pad: 0,
     };
+    let flags = if bias.is_some() { HAS_BIAS } else { 0 }
+        | if residual.is_some() { HAS_RESIDUAL } else { 0 }
+        | activation.code() << ACTIVATION_SHIFT;
     debug_assert!(residual.is_none_or(|r| r.numel() == m * n));
     let subgroups = vec4 && rec.context().uses_subgroups();
     let (kernel, groups) = if subgroups && m >= SUBGROUP_TILE_MIN_ROWS {
@@ -139,7 +141,7 @@ fn record(
     let bias_buf = bias.map(Tensor::buffer).unwrap_or(&dummy);
     let residual_buf = residual.map(Tensor::buffer).unwrap_or(&dummy);
     rec.dispatch(
-        &kernel,
+        &kernel.with_flags(flags),
         &params,
         &[x.buffer(), w.buffer(), bias_buf, y.buffer(), residual_buf],
         groups,
