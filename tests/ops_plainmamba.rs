@@ -22,6 +22,10 @@ fn matmul_epilogue_matches_reference() {
             (5, 147, 64, Activation::Relu, false, true),
             (37, 64, 100, Activation::Gelu, true, true),
             (16, 128, 64, Activation::None, true, true),
+            // 8-value stores (n a multiple of 8): a ragged last tile of columns and rows
+            (37, 64, 72, Activation::Gelu, true, true),
+            (20, 32, 136, Activation::Silu, false, true),
+            (24, 40, 16, Activation::Relu, true, false),
             (9, 7, 13, Activation::Silu, true, false),
         ];
         for (m, k, n, activation, with_residual, with_bias) in cases {

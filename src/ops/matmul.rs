@@ -119,10 +119,17 @@ fn record(
     let subgroups = vec4 && rec.context().uses_subgroups();
     let (kernel, groups) = if subgroups && m >= SUBGROUP_TILE_MIN_ROWS {
         // 8 invocations x 8 columns, 16 rows per workgroup; 8-value loads where they line up.
-        let wide = k % 8 == 0 && x.stride.is_multiple_of(8) && x.offset.is_multiple_of(8);
-        let k = kernel!("matmul", "matmul_subgroup")
-            .with_subgroups(true)
-            .with_int64(wide && rec.context().uses_int64());
+        let int64 = rec.context().uses_int64()
+            && k % 8 == 0
+            && x.stride.is_multiple_of(8)
+            && x.offset.is_multiple_of(8);
+        // ... and 8-value stores where y's rows line up too.
+        let k = if int64 && [n, first_col, width].iter().all(|v| v.is_multiple_of(8)) {
+            kernel!("matmul", "matmul_subgroup_wide")
+        } else {
+            kernel!("matmul", "matmul_subgroup")
+        };
+        let k = k.with_subgroups(true).with_int64(int64);
         (k, [n.div_ceil(64) as u32, m.div_ceil(16) as u32, 1])
     } else if subgroups {
         // 64 invocations x 4 columns, 4 rows per workgroup.

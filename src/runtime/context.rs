@@ -386,7 +386,8 @@ impl Context {
         let dummy_buffer = |label| {
             Buffer::Wgpu(device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
-                size: 16,
+                // One element of the widest array a kernel binds (vec4<u64>).
+                size: 32,
                 usage: wgpu::BufferUsages::STORAGE,
                 mapped_at_creation: false,
             }))
