@@ -10,8 +10,8 @@
 // holds their original positions: the window slides over the original positions, reading
 // pruned ones as zero (the alignment that decays the scan's state over the same gaps).
 // `conv1d_silu_vec4` (channels, offset and stride multiples of 4) gives each invocation four
-// channels and reads and writes vec4s: a software driver pays per load instruction nearly
-// whatever its width.
+// channels and reads and writes vec4s, `conv1d_silu_u64` eight as vec4<u64>s: a software
+// driver pays per load component, nearly whatever its width.
 
 struct Params {
     batch: u32,
@@ -81,7 +81,76 @@ fn conv1d_silu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     }
 }
 
-// Four channels e..e+3: tap k of each (x[t-4+k] and w[., k]) is a vec4 over the channels.
+// Four channels: their last four inputs (x0 = x[t-4] .. x3 = x[t-1]), their taps (tap k of
+// each in wk) and biases. The vec4 and 64-bit kernels below hold one or two of these.
+struct Window {
+    x0: vec4<f32>,
+    x1: vec4<f32>,
+    x2: vec4<f32>,
+    x3: vec4<f32>,
+}
+
+struct Taps {
+    w0: vec4<f32>,
+    w1: vec4<f32>,
+    w2: vec4<f32>,
+    w3: vec4<f32>,
+    bias: vec4<f32>,
+}
+
+fn slide(w: Window, x: vec4<f32>) -> Window {
+    return Window(w.x1, w.x2, w.x3, x);
+}
+
+// Rows c.x..c.w of `[channels, 4]` vec4s (the weights, a sequence's conv states), transposed.
+fn taps_of(c: vec4<u32>) -> Taps {
+    let a = weight[c.x];
+    let b = weight[c.y];
+    let d = weight[c.z];
+    let e = weight[c.w];
+    return Taps(vec4<f32>(a.x, b.x, d.x, e.x), vec4<f32>(a.y, b.y, d.y, e.y), vec4<f32>(a.z, b.z, d.z, e.z),
+                vec4<f32>(a.w, b.w, d.w, e.w), vec4<f32>(bias[c.x], bias[c.y], bias[c.z], bias[c.w]));
+}
+
+// The carried state of sequence `seq`'s channels c, or zeros.
+fn window_of(seq: u32, c: vec4<u32>) -> Window {
+    if (p.use_state == 0u) {
+        return Window(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    }
+    let base = seq * p.channels;
+    let a = state[base + c.x];
+    let b = state[base + c.y];
+    let d = state[base + c.z];
+    let e = state[base + c.w];
+    return Window(vec4<f32>(a.x, b.x, d.x, e.x), vec4<f32>(a.y, b.y, d.y, e.y), vec4<f32>(a.z, b.z, d.z, e.z),
+                  vec4<f32>(a.w, b.w, d.w, e.w));
+}
+
+fn store_window(seq: u32, c: vec4<u32>, w: Window) {
+    let base = seq * p.channels;
+    state[base + c.x] = vec4<f32>(w.x0.x, w.x1.x, w.x2.x, w.x3.x);
+    state[base + c.y] = vec4<f32>(w.x0.y, w.x1.y, w.x2.y, w.x3.y);
+    state[base + c.z] = vec4<f32>(w.x0.z, w.x1.z, w.x2.z, w.x3.z);
+    state[base + c.w] = vec4<f32>(w.x0.w, w.x1.w, w.x2.w, w.x3.w);
+}
+
+fn conv_silu(t: Taps, w: Window) -> vec4<f32> {
+    let c = t.bias + t.w0 * w.x0 + t.w1 * w.x1 + t.w2 * w.x2 + t.w3 * w.x3;
+    return c / (1.0 + exp(-c));
+}
+
+// Pruned positions to slide in as zeros before token s (in `row`); none without positions.
+fn gap_before(s: u32, row: u32, previous: ptr<function, u32>) -> u32 {
+    if (p.has_positions == 0u) {
+        return 0u;
+    }
+    let here = positions[row];
+    let zeros = zeros_before(s, here, *previous);
+    *previous = here;
+    return zeros;
+}
+
+// Four channels e..e+3, read and written as vec4s.
 @compute @workgroup_size(64)
 fn conv1d_silu_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let idx = (wg.x + wg.y * nwg.x) * 64u + li;
@@ -91,57 +160,66 @@ fn conv1d_silu_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
     }
     let b = idx / groups;
     let e = (idx - b * groups) * 4u;
-    let we0 = weight[e];
-    let we1 = weight[e + 1u];
-    let we2 = weight[e + 2u];
-    let we3 = weight[e + 3u];
-    let w0 = vec4<f32>(we0.x, we1.x, we2.x, we3.x);
-    let w1 = vec4<f32>(we0.y, we1.y, we2.y, we3.y);
-    let w2 = vec4<f32>(we0.z, we1.z, we2.z, we3.z);
-    let w3 = vec4<f32>(we0.w, we1.w, we2.w, we3.w);
-    let c0 = vec4<f32>(bias[e], bias[e + 1u], bias[e + 2u], bias[e + 3u]);
-    // x[t-4], x[t-3], x[t-2], x[t-1] of the four channels.
-    var x0 = vec4<f32>(0.0);
-    var x1 = vec4<f32>(0.0);
-    var x2 = vec4<f32>(0.0);
-    var x3 = vec4<f32>(0.0);
-    let s0 = b * p.channels + e;
-    if (p.use_state != 0u) {
-        let h0 = state[s0];
-        let h1 = state[s0 + 1u];
-        let h2 = state[s0 + 2u];
-        let h3 = state[s0 + 3u];
-        x0 = vec4<f32>(h0.x, h1.x, h2.x, h3.x);
-        x1 = vec4<f32>(h0.y, h1.y, h2.y, h3.y);
-        x2 = vec4<f32>(h0.z, h1.z, h2.z, h3.z);
-        x3 = vec4<f32>(h0.w, h1.w, h2.w, h3.w);
-    }
+    let c = vec4<u32>(e) + vec4<u32>(0u, 1u, 2u, 3u);
+    let taps = taps_of(c);
+    var win = window_of(b, c);
     var previous = 0u;
     for (var s = 0u; s < p.len; s++) {
         let t = select(s, p.len - 1u - s, p.reverse != 0u);
         let row = b * p.len + t;
-        let xt = x4[(p.x_offset + row * p.x_stride + e) / 4u];
-        if (p.has_positions != 0u) {
-            let here = positions[row];
-            for (var k = zeros_before(s, here, previous); k > 0u; k--) {
-                x0 = x1;
-                x1 = x2;
-                x2 = x3;
-                x3 = vec4<f32>(0.0);
-            }
-            previous = here;
+        for (var k = gap_before(s, row, &previous); k > 0u; k--) {
+            win = slide(win, vec4<f32>(0.0));
         }
-        x0 = x1;
-        x1 = x2;
-        x2 = x3;
-        x3 = xt;
-        let c = c0 + w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3;
-        out4[(row * p.channels + e) / 4u] = c / (1.0 + exp(-c));
+        win = slide(win, x4[(p.x_offset + row * p.x_stride + e) / 4u]);
+        out4[(row * p.channels + e) / 4u] = conv_silu(taps, win);
     }
     if (p.write_state != 0u) {
-        state[s0] = vec4<f32>(x0.x, x1.x, x2.x, x3.x);
-        state[s0 + 1u] = vec4<f32>(x0.y, x1.y, x2.y, x3.y);
-        state[s0 + 2u] = vec4<f32>(x0.z, x1.z, x2.z, x3.z);
-        state[s0 + 3u] = vec4<f32>(x0.w, x1.w, x2.w, x3.w);
+        store_window(b, c, win);
     }
 }
+
+// #if int64
+// Eight channels e..e+7 (channels, offset and stride multiples of 8), read and written as one
+// vec4<u64>: the driver's loads and stores cost per component, so 8-byte components halve
+// them (1.4x faster at Vim-Ti's shape). A unit holds the even channels in its low halves.
+@group(0) @binding(1) var<storage, read> x8: array<vec4<u64>>;
+@group(0) @binding(5) var<storage, read_write> out8: array<vec4<u64>>;
+
+// Workgroups of 8: there are few invocations (48 for Vim-Ti's 384 channels), and a CPU
+// driver runs each workgroup on one thread.
+@compute @workgroup_size(8)
+fn conv1d_silu_u64(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let idx = (wg.x + wg.y * nwg.x) * 8u + li;
+    let groups = p.channels / 8u;
+    if (idx >= p.batch * groups) {
+        return;
+    }
+    let b = idx / groups;
+    let e = (idx - b * groups) * 8u;
+    let even = vec4<u32>(e) + vec4<u32>(0u, 2u, 4u, 6u);
+    let odd = even + vec4<u32>(1u);
+    let taps_even = taps_of(even);
+    let taps_odd = taps_of(odd);
+    var win_even = window_of(b, even);
+    var win_odd = window_of(b, odd);
+    var previous = 0u;
+    for (var s = 0u; s < p.len; s++) {
+        let t = select(s, p.len - 1u - s, p.reverse != 0u);
+        let row = b * p.len + t;
+        for (var k = gap_before(s, row, &previous); k > 0u; k--) {
+            win_even = slide(win_even, vec4<f32>(0.0));
+            win_odd = slide(win_odd, vec4<f32>(0.0));
+        }
+        let xt = x8[(p.x_offset + row * p.x_stride + e) / 8u];
+        win_even = slide(win_even, bitcast<vec4<f32>>(vec4<u32>(xt)));
+        win_odd = slide(win_odd, bitcast<vec4<f32>>(vec4<u32>(xt >> vec4<u32>(32u))));
+        let lo = vec4<u64>(bitcast<vec4<u32>>(conv_silu(taps_even, win_even)));
+        let hi = vec4<u64>(bitcast<vec4<u32>>(conv_silu(taps_odd, win_odd)));
+        out8[(row * p.channels + e) / 8u] = lo | (hi << vec4<u32>(32u));
+    }
+    if (p.write_state != 0u) {
+        store_window(b, even, win_even);
+        store_window(b, odd, win_odd);
+    }
+}
+// #endif

@@ -152,7 +152,15 @@ fn add_rmsnorm_matches_reference() {
 fn conv1d_matches_reference_and_carries_state() {
     let ctx = ctx();
     let mut r = rng(4);
-    for (batch, len, channels) in [(1, 1, 1), (2, 5, 3), (1, 33, 64), (3, 17, 130), (2, 9, 12)] {
+    // The scalar, four-channel (vec4) and eight-channel (vec4<u64>) kernels.
+    for (batch, len, channels) in [
+        (1, 1, 1),
+        (2, 5, 3),
+        (1, 33, 64),
+        (3, 17, 130),
+        (2, 9, 12),
+        (2, 7, 24),
+    ] {
         let x = randn(&mut r, batch * len * channels, 1.0);
         let w = randn(&mut r, channels * CONV_WIDTH, 1.0);
         let b = randn(&mut r, channels, 1.0);
@@ -228,8 +236,9 @@ fn conv1d_over_kept_positions_reads_pruned_ones_as_zero() {
     let ctx = ctx();
     let mut r = rng(14);
     let (batch, full) = (2, 23);
-    // 8 channels take the four-channel kernel.
-    for channels in [5, 8] {
+    // 8 channels take the eight-channel kernel where the device has 64-bit integers, 12 the
+    // four-channel one.
+    for channels in [5, 8, 12] {
         // Per sequence: kept original positions with gaps of 1 to 5.
         let kept: Vec<Vec<u32>> = vec![
             vec![1, 2, 4, 8, 9, 14, 15, 16, 22],

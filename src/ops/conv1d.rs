@@ -55,14 +55,19 @@ pub fn conv1d_silu(
         _pad: [0; 3],
     };
     let dummy = rec.context().inner.dummy.clone();
-    // Four channels per invocation where the rows are vec4-aligned.
-    let aligned = [channels, x.offset, x.stride]
-        .iter()
-        .all(|v| v.is_multiple_of(4));
-    let (kernel, per_invocation) = if aligned {
-        (kernel!("conv1d", "conv1d_silu_vec4"), 4)
+    // Eight or four channels per invocation where the rows line up.
+    let aligned = |n: usize| {
+        [channels, x.offset, x.stride]
+            .iter()
+            .all(|v| v.is_multiple_of(n))
+    };
+    // (kernel, channels per invocation, workgroup size)
+    let (kernel, per_invocation, group) = if aligned(8) && rec.context().uses_int64() {
+        (kernel!("conv1d", "conv1d_silu_u64").with_int64(true), 8, 8)
+    } else if aligned(4) {
+        (kernel!("conv1d", "conv1d_silu_vec4"), 4, 64)
     } else {
-        (kernel!("conv1d", "conv1d_silu"), 1)
+        (kernel!("conv1d", "conv1d_silu"), 1, 64)
     };
     rec.dispatch(
         &kernel,
@@ -75,7 +80,7 @@ pub fn conv1d_silu(
             out.buffer(),
             gap_positions.map_or(&dummy, Tensor::buffer),
         ],
-        grid((batch * channels / per_invocation).div_ceil(64) as u32),
+        grid((batch * channels / per_invocation).div_ceil(group) as u32),
     );
     Ok(out)
 }
