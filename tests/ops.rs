@@ -40,7 +40,7 @@ fn matmul_cases(ctx: &ssmgpu::Context) {
         (70, 100, 260, false, 8),
         (65, 48, 70, false, 36),
         (9, 7, 13, true, 3),
-        // the subgroup kernels' 32-row and 4-row tiles, with ragged edges
+        // the subgroup kernels' 20-row and 4-row tiles, with ragged edges
         (37, 64, 600, true, 0),
         (6, 32, 1030, false, 8),
         // Vim's dt_proj: k = 12 (one partial chunk), a column view of x_proj's output

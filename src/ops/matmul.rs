@@ -6,9 +6,10 @@ use crate::ops::activation::Activation;
 use crate::ops::kernel;
 use crate::runtime::{MatView, Recorder, Tensor};
 
-/// Fewer rows than this use the 4-row subgroup kernel: the 16-row tile would spend most of its
+/// Fewer rows than this use the 4-row subgroup kernel: the 20-row tile would spend most of its
 /// multiply-adds on rows past m (lavapipe, n = 1536, k = 384: at 4 rows 0.37-0.59 ms against
-/// the tile's 0.60-0.65; at 8 rows the tile is as fast, at 12 rows 1.6x faster).
+/// the 16-row tile's 0.60-0.65; at 8 rows the 20-row tile takes 0.50-0.52 ms against 0.61-0.63,
+/// at 12 rows 0.50 against 0.87-0.91).
 const SUBGROUP_TILE_MIN_ROWS: usize = 8;
 
 #[repr(C)]
@@ -118,7 +119,7 @@ fn record(
     debug_assert!(residual.is_none_or(|r| r.numel() == m * n));
     let subgroups = vec4 && rec.context().uses_subgroups();
     let (kernel, groups) = if subgroups && m >= SUBGROUP_TILE_MIN_ROWS {
-        // 8 invocations x 8 columns, 16 rows per workgroup; 8-value loads where they line up.
+        // 8 invocations x 8 columns, 20 rows per workgroup; 8-value loads where they line up.
         let int64 = rec.context().uses_int64()
             && k % 8 == 0
             && x.stride.is_multiple_of(8)
@@ -130,7 +131,7 @@ fn record(
             kernel!("matmul", "matmul_subgroup")
         };
         let k = k.with_subgroups(true).with_int64(int64);
-        (k, [n.div_ceil(64) as u32, m.div_ceil(16) as u32, 1])
+        (k, [n.div_ceil(64) as u32, m.div_ceil(20) as u32, 1])
     } else if subgroups {
         // 64 invocations x 4 columns, 4 rows per workgroup.
         let k = kernel!("matmul", "matmul_subgroup_rows4").with_subgroups(true);
