@@ -38,11 +38,22 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> out4: array<vec4<f32>>;
 
-// How far the window moves before token s (at original position `here`): the zeros of the
-// pruned positions since the previous kept token (at most 3 matter), then the token itself.
-fn zeros_before(s: u32, here: u32, previous: u32) -> u32 {
-    let gap = select(select(here - previous, previous - here, p.reverse != 0u), 1u, s == 0u);
+// How far the window moves before token s (in `row`), besides the token itself: the zeros of
+// the pruned positions since the previous kept token (at most 3 matter); none without
+// positions.
+fn gap_before(s: u32, row: u32, previous: ptr<function, u32>) -> u32 {
+    if (p.has_positions == 0u) {
+        return 0u;
+    }
+    let here = positions[row];
+    let gap = select(select(here - *previous, *previous - here, p.reverse != 0u), 1u, s == 0u);
+    *previous = here;
     return clamp(gap, 1u, 4u) - 1u;
+}
+
+// The row of step s of sequence `seq`'s walk (last to first when reversed).
+fn row_at(seq: u32, s: u32) -> u32 {
+    return seq * p.len + select(s, p.len - 1u - s, p.reverse != 0u);
 }
 
 @compute @workgroup_size(64)
@@ -62,17 +73,11 @@ fn conv1d_silu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     }
     var previous = 0u;
     for (var s = 0u; s < p.len; s++) {
-        let t = select(s, p.len - 1u - s, p.reverse != 0u);
-        let row = b * p.len + t;
-        let xt = x[p.x_offset + row * p.x_stride + e];
-        if (p.has_positions != 0u) {
-            let here = positions[row];
-            for (var k = zeros_before(s, here, previous); k > 0u; k--) {
-                window = vec4<f32>(window.yzw, 0.0);
-            }
-            previous = here;
+        let row = row_at(b, s);
+        for (var k = gap_before(s, row, &previous); k > 0u; k--) {
+            window = vec4<f32>(window.yzw, 0.0);
         }
-        window = vec4<f32>(window.yzw, xt);
+        window = vec4<f32>(window.yzw, x[p.x_offset + row * p.x_stride + e]);
         let c = c0 + dot(window, w);
         out[row * p.channels + e] = c / (1.0 + exp(-c));
     }
@@ -139,17 +144,6 @@ fn conv_silu(t: Taps, w: Window) -> vec4<f32> {
     return c / (1.0 + exp(-c));
 }
 
-// Pruned positions to slide in as zeros before token s (in `row`); none without positions.
-fn gap_before(s: u32, row: u32, previous: ptr<function, u32>) -> u32 {
-    if (p.has_positions == 0u) {
-        return 0u;
-    }
-    let here = positions[row];
-    let zeros = zeros_before(s, here, *previous);
-    *previous = here;
-    return zeros;
-}
-
 // Four channels e..e+3, read and written as vec4s.
 @compute @workgroup_size(64)
 fn conv1d_silu_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -165,8 +159,7 @@ fn conv1d_silu_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
     var win = window_of(b, c);
     var previous = 0u;
     for (var s = 0u; s < p.len; s++) {
-        let t = select(s, p.len - 1u - s, p.reverse != 0u);
-        let row = b * p.len + t;
+        let row = row_at(b, s);
         for (var k = gap_before(s, row, &previous); k > 0u; k--) {
             win = slide(win, vec4<f32>(0.0));
         }
@@ -204,8 +197,7 @@ fn conv1d_silu_u64(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     var win_odd = window_of(b, odd);
     var previous = 0u;
     for (var s = 0u; s < p.len; s++) {
-        let t = select(s, p.len - 1u - s, p.reverse != 0u);
-        let row = b * p.len + t;
+        let row = row_at(b, s);
         for (var k = gap_before(s, row, &previous); k > 0u; k--) {
             win_even = slide(win_even, vec4<f32>(0.0));
             win_odd = slide(win_odd, vec4<f32>(0.0));

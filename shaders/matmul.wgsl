@@ -198,6 +198,8 @@ fn store_rows(m0: u32, n0: u32, acc: Rows) {
 // than 16 (fewer weight loads per FMA; 197 rows are 10 tiles with 3 rows to spare), 24 and 32
 // rows ran slower (the stack outgrows the L1 cache). The 32 x 4 vec4 tile it replaced ran
 // 1.25x slower. Rows past m are clamped as in `x_vec`; the steps stop at k.
+// The five 4-row groups of `Tile` below.
+const TILE_ROWS: u32 = 20u;
 
 // 8 values along k: the k-order inside a unit differs between the load paths below, but x
 // and w always use the same one, so their products pair up.
@@ -377,8 +379,8 @@ fn accumulate_tile(m0: u32, n0: u32, lane: u32) -> Tile {
         let x = x_tile(rows, min(u0 + q, units - 1u));
         // A loop, not 8 unrolled steps: the lane index need not be a constant (a uniform one
         // compiles to the same permute), and the 8x smaller body runs 1.2x faster on lavapipe,
-        // whose straight-line version overflowed the instruction cache. A short k (Vim's
-        // dt_proj, k = 12, has 2 units) runs only the steps it has.
+        // whose straight-line version overflowed the instruction cache. A short k (a dt_proj's
+        // rank, 12 in Vim-Ti: 2 units) runs only the steps it has.
         let steps = min(8u, units - u0);
         for (var j = 0u; j < steps; j++) {
             acc = mac_tile(acc, weight_unit(wa, wb, u0 + j), x, j);
@@ -390,7 +392,7 @@ fn accumulate_tile(m0: u32, n0: u32, lane: u32) -> Tile {
 @compute @workgroup_size(8)
 fn matmul_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32, @builtin(local_invocation_index) li: u32) {
     let n0 = (wg.x * 8u + li) * 8u;
-    let m0 = wg.y * 20u;
+    let m0 = wg.y * TILE_ROWS;
     let acc = accumulate_tile(m0, n0, lane);
     store_rows4(m0, n0, acc.g0);
     store_rows4(m0 + 4u, n0, acc.g1);
@@ -443,7 +445,7 @@ fn store_wide_rows4(m0: u32, n0: u32, acc: Cols4, bias: Cols) {
 @compute @workgroup_size(8)
 fn matmul_subgroup_wide(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32, @builtin(local_invocation_index) li: u32) {
     let n0 = (wg.x * 8u + li) * 8u;
-    let m0 = wg.y * 20u;
+    let m0 = wg.y * TILE_ROWS;
     let acc = accumulate_tile(m0, n0, lane);
     // Read once per tile, not per row.
     var bias = Cols(vec4<f32>(0.0), vec4<f32>(0.0));

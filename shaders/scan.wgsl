@@ -224,21 +224,22 @@ fn projected_dt(row: u32) -> V {
 }
 // #endif
 
+// dt for the token in `row`, before its bias: given, or projected here.
+fn delta_at(row: u32) -> V {
+// #if subgroups
+    if ((FLAGS & DT_PROJ) != 0u) {
+        return projected_dt(row);
+    }
+// #endif
+    return delta[(p.dt_offset + row * p.dt_stride + e) / W];
+}
+
 // One token: step s of the walk.
 fn step(s: u32) {
     let t = select(s, p.len - 1u - s, (FLAGS & REVERSE) != 0u);
     let row = seq * p.len + t;
     let ut = u[(p.u_offset + row * p.u_stride + e) / W];
-// #if subgroups
-    var dt: V;
-    if ((FLAGS & DT_PROJ) != 0u) {
-        dt = projected_dt(row) + dt_bias;
-    } else {
-        dt = delta[(p.dt_offset + row * p.dt_stride + e) / W] + dt_bias;
-    }
-// #else
-    var dt = delta[(p.dt_offset + row * p.dt_stride + e) / W] + dt_bias;
-// #endif
+    var dt = delta_at(row) + dt_bias;
     var zt = V(0.0);
     if ((FLAGS & HAS_Z) != 0u) {
         zt = z[(p.z_offset + row * p.z_stride + e) / W];

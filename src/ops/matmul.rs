@@ -12,6 +12,9 @@ use crate::runtime::{MatView, Recorder, Tensor};
 /// at 12 rows 0.50 against 0.87-0.91).
 const SUBGROUP_TILE_MIN_ROWS: usize = 8;
 
+/// The subgroup tile's rows (`TILE_ROWS` in shaders/matmul.wgsl).
+const TILE_ROWS: usize = 20;
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -131,7 +134,7 @@ fn record(
             kernel!("matmul", "matmul_subgroup")
         };
         let k = k.with_subgroups(true).with_int64(int64);
-        (k, [n.div_ceil(64) as u32, m.div_ceil(20) as u32, 1])
+        (k, [n.div_ceil(64) as u32, m.div_ceil(TILE_ROWS) as u32, 1])
     } else if subgroups {
         // 64 invocations x 4 columns, 4 rows per workgroup.
         let k = kernel!("matmul", "matmul_subgroup_rows4").with_subgroups(true);
