@@ -92,7 +92,7 @@ pub fn im2col(
         &kernel!("im2col", "im2col"),
         &params,
         &[x.buffer(), out.buffer()],
-        grid(out.numel().div_ceil(256) as u32),
+        grid((out.numel() / geometry.kernel.1).div_ceil(64) as u32),
     );
     Ok(out)
 }
