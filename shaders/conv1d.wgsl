@@ -174,9 +174,11 @@ fn conv1d_silu_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
 // #if int64
 // Eight channels e..e+7 (channels, offset and stride multiples of 8), read and written as one
 // vec4<u64>: the driver's loads and stores cost per component, so 8-byte components halve
-// them (1.4x faster at Vim-Ti's shape). A unit holds the even channels in its low halves.
+// them (1.4x faster at Vim-Ti's shape).
 @group(0) @binding(1) var<storage, read> x8: array<vec4<u64>>;
 @group(0) @binding(5) var<storage, read_write> out8: array<vec4<u64>>;
+
+// #include packed8
 
 // Workgroups of 8: there are few invocations (48 for Vim-Ti's 384 channels), and a CPU
 // driver runs each workgroup on one thread.
@@ -202,12 +204,10 @@ fn conv1d_silu_u64(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
             win_even = slide(win_even, vec4<f32>(0.0));
             win_odd = slide(win_odd, vec4<f32>(0.0));
         }
-        let xt = x8[(p.x_offset + row * p.x_stride + e) / 8u];
-        win_even = slide(win_even, bitcast<vec4<f32>>(vec4<u32>(xt)));
-        win_odd = slide(win_odd, bitcast<vec4<f32>>(vec4<u32>(xt >> vec4<u32>(32u))));
-        let lo = vec4<u64>(bitcast<vec4<u32>>(conv_silu(taps_even, win_even)));
-        let hi = vec4<u64>(bitcast<vec4<u32>>(conv_silu(taps_odd, win_odd)));
-        out8[(row * p.channels + e) / 8u] = lo | (hi << vec4<u32>(32u));
+        let xt = unpack8(x8[(p.x_offset + row * p.x_stride + e) / 8u]);
+        win_even = slide(win_even, xt.lo);
+        win_odd = slide(win_odd, xt.hi);
+        out8[(row * p.channels + e) / 8u] = pack8(Eight(conv_silu(taps_even, win_even), conv_silu(taps_odd, win_odd)));
     }
     if (p.write_state != 0u) {
         store_window(b, even, win_even);

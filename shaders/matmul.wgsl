@@ -201,39 +201,37 @@ fn store_rows(m0: u32, n0: u32, acc: Rows) {
 // The five 4-row groups of `Tile` below.
 const TILE_ROWS: u32 = 20u;
 
-// 8 values along k: the k-order inside a unit differs between the load paths below, but x
-// and w always use the same one, so their products pair up.
-struct Eight {
-    lo: vec4<f32>,
-    hi: vec4<f32>,
-}
-
+// A unit is 8 values along k (an `Eight`): the k-order inside it differs between the load
+// paths below, but x and w always use the same one, so their products pair up.
 // #if int64
-// With 64-bit integers a unit is one vec4<u64> load: the driver's cost is per component, so
-// 8-byte components halve it (x and w are reinterpreted, never converted). Here k, the x offset
-// and the x stride are multiples of 8.
+// With 64-bit integers a unit is one vec4<u64> load (packed8). Here k, the x offset and the x
+// stride are multiples of 8.
 @group(0) @binding(1) var<storage, read> x8: array<vec4<u64>>;
 @group(0) @binding(2) var<storage, read> w8: array<vec4<u64>>;
 
-const UNIT_ELEMS: u32 = 8u;
+// #include packed8
 
-fn unpack(v: vec4<u64>) -> Eight {
-    return Eight(bitcast<vec4<f32>>(vec4<u32>(v)), bitcast<vec4<f32>>(vec4<u32>(v >> vec4<u32>(32u))));
-}
+const UNIT_ELEMS: u32 = 8u;
 
 // Unit u of the x row starting at unit `row`.
 fn x_unit(row: u32, u: u32) -> Eight {
-    return unpack(x8[row + u]);
+    return unpack8(x8[row + u]);
 }
 
 // Unit u of the weight row starting at unit `row`; the steps stop at k.
 fn w_unit(row: u32, u: u32) -> Eight {
-    return unpack(w8[row + u]);
+    return unpack8(w8[row + u]);
 }
 // #else
 // Without them a unit is two vec4 loads; k, the x offset and stride are multiples of 4, so a
 // unit may end half past k.
 const UNIT_ELEMS: u32 = 4u;
+
+// (As packed8 declares it.)
+struct Eight {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}
 
 fn x_unit(row: u32, u: u32) -> Eight {
     return Eight(x_vec_at(row, 2u * u), x_vec_at(row, 2u * u + 1u));
@@ -409,9 +407,9 @@ fn matmul_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invoc
 @group(0) @binding(4) var<storage, read_write> y8: array<vec4<u64>>;
 @group(0) @binding(5) var<storage, read> residual8: array<vec4<u64>>;
 
-// 8 consecutive floats as the lane's columns (`unpack` interleaves them).
+// 8 consecutive floats as the lane's columns (`unpack8` splits the even and odd ones).
 fn cols_of(v: vec4<u64>) -> Cols {
-    let e = unpack(v);
+    let e = unpack8(v);
     return Cols(vec4<f32>(e.lo.x, e.hi.x, e.lo.y, e.hi.y), vec4<f32>(e.lo.z, e.hi.z, e.lo.w, e.hi.w));
 }
 
@@ -430,9 +428,8 @@ fn store_wide(m: u32, n0: u32, v: Cols, bias: Cols) {
         let r = cols_of(residual8[(m * p.n + n0) / 8u]);
         o = Cols(o.a + r.a, o.b + r.b);
     }
-    let lo = vec4<u64>(bitcast<vec4<u32>>(vec4<f32>(o.a.x, o.a.z, o.b.x, o.b.z)));
-    let hi = vec4<u64>(bitcast<vec4<u32>>(vec4<f32>(o.a.y, o.a.w, o.b.y, o.b.w)));
-    y8[(p.y_offset + m * p.y_stride + n0) / 8u] = lo | (hi << vec4<u32>(32u));
+    let packed = Eight(vec4<f32>(o.a.x, o.a.z, o.b.x, o.b.z), vec4<f32>(o.a.y, o.a.w, o.b.y, o.b.w));
+    y8[(p.y_offset + m * p.y_stride + n0) / 8u] = pack8(packed);
 }
 
 fn store_wide_rows4(m0: u32, n0: u32, acc: Cols4, bias: Cols) {

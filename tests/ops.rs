@@ -115,9 +115,11 @@ fn embedding_matches_reference() {
 fn add_rmsnorm_matches_reference() {
     let ctx = ctx();
     let mut r = rng(3);
+    // Dims that take each kernel: scalar, vec4 (12), eight floats per load (64, 200, 1000).
     for (rows, dim, with_hidden) in [
         (1, 1, false),
         (3, 7, true),
+        (4, 12, true),
         (17, 64, true),
         (5, 200, false),
         (2, 1000, true),

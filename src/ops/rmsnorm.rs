@@ -32,7 +32,9 @@ pub fn add_rmsnorm(
     };
     let dummy = rec.context().inner.dummy.clone();
     let hidden_buf = hidden.map(Tensor::buffer).unwrap_or(&dummy);
-    let kernel = if dim.is_multiple_of(4) {
+    let kernel = if dim.is_multiple_of(8) && rec.context().uses_int64() {
+        kernel!("rmsnorm", "add_rmsnorm_u64").with_int64(true)
+    } else if dim.is_multiple_of(4) {
         kernel!("rmsnorm", "add_rmsnorm_vec4")
     } else {
         kernel!("rmsnorm", "add_rmsnorm")

@@ -110,6 +110,10 @@ const SHADER_INCLUDES: &[(&str, &str)] = &[
         include_str!("../../shaders/include/activation.wgsl"),
     ),
     (
+        "packed8",
+        include_str!("../../shaders/include/packed8.wgsl"),
+    ),
+    (
         "ssm_inputs",
         include_str!("../../shaders/include/ssm_inputs.wgsl"),
     ),
