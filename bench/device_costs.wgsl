@@ -174,3 +174,9 @@ fn subgroup_broadcast_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
     out[gid.x] = acc;
 }
 // #endif
+
+// One store: what a dispatch costs beyond its work.
+@compute @workgroup_size(64)
+fn empty_dispatch(@builtin(global_invocation_id) gid: vec3<u32>) {
+    out[gid.x] = vec4<f32>(1.0);
+}

@@ -2,8 +2,9 @@
 //! `cargo run --release --example device_costs`.
 //!
 //! On a CPU driver (lavapipe) a storage-buffer load is a loop over the SIMD lanes, so a kernel's
-//! speed is set by how many FMAs it does per load, not by the FMA ceiling alone.
-//! docs/performance.md reads the kernels' limits from this table.
+//! speed is set by how many FMAs it does per load, not by the FMA ceiling alone. Last, what a
+//! dispatch costs beyond its work, in microseconds. docs/performance.md reads the kernels'
+//! limits from this table.
 
 use std::time::Instant;
 
@@ -167,6 +168,62 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let rate = INVOCATIONS * ITERS * per_iteration / seconds;
         let fma = *fma_rate.get_or_insert(rate);
         println!("{what:<48} {:>10.2} {:>14.1}", rate / 1e9, fma / rate);
+    }
+    dispatch_overhead(device, queue, &module, &out)
+}
+
+/// What a dispatch costs beyond its work: a one-workgroup dispatch of a one-store kernel, all
+/// in one compute pass, or each in a pass of its own (the engine records one pass; profiling,
+/// with timestamps around each dispatch, a pass each).
+fn dispatch_overhead(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    module: &wgpu::ShaderModule,
+    out: &wgpu::Buffer,
+) -> Result<(), Box<dyn std::error::Error>> {
+    const DISPATCHES: u32 = 500;
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("empty_dispatch"),
+        layout: None,
+        module,
+        entry_point: Some("empty_dispatch"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[wgpu::BindGroupEntry {
+            binding: 0,
+            resource: out.as_entire_binding(),
+        }],
+    });
+    let run = |pass_each: bool| -> Result<f64, wgpu::PollError> {
+        let mut encoder = device.create_command_encoder(&Default::default());
+        let passes = if pass_each { DISPATCHES } else { 1 };
+        for _ in 0..passes {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            for _ in 0..DISPATCHES / passes {
+                pass.dispatch_workgroups(1, 1, 1);
+            }
+        }
+        let start = Instant::now();
+        queue.submit([encoder.finish()]);
+        device.poll(wgpu::PollType::wait_indefinitely())?;
+        Ok(start.elapsed().as_secs_f64() / DISPATCHES as f64)
+    };
+    println!();
+    for (what, pass_each) in [
+        ("dispatch, all in one pass", false),
+        ("dispatch, a pass each", true),
+    ] {
+        run(pass_each)?;
+        let best = (0..5)
+            .map(|_| run(pass_each))
+            .try_fold(f64::MAX, |m, t| t.map(|t| m.min(t)))?;
+        println!("{what:<48} {:>10.1} us", best * 1e6);
     }
     Ok(())
 }
