@@ -5,7 +5,7 @@
 //   y  *= silu(z[t])                                  (when flagged)
 // An invocation scans W channels: four in the subgroup variant (V = vec4, u/delta/z/out loaded
 // as vec4s, so channel counts, offsets and strides are multiples of 4), as the per-step work
-// every channel shares (the B/C and dt loads and broadcasts) then spreads over four: 1.02-1.03x
+// every channel shares (the B/C and dt loads and broadcasts) then spreads over four: 1.07x
 // faster than two at Vim-Ti's shape, though the 128 values of A and h live on the stack; one
 // in the portable variant, for any layout. The 16 states live in named
 // registers h0..h15 (an indexed array would not stay in registers). B and C are shared by all
