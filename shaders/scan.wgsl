@@ -3,11 +3,10 @@
 //   h_n = exp(dt * A_n) * h_n + dt * B[t, n] * u[t]   (n < nstate <= 16)
 //   y   = sum_n C[t, n] * h_n + D * u[t]
 //   y  *= silu(z[t])                                  (when flagged)
-// An invocation scans W channels: four in the subgroup variant (V = vec4, u/delta/z/out loaded
-// as vec4s, so channel counts, offsets and strides are multiples of 4), as the per-step work
-// every channel shares (the B/C and dt loads and broadcasts) then spreads over four: 1.07x
-// faster than two at Vim-Ti's shape, though the 128 values of A and h live on the stack; one
-// in the portable variant, for any layout. The 16 states live in named
+// An invocation scans W channels: two in the subgroup variant (V = vec2, u/delta/z/out loaded as
+// vec2s, so even channel counts, offsets and strides), because a software driver pays per load
+// instruction nearly whatever its width (four channels would keep 128 values live and spill,
+// which was slower); one in the portable variant, for any layout. The 16 states live in named
 // registers h0..h15 (an indexed array would not stay in registers). B and C are shared by all
 // channels: in the subgroup variant, eight invocations load the step's 32 B/C values with one
 // vec4 load each and broadcast them. A is held times log2(e), for exp2.
@@ -60,9 +59,9 @@ override FLAGS: u32;
 const LOG2E: f32 = 1.4426950408889634;
 
 // #if subgroups
-alias V = vec4<f32>;
-const W: u32 = 4u;
-const WG: u32 = 16u;
+alias V = vec2<f32>;
+const W: u32 = 2u;
+const WG: u32 = 32u;
 // #else
 alias V = f32;
 const W: u32 = 1u;
@@ -89,16 +88,14 @@ const WG: u32 = 64u;
 // The W channels' values of per-channel rows `stride` apart, from element i on.
 // #if subgroups
 fn chan_ssm(i: u32, stride: u32) -> V {
-    return V(ssm[i], ssm[i + stride], ssm[i + 2u * stride], ssm[i + 3u * stride]);
+    return V(ssm[i], ssm[i + stride]);
 }
 fn chan_state(i: u32, stride: u32) -> V {
-    return V(state[i], state[i + stride], state[i + 2u * stride], state[i + 3u * stride]);
+    return V(state[i], state[i + stride]);
 }
 fn store_chan_state(i: u32, stride: u32, v: V) {
     state[i] = v.x;
     state[i + stride] = v.y;
-    state[i + 2u * stride] = v.z;
-    state[i + 3u * stride] = v.w;
 }
 // #else
 fn chan_ssm(i: u32, stride: u32) -> V {
@@ -177,12 +174,15 @@ var<private> m0: vec4<f32>;
 var<private> m1: vec4<f32>;
 var<private> m2: vec4<f32>;
 var<private> m3: vec4<f32>;
-// The dt_proj rows of the invocation's channels: column c of dt_wi holds values 4i..4i + 3 of
-// channel e + c's row, so that x * dt_wi is those values' part of the four channels' dt.
-var<private> dt_w0: mat4x4<f32>;
-var<private> dt_w1: mat4x4<f32>;
-var<private> dt_w2: mat4x4<f32>;
-var<private> dt_w3: mat4x4<f32>;
+// The dt_proj rows of the invocation's channels (a: e, b: e + 1), values 4i..4i + 3 in dti.
+var<private> dt_a0: vec4<f32>;
+var<private> dt_a1: vec4<f32>;
+var<private> dt_a2: vec4<f32>;
+var<private> dt_a3: vec4<f32>;
+var<private> dt_b0: vec4<f32>;
+var<private> dt_b1: vec4<f32>;
+var<private> dt_b2: vec4<f32>;
+var<private> dt_b3: vec4<f32>;
 // #if subgroups
 var<private> lane: u32;
 // #endif
@@ -192,16 +192,12 @@ var<private> lane: u32;
 // past the rank.
 fn dt_weight(ch: u32, r: u32) -> f32 {
     let i = ch * p.dt_rank + min(r, p.dt_rank - 1u);
-    return select(0.0, delta[i / 4u][i & 3u], r < p.dt_rank);
+    let pair = delta[i / 2u];
+    return select(0.0, select(pair.x, pair.y, (i & 1u) == 1u), r < p.dt_rank);
 }
 
 fn dt_weights(ch: u32, r0: u32) -> vec4<f32> {
     return vec4<f32>(dt_weight(ch, r0), dt_weight(ch, r0 + 1u), dt_weight(ch, r0 + 2u), dt_weight(ch, r0 + 3u));
-}
-
-// Values r0..r0 + 3 of the invocation's four dt_proj rows, as `dt_wi`.
-fn dt_block(r0: u32) -> mat4x4<f32> {
-    return mat4x4<f32>(dt_weights(e, r0), dt_weights(e + 1u, r0), dt_weights(e + 2u, r0), dt_weights(e + 3u, r0));
 }
 
 // dt_proj for the token in `row`: lane q < 4 loads vec4 q of its dt columns, every lane
@@ -211,15 +207,18 @@ fn projected_dt(row: u32) -> V {
     let v = bc[(p.dt_offset + row * p.dt_stride) / 4u + q];
     let vec4s = (FLAGS & DT_PROJ) >> DT_VEC4S_SHIFT;
     let x0 = subgroupBroadcast(v, 0u);
-    var dt = x0 * dt_w0;
+    var dt = V(dot(x0, dt_a0), dot(x0, dt_b0));
     if (vec4s > 1u) {
-        dt += subgroupBroadcast(v, 1u) * dt_w1;
+        let x1 = subgroupBroadcast(v, 1u);
+        dt += V(dot(x1, dt_a1), dot(x1, dt_b1));
     }
     if (vec4s > 2u) {
-        dt += subgroupBroadcast(v, 2u) * dt_w2;
+        let x2 = subgroupBroadcast(v, 2u);
+        dt += V(dot(x2, dt_a2), dot(x2, dt_b2));
     }
     if (vec4s > 3u) {
-        dt += subgroupBroadcast(v, 3u) * dt_w3;
+        let x3 = subgroupBroadcast(v, 3u);
+        dt += V(dot(x3, dt_a3), dot(x3, dt_b3));
     }
     return dt;
 }
@@ -411,10 +410,14 @@ fn selective_scan(
     m3 = vec4<f32>(vec4<u32>(12u, 13u, 14u, 15u) < vec4<u32>(ns));
 // #if subgroups
     if ((FLAGS & DT_PROJ) != 0u) {
-        dt_w0 = dt_block(0u);
-        dt_w1 = dt_block(4u);
-        dt_w2 = dt_block(8u);
-        dt_w3 = dt_block(12u);
+        dt_a0 = dt_weights(e, 0u);
+        dt_a1 = dt_weights(e, 4u);
+        dt_a2 = dt_weights(e, 8u);
+        dt_a3 = dt_weights(e, 12u);
+        dt_b0 = dt_weights(e + 1u, 0u);
+        dt_b1 = dt_weights(e + 1u, 4u);
+        dt_b2 = dt_weights(e + 1u, 8u);
+        dt_b3 = dt_weights(e + 1u, 12u);
     }
 // #endif
     // Delta of a pruned (zero-input) position, for GAP_DECAY.

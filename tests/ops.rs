@@ -504,12 +504,12 @@ fn projected_delta_cases(ctx: &ssmgpu::Context) {
             ..on_gpu.args(Carry::None)
         };
         let y = selective_scan(&mut rec, args).unwrap();
-        // The subgroup variant reads B and C as vec4s and four channels as a vec4.
+        // The subgroup variant reads B and C as vec4s and channel pairs as vec2s.
         let fused = ctx.uses_subgroups()
             && ctx.backend() == ssmgpu::runtime::Backend::Wgpu
             && rank <= MAX_FUSED_DT_RANK
             && nstate % 4 == 0
-            && channels % 4 == 0;
+            && channels % 2 == 0;
         let what = format!(
             "projected delta b{batch} l{len} e{channels} rank{rank} n{nstate} rev{reverse} \
              gaps{gaps} (subgroups {})",

@@ -121,13 +121,13 @@ pub struct Ungated<'a> {
 }
 
 /// Whether the subgroup variant can read these inputs: B and C (and a projected delta's `q`
-/// beside them) as vec4s, u, delta, z and the outputs (contiguous `[rows, channels]`) as vec4s
-/// of four channels.
+/// beside them) as vec4s, u, delta, z and the outputs (contiguous `[rows, channels]`) as vec2s
+/// of channel pairs.
 fn subgroup_layout(args: &ScanArgs) -> bool {
     let (b, c) = (args.b, args.c);
-    let quads = |offset: usize, stride: usize| offset.is_multiple_of(4) && stride.is_multiple_of(4);
+    let pairs = |offset: usize, stride: usize| offset.is_multiple_of(2) && stride.is_multiple_of(2);
     let delta = match args.delta {
-        Delta::Values(d) => quads(d.offset, d.stride),
+        Delta::Values(d) => pairs(d.offset, d.stride),
         Delta::Projected { q, .. } => {
             std::ptr::eq(q.buffer(), b.buffer()) && q.stride == b.stride && q.offset % 4 == 0
         }
@@ -135,10 +135,10 @@ fn subgroup_layout(args: &ScanArgs) -> bool {
     b.offset % 4 == 0
         && c.offset % 4 == 0
         && b.stride % 4 == 0
-        && args.u.cols.is_multiple_of(4)
-        && quads(args.u.offset, args.u.stride)
+        && args.u.cols.is_multiple_of(2)
+        && pairs(args.u.offset, args.u.stride)
         && delta
-        && args.z.is_none_or(|z| quads(z.offset, z.stride))
+        && args.z.is_none_or(|z| pairs(z.offset, z.stride))
 }
 
 /// Returns `y` `[batch * len, channels]`.
