@@ -31,7 +31,8 @@ enum Commands {
 /// per dispatch cost lavapipe about 15 µs each (3 ms of a Vim-Ti forward pass).
 struct Encoder {
     encoder: wgpu::CommandEncoder,
-    pass: Option<wgpu::ComputePass<'static>>,
+    /// Boxed: a pass is ~500 bytes, and the recorder is moved by value.
+    pass: Option<Box<wgpu::ComputePass<'static>>>,
 }
 
 impl Encoder {
@@ -45,12 +46,14 @@ impl Encoder {
     fn pass(&mut self) -> &mut wgpu::ComputePass<'static> {
         let encoder = &mut self.encoder;
         self.pass.get_or_insert_with(|| {
-            encoder
-                .begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("ssmgpu.dispatches"),
-                    timestamp_writes: None,
-                })
-                .forget_lifetime()
+            Box::new(
+                encoder
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("ssmgpu.dispatches"),
+                        timestamp_writes: None,
+                    })
+                    .forget_lifetime(),
+            )
         })
     }
 
