@@ -274,6 +274,34 @@ fn token_ids_outside_the_vocabulary_and_empty_input_are_errors() {
     ));
 }
 
+/// A forward pass abandoned after some dispatches (an error midway drops its recorder
+/// unsubmitted, with the dispatches' compute pass still open) leaves the context working.
+#[test]
+fn an_abandoned_recording_loses_nothing() {
+    use ssmgpu::ops::matmul::{matmul, matmul_ref};
+    let ctx = ctx();
+    let x: Vec<f32> = (0..6 * 8).map(|i| i as f32 * 0.1).collect();
+    let w: Vec<f32> = (0..5 * 8).map(|i| 1.0 - i as f32 * 0.05).collect();
+    let xt = ctx.upload_f32("x", &[6, 8], &x).unwrap();
+    let wt = ctx.upload_f32("w", &[5, 8], &w).unwrap();
+    {
+        let mut abandoned = ctx.recorder();
+        let y = matmul(&mut abandoned, "y", xt.mat(), &wt, None).unwrap();
+        matmul(&mut abandoned, "y2", xt.mat(), &wt, None).unwrap();
+        drop(y);
+    }
+    let mut rec = ctx.recorder();
+    let y = matmul(&mut rec, "y", xt.mat(), &wt, None).unwrap();
+    let got = rec.submit_and_read_blocking(&[&y]).unwrap().remove(0);
+    common::assert_close(
+        "matmul",
+        &got,
+        &matmul_ref(&x, 6, 8, &w, 5, None),
+        1e-5,
+        1e-5,
+    );
+}
+
 #[test]
 fn tensors_past_the_device_limit_are_refused_by_name() {
     let ctx = ctx();

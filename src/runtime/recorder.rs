@@ -30,9 +30,10 @@ enum Commands {
 /// until something else needs the encoder (a copy, a host's commands, submission), as a pass
 /// per dispatch cost lavapipe about 15 µs each (3 ms of a Vim-Ti forward pass).
 struct Encoder {
-    encoder: wgpu::CommandEncoder,
-    /// Boxed: a pass is ~500 bytes, and the recorder is moved by value.
+    /// Boxed: a pass is ~500 bytes, and the recorder is moved by value. Declared first, so
+    /// that an unsubmitted recorder ends its pass before dropping the encoder.
     pass: Option<Box<wgpu::ComputePass<'static>>>,
+    encoder: wgpu::CommandEncoder,
 }
 
 impl Encoder {
@@ -89,12 +90,12 @@ impl Recorder {
             Some(w) => Commands::Wgpu {
                 scope: w.device.push_error_scope(wgpu::ErrorFilter::Validation),
                 encoder: Encoder {
+                    pass: None,
                     encoder: w
                         .device
                         .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                             label: Some("ssmgpu.forward"),
                         }),
-                    pass: None,
                 },
                 profile: None,
             },
