@@ -18,6 +18,7 @@ import argparse
 import collections
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -92,6 +93,9 @@ def main():
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give the command to profile after --")
+    missing = [tool for tool in ("perf", "gdb", "objdump") if shutil.which(tool) is None]
+    if missing:
+        sys.exit(f"jit_profile needs {', '.join(missing)} (apt-get install linux-perf gdb binutils)")
     with tempfile.TemporaryDirectory() as tmp:
         script = os.path.join(tmp, "dump.gdb")
         with open(script, "w") as f:
