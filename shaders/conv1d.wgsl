@@ -56,20 +56,29 @@ fn row_at(seq: u32, s: u32) -> u32 {
     return seq * p.len + select(s, p.len - 1u - s, p.reverse != 0u);
 }
 
+// The sequence (x) and first channel (y) of an invocation that takes `width` channels, in
+// workgroups of `group`; x is p.batch or more past the last invocation.
+fn block_of(wg: vec3<u32>, nwg: vec3<u32>, li: u32, group: u32, width: u32) -> vec2<u32> {
+    let idx = (wg.x + wg.y * nwg.x) * group + li;
+    let blocks = p.channels / width;
+    let b = idx / blocks;
+    return vec2<u32>(b, (idx - b * blocks) * width);
+}
+
 @compute @workgroup_size(64)
 fn conv1d_silu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let idx = (wg.x + wg.y * nwg.x) * 64u + li;
-    if (idx >= p.batch * p.channels) {
+    let block = block_of(wg, nwg, li, 64u, 1u);
+    let b = block.x;
+    let e = block.y;
+    if (b >= p.batch) {
         return;
     }
-    let b = idx / p.channels;
-    let e = idx - b * p.channels;
     let w = weight[e];
     let c0 = bias[e];
     // window = (x[t-4], x[t-3], x[t-2], x[t-1])
     var window = vec4<f32>(0.0);
     if (p.use_state != 0u) {
-        window = state[idx];
+        window = state[b * p.channels + e];
     }
     var previous = 0u;
     for (var s = 0u; s < p.len; s++) {
@@ -82,7 +91,7 @@ fn conv1d_silu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         out[row * p.channels + e] = c / (1.0 + exp(-c));
     }
     if (p.write_state != 0u) {
-        state[idx] = window;
+        state[b * p.channels + e] = window;
     }
 }
 
@@ -147,13 +156,12 @@ fn conv_silu(t: Taps, w: Window) -> vec4<f32> {
 // Four channels e..e+3, read and written as vec4s.
 @compute @workgroup_size(64)
 fn conv1d_silu_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let idx = (wg.x + wg.y * nwg.x) * 64u + li;
-    let groups = p.channels / 4u;
-    if (idx >= p.batch * groups) {
+    let block = block_of(wg, nwg, li, 64u, 4u);
+    let b = block.x;
+    let e = block.y;
+    if (b >= p.batch) {
         return;
     }
-    let b = idx / groups;
-    let e = (idx - b * groups) * 4u;
     let c = vec4<u32>(e) + vec4<u32>(0u, 1u, 2u, 3u);
     let taps = taps_of(c);
     var win = window_of(b, c);
@@ -184,13 +192,12 @@ fn conv1d_silu_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
 // driver runs each workgroup on one thread.
 @compute @workgroup_size(8)
 fn conv1d_silu_u64(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let idx = (wg.x + wg.y * nwg.x) * 8u + li;
-    let groups = p.channels / 8u;
-    if (idx >= p.batch * groups) {
+    let block = block_of(wg, nwg, li, 8u, 8u);
+    let b = block.x;
+    let e = block.y;
+    if (b >= p.batch) {
         return;
     }
-    let b = idx / groups;
-    let e = (idx - b * groups) * 8u;
     let even = vec4<u32>(e) + vec4<u32>(0u, 2u, 4u, 6u);
     let odd = even + vec4<u32>(1u);
     let taps_even = taps_of(even);
