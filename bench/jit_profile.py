@@ -15,6 +15,7 @@ and slows it down, so read shares from it, not times.
 """
 
 import argparse
+import bisect
 import collections
 import os
 import re
@@ -68,10 +69,11 @@ def disassemble(path, start):
     return out
 
 
-def lane_loop_ranges(code):
-    """Address ranges of llvmpipe's per-lane loops: a backward jump over a body that counts
-    its lanes up to 8 (`cmp $0x8,...`)."""
-    ranges = []
+def in_lane_loops(code):
+    """The addresses inside llvmpipe's per-lane loops: a backward jump over a body that counts
+    its lanes up to 8 (`cmp $0x8,...`). `code` is sorted by address."""
+    addresses = [a for a, _ in code]
+    inside = set()
     for i, (address, text) in enumerate(code):
         m = JUMP.match(text)
         if not m:
@@ -79,10 +81,10 @@ def lane_loop_ranges(code):
         target = int(m.group(1), 16)
         if target >= address or address - target > 2048:
             continue
-        body = [t for a, t in code if target <= a <= address]
-        if any(t.startswith("cmp    $0x8,") for t in body):
-            ranges.append((target, address))
-    return ranges
+        body = code[bisect.bisect_left(addresses, target) : i + 1]
+        if any(t.startswith("cmp    $0x8,") for _, t in body):
+            inside.update(a for a, _ in body)
+    return inside
 
 
 def main():
@@ -123,8 +125,8 @@ def main():
     in_code = {a: c for a, c in counts.items() if a in address_of}
     jit = sum(in_code.values())
     print(f"{total} samples, {jit} ({100 * jit / max(total, 1):.1f}%) in compiled kernels")
-    loops = lane_loop_ranges(code)
-    in_loops = sum(c for a, c in in_code.items() if any(lo <= a <= hi for lo, hi in loops))
+    loops = in_lane_loops(code)
+    in_loops = sum(c for a, c in in_code.items() if a in loops)
     text_of = dict(code)
     math = sum(c for a, c in in_code.items() if FLOAT_MATH.match(text_of[a]))
     other = jit - in_loops - math
