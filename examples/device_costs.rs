@@ -123,48 +123,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if (entry.starts_with("subgroup") && !subgroups) || (entry.ends_with("u64") && !int64) {
             continue;
         }
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(entry),
-            layout: None,
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: Default::default(),
-            cache: None,
-        });
         // The layout derived from the entry holds only the bindings it uses.
-        let entries: Vec<_> = std::iter::once(0)
+        let bindings: Vec<_> = std::iter::once(0)
             .chain(reads)
             .map(|binding| wgpu::BindGroupEntry {
                 binding,
                 resource: resources[binding as usize].clone(),
             })
             .collect();
-        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
-        let run = |dispatches: u32| -> Result<f64, wgpu::PollError> {
-            let mut encoder = device.create_command_encoder(&Default::default());
-            {
-                let mut pass = encoder.begin_compute_pass(&Default::default());
-                pass.set_pipeline(&pipeline);
-                pass.set_bind_group(0, &bind_group, &[]);
-                for _ in 0..dispatches {
-                    pass.dispatch_workgroups(GROUPS, 1, 1);
-                }
-            }
-            let start = Instant::now();
-            queue.submit([encoder.finish()]);
-            device.poll(wgpu::PollType::wait_indefinitely())?;
-            Ok(start.elapsed().as_secs_f64() / dispatches as f64)
-        };
-        run(1)?;
-        // Best of five: the fastest run is the one least disturbed by other work.
-        let mut seconds = f64::MAX;
-        for _ in 0..5 {
-            seconds = seconds.min(run(3)?);
-        }
+        let kernel = Entry::new(device, &module, entry, &bindings);
+        let seconds = kernel.seconds_per_dispatch(device, queue, GROUPS, 3, 3)?;
         let rate = INVOCATIONS * ITERS * per_iteration / seconds;
         let fma = *fma_rate.get_or_insert(rate);
         println!("{what:<48} {:>10.2} {:>14.1}", rate / 1e9, fma / rate);
@@ -182,48 +150,81 @@ fn dispatch_overhead(
     out: &wgpu::Buffer,
 ) -> Result<(), Box<dyn std::error::Error>> {
     const DISPATCHES: u32 = 500;
-    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some("empty_dispatch"),
-        layout: None,
-        module,
-        entry_point: Some("empty_dispatch"),
-        compilation_options: Default::default(),
-        cache: None,
-    });
-    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: None,
-        layout: &pipeline.get_bind_group_layout(0),
-        entries: &[wgpu::BindGroupEntry {
-            binding: 0,
-            resource: out.as_entire_binding(),
-        }],
-    });
-    let run = |pass_each: bool| -> Result<f64, wgpu::PollError> {
-        let mut encoder = device.create_command_encoder(&Default::default());
-        let passes = if pass_each { DISPATCHES } else { 1 };
-        for _ in 0..passes {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            for _ in 0..DISPATCHES / passes {
-                pass.dispatch_workgroups(1, 1, 1);
-            }
-        }
-        let start = Instant::now();
-        queue.submit([encoder.finish()]);
-        device.poll(wgpu::PollType::wait_indefinitely())?;
-        Ok(start.elapsed().as_secs_f64() / DISPATCHES as f64)
-    };
+    let bindings = [wgpu::BindGroupEntry {
+        binding: 0,
+        resource: out.as_entire_binding(),
+    }];
+    let kernel = Entry::new(device, module, "empty_dispatch", &bindings);
     println!();
-    for (what, pass_each) in [
-        ("dispatch, all in one pass", false),
-        ("dispatch, a pass each", true),
+    for (what, per_pass) in [
+        ("dispatch, all in one pass", DISPATCHES),
+        ("dispatch, a pass each", 1),
     ] {
-        run(pass_each)?;
-        let best = (0..5)
-            .map(|_| run(pass_each))
-            .try_fold(f64::MAX, |m, t| t.map(|t| m.min(t)))?;
-        println!("{what:<48} {:>10.1} us", best * 1e6);
+        let seconds = kernel.seconds_per_dispatch(device, queue, 1, DISPATCHES, per_pass)?;
+        println!("{what:<48} {:>10.1} us", seconds * 1e6);
     }
     Ok(())
+}
+
+/// An entry point of the file with its bindings.
+struct Entry {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+}
+
+impl Entry {
+    fn new(
+        device: &wgpu::Device,
+        module: &wgpu::ShaderModule,
+        entry: &str,
+        bindings: &[wgpu::BindGroupEntry],
+    ) -> Self {
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: None,
+            module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: bindings,
+        });
+        Entry {
+            pipeline,
+            bind_group,
+        }
+    }
+
+    /// Seconds per dispatch of `groups` workgroups, over `dispatches` of them recorded
+    /// `per_pass` to a compute pass: the best of five submissions after a warm-up, the
+    /// fastest being the one least disturbed by other work.
+    fn seconds_per_dispatch(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        groups: u32,
+        dispatches: u32,
+        per_pass: u32,
+    ) -> Result<f64, wgpu::PollError> {
+        let run = || {
+            let mut encoder = device.create_command_encoder(&Default::default());
+            for _ in 0..dispatches / per_pass {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&self.pipeline);
+                pass.set_bind_group(0, &self.bind_group, &[]);
+                for _ in 0..per_pass {
+                    pass.dispatch_workgroups(groups, 1, 1);
+                }
+            }
+            let start = Instant::now();
+            queue.submit([encoder.finish()]);
+            device.poll(wgpu::PollType::wait_indefinitely())?;
+            Ok(start.elapsed().as_secs_f64() / dispatches as f64)
+        };
+        run()?;
+        (0..5).try_fold(f64::MAX, |best, _| run().map(|t| best.min(t)))
+    }
 }
