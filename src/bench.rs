@@ -176,15 +176,54 @@ pub fn bench_matmul(ctx: &Context, m: usize, k: usize, n: usize) -> Result<OpBen
     })
 }
 
+/// Median and spread of one figure over a benchmark's repetitions.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    fn of(mut v: Vec<f64>) -> Spread {
+        v.sort_by(f64::total_cmp);
+        Spread {
+            median: v[v.len() / 2],
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
+
+    /// Per-repetition ratios `a / b`, summarised.
+    fn ratios(a: &[f64], b: &[f64]) -> Spread {
+        Spread::of(a.iter().zip(b).map(|(a, b)| a / b).collect())
+    }
+}
+
+/// A vision model's forward pass at one batch size, over a benchmark's repetitions.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct ModelBench {
+pub struct PassBench {
     pub batch: usize,
-    /// Median of `reps` forward passes (one submission each, logits read back).
-    pub ms_per_batch: f64,
-    pub images_per_s: f64,
-    pub gflops_per_image: f64,
-    pub gflops_per_s: f64,
+    /// What a user waits for: from the start of recording to the logits on the host.
+    pub wall_ms: Spread,
+    /// GPU time of the recorded work (timestamps), where the device has them.
+    pub gpu_ms: Option<Spread>,
+    /// Recording the pass on the host (wgpu: before submission; CUDA launches as it records).
+    pub record_ms: Spread,
     pub dispatches: usize,
+    pub gflops_per_image: f64,
+    pub images_per_s: f64,
+}
+
+/// Unpruned and pruned passes at one batch size, timed rep by rep in turn.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PairBench {
+    pub unpruned: PassBench,
+    pub pruned: Option<PassBench>,
+    /// Per-repetition wall-time ratios unpruned / pruned.
+    pub speedup: Option<Spread>,
+    /// The same for GPU time.
+    pub speedup_gpu: Option<Spread>,
 }
 
 /// Fixed pseudo-random pixels `[batch, C, H, W]` at the model's input size.
@@ -201,29 +240,89 @@ fn random_pixels(
     )
 }
 
-/// A vision model's forward pass at `batch` on fixed pseudo-random pixels, pruned when asked.
-pub fn bench_vision(
+/// One timed pass: (wall ms, record ms, GPU ms or None, dispatches).
+fn time_pass(
+    ctx: &Context,
+    gpu_timer: bool,
+    record: impl FnOnce(&mut Recorder) -> Result<Tensor>,
+) -> Result<(f64, f64, Option<f64>, usize)> {
+    let start = Instant::now();
+    let mut rec = ctx.recorder();
+    if gpu_timer {
+        rec.time_gpu()?;
+    }
+    let out = record(&mut rec)?;
+    let dispatches = rec.dispatch_count();
+    let record_ms = start.elapsed().as_secs_f64() * 1e3;
+    let gpu_ms = if gpu_timer {
+        Some(pollster::block_on(rec.submit_timed(&[&out]))?.1)
+    } else {
+        pollster::block_on(rec.submit_and_read(&[&out]))?;
+        None
+    };
+    Ok((
+        start.elapsed().as_secs_f64() * 1e3,
+        record_ms,
+        gpu_ms,
+        dispatches,
+    ))
+}
+
+/// A vision model's forward pass at `batch` on fixed pseudo-random pixels, unpruned and (when
+/// `pruning` is given) pruned, interleaved rep by rep (the order alternating) after one
+/// warm-up of each, so that a slow stretch of the machine falls on both sides.
+pub fn bench_vision_pair(
     ctx: &Context,
     model: &crate::models::vision::VisionModel,
     pruning: Option<&crate::prune::Pruning>,
     batch: usize,
     reps: usize,
-) -> Result<ModelBench> {
+) -> Result<PairBench> {
     let pixels = random_pixels(ctx, model, batch)?;
-    let mut dispatches = 0;
-    let ms = time_gpu(ctx, reps, 1, |rec| {
-        let logits = model.forward(rec, &pixels, pruning, None);
-        dispatches = rec.dispatch_count();
-        logits
-    })?;
-    let gflops = model.flops(pruning.map(|p| &p.schedule)) / 1e9;
-    Ok(ModelBench {
-        batch,
-        ms_per_batch: ms,
-        images_per_s: batch as f64 * 1e3 / ms,
-        gflops_per_image: gflops,
-        gflops_per_s: gflops * batch as f64 * 1e3 / ms,
-        dispatches,
+    let gpu_timer = ctx.can_profile();
+    let sides: Vec<Option<&crate::prune::Pruning>> =
+        std::iter::once(None).chain(pruning.map(Some)).collect();
+    // Per side: wall, record and GPU times, dispatches.
+    let mut runs = vec![(Vec::new(), Vec::new(), Vec::new(), 0); sides.len()];
+    for rep in 0..=reps {
+        for i in 0..sides.len() {
+            let side = if rep % 2 == 0 { i } else { sides.len() - 1 - i };
+            let (wall, record, gpu, dispatches) = time_pass(ctx, gpu_timer, |rec| {
+                model.forward(rec, &pixels, sides[side], None)
+            })?;
+            if rep > 0 {
+                let r = &mut runs[side];
+                r.0.push(wall);
+                r.1.push(record);
+                r.2.extend(gpu);
+                r.3 = dispatches;
+            }
+        }
+    }
+    let pass = |side: usize| {
+        let (wall, record, gpu, dispatches) = &runs[side];
+        let wall_ms = Spread::of(wall.clone());
+        PassBench {
+            batch,
+            wall_ms,
+            gpu_ms: (!gpu.is_empty()).then(|| Spread::of(gpu.clone())),
+            record_ms: Spread::of(record.clone()),
+            dispatches: *dispatches,
+            gflops_per_image: model.flops(sides[side].map(|p| &p.schedule)) / 1e9,
+            images_per_s: batch as f64 * 1e3 / wall_ms.median,
+        }
+    };
+    let pruned = (sides.len() > 1).then(|| pass(1));
+    Ok(PairBench {
+        unpruned: pass(0),
+        speedup: pruned
+            .as_ref()
+            .map(|_| Spread::ratios(&runs[0].0, &runs[1].0)),
+        speedup_gpu: pruned
+            .as_ref()
+            .filter(|_| gpu_timer)
+            .map(|_| Spread::ratios(&runs[0].2, &runs[1].2)),
+        pruned,
     })
 }
 
@@ -319,50 +418,172 @@ pub fn random_mamba_130m() -> Result<ModelDir> {
         "conv_kernel": 4, "expand": 2, "use_bias": false, "use_conv_bias": true,
         "layer_norm_epsilon": 1e-5, "tie_word_embeddings": true,
     });
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    let mut seed = 100;
-    // Uniform in ±1/sqrt(fan_in), as PyTorch's default Linear initialisation.
-    let mut linear = |name: String, shape: Vec<usize>| {
-        seed += 1;
-        let fan_in = shape[1..].iter().product::<usize>() as f32;
+    let mut weights = RandomWeights::default();
+    weights.linear("backbone.embeddings.weight", &[vocab, d]);
+    for i in 0..layers {
+        let m = format!("backbone.layers.{i}.mixer.");
+        weights.fill(&format!("backbone.layers.{i}.norm.weight"), &[d], 1.0);
+        weights.linear(&format!("{m}in_proj.weight"), &[2 * e, d]);
+        weights.linear(&format!("{m}conv1d.weight"), &[e, 1, 4]);
+        weights.linear(&format!("{m}conv1d.bias"), &[e]);
+        weights.ssm(&m, "", e, n, r);
+        weights.linear(&format!("{m}out_proj.weight"), &[d, e]);
+    }
+    weights.fill("backbone.norm_f.weight", &[d], 1.0);
+    ModelDir::from_bytes(
+        "random-mamba-130m",
+        &config.to_string(),
+        serialize_f32(&weights.tensors)?,
+    )
+}
+
+/// Vision models of the published shapes that `bench --random-vision` builds in memory.
+pub const RANDOM_VISION: &[&str] = &["vim-ti", "vim-s", "plainmamba-l1"];
+
+/// A model folder of `kind`'s published shape (one of [`RANDOM_VISION`]: Vim-Ti and Vim-S at
+/// 224 px, 24 layers; PlainMamba-L1, 24 layers of 192) with fixed pseudo-random weights at
+/// initialisation-like scales, built in memory: the large models' speed without PyTorch or a
+/// checkpoint.
+pub fn random_vision(kind: &str) -> Result<ModelDir> {
+    let imagenet = serde_json::json!({
+        "resize_shorter": 256, "crop": [224, 224], "interpolation": "bicubic",
+        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+    });
+    let mut weights = RandomWeights::default();
+    let config = match kind {
+        "vim-ti" | "vim-s" => {
+            let d = if kind == "vim-ti" { 192 } else { 384 };
+            let (e, n, r, depth, grid, classes) = (2 * d, 16, d / 16, 24, 14, 1000);
+            weights.linear("patch_embed.proj.weight", &[d, 3, 16, 16]);
+            weights.linear("patch_embed.proj.bias", &[d]);
+            weights.linear("cls_token", &[1, 1, d]);
+            weights.linear("pos_embed", &[1, grid * grid + 1, d]);
+            for i in 0..depth {
+                let m = format!("layers.{i}.mixer.");
+                weights.fill(&format!("layers.{i}.norm.weight"), &[d], 1.0);
+                weights.linear(&format!("{m}in_proj.weight"), &[2 * e, d]);
+                for suffix in ["", "_b"] {
+                    weights.ssm(&m, suffix, e, n, r);
+                    weights.linear(&format!("{m}conv1d{suffix}.weight"), &[e, 1, 4]);
+                    weights.linear(&format!("{m}conv1d{suffix}.bias"), &[e]);
+                }
+                weights.linear(&format!("{m}out_proj.weight"), &[d, e]);
+            }
+            weights.fill("norm_f.weight", &[d], 1.0);
+            weights.linear("head.weight", &[classes, d]);
+            weights.linear("head.bias", &[classes]);
+            serde_json::json!({
+                "model_type": "vim", "img_size": 224, "patch_size": 16, "stride": 16,
+                "embed_dim": d, "depth": depth, "channels": 3, "num_classes": classes,
+                "d_state": n, "d_conv": 4, "expand": 2, "dt_rank": "auto", "rms_norm": true,
+                "residual_in_fp32": true, "fused_add_norm": true, "if_abs_pos_embed": true,
+                "if_rope": false, "if_rope_residual": false, "bimamba_type": "v2",
+                "if_cls_token": true, "if_divide_out": true, "use_middle_cls_token": true,
+                "norm_epsilon": 1e-5, "conv_bias": true, "bias": false, "preprocess": imagenet,
+            })
+        }
+        "plainmamba-l1" => {
+            use crate::models::plainmamba::STEM_CHANNELS as S;
+            use crate::ops::zigzag_scan::DIRECTIONS;
+            let (d, depth, n, k, classes, grid) = (192, 24, 16, 7, 1000, 14);
+            let (e, r) = (2 * d, d / 16);
+            let pe = "backbone.patch_embed.";
+            weights.linear(&format!("{pe}stem.0.weight"), &[S, 3, 7, 7]);
+            weights.batch_norm(&format!("{pe}stem.1."), S);
+            weights.linear(&format!("{pe}convs.0.weight"), &[S, S, 3, 3]);
+            weights.batch_norm(&format!("{pe}convs.1."), S);
+            weights.linear(&format!("{pe}projection.weight"), &[d, S, 8, 8]);
+            weights.linear(&format!("{pe}projection.bias"), &[d]);
+            weights.linear("backbone.pos_embed", &[1, grid * grid, d]);
+            for i in 0..depth {
+                let p = format!("backbone.layers.{i}.");
+                let m = format!("{p}mamba.");
+                weights.fill(&format!("{p}norm.weight"), &[d], 1.0);
+                weights.fill(&format!("{p}norm.bias"), &[d], 0.0);
+                weights.ssm(&m, "", e, n, r);
+                weights.linear(&format!("{m}direction_Bs"), &[DIRECTIONS, n]);
+                weights.linear(&format!("{m}conv2d.weight"), &[e, 1, k, k]);
+                weights.linear(&format!("{m}conv2d.bias"), &[e]);
+                weights.linear(&format!("{m}in_proj.weight"), &[2 * e, d]);
+                weights.linear(&format!("{m}in_proj.bias"), &[2 * e]);
+                weights.linear(&format!("{m}out_proj.weight"), &[d, e]);
+                weights.linear(&format!("{m}out_proj.bias"), &[d]);
+            }
+            weights.linear("backbone.layers.0.dw.0.weight", &[d, 1, 3, 3]);
+            weights.batch_norm("backbone.layers.0.dw.1.", d);
+            weights.fill("backbone.ln1.weight", &[d], 1.0);
+            weights.fill("backbone.ln1.bias", &[d], 0.0);
+            weights.linear("head.fc.weight", &[classes, d]);
+            weights.linear("head.fc.bias", &[classes]);
+            serde_json::json!({
+                "model_type": "plainmamba", "img_size": 224, "in_channels": 3, "patch_size": 16,
+                "embed_dims": d, "num_layers": depth, "num_convs_patch_embed": 1,
+                "layers_with_dwconv": [0], "d_state": n, "expand": 2, "conv_size": k,
+                "conv_bias": true, "bias": true, "num_classes": classes, "preprocess": imagenet,
+            })
+        }
+        other => {
+            return Err(crate::Error::InvalidInput(format!(
+                "--random-vision `{other}`: one of {}",
+                RANDOM_VISION.join(", ")
+            )))
+        }
+    };
+    ModelDir::from_bytes(
+        &format!("random-{kind}"),
+        &config.to_string(),
+        serialize_f32(&weights.tensors)?,
+    )
+}
+
+/// The tensors of a random model folder, drawn in order from one seed sequence.
+#[derive(Default)]
+struct RandomWeights {
+    tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+impl RandomWeights {
+    /// Uniform in ±1/sqrt(fan_in), as PyTorch's default Linear and Conv initialisation.
+    fn linear(&mut self, name: &str, shape: &[usize]) {
+        let fan_in = shape[1..].iter().product::<usize>().max(1) as f32;
+        let seed = 1000 + self.tensors.len() as u64;
         let v = values(shape.iter().product(), seed)
             .iter()
             .map(|x| x / fan_in.sqrt())
             .collect();
-        (name, shape, v)
-    };
-    tensors.push(linear("backbone.embeddings.weight".into(), vec![vocab, d]));
-    for i in 0..layers {
-        let m = format!("backbone.layers.{i}.mixer.");
-        tensors.push((
-            format!("backbone.layers.{i}.norm.weight"),
-            vec![d],
-            vec![1.0; d],
-        ));
-        tensors.push(linear(format!("{m}in_proj.weight"), vec![2 * e, d]));
-        tensors.push(linear(format!("{m}conv1d.weight"), vec![e, 1, 4]));
-        tensors.push(linear(format!("{m}conv1d.bias"), vec![e, 1]));
-        tensors.push(linear(format!("{m}x_proj.weight"), vec![r + 2 * n, e]));
-        tensors.push(linear(format!("{m}dt_proj.weight"), vec![e, r]));
-        // Softplus⁻¹ of a 0.01 step, and A = -(1..=N) per channel: mamba_ssm's initialisation.
-        tensors.push((format!("{m}dt_proj.bias"), vec![e], vec![-4.6; e]));
+        self.tensors.push((name.into(), shape.to_vec(), v));
+    }
+
+    fn fill(&mut self, name: &str, shape: &[usize], value: f32) {
+        let v = vec![value; shape.iter().product()];
+        self.tensors.push((name.into(), shape.to_vec(), v));
+    }
+
+    /// An identity eval-mode BatchNorm of `channels`.
+    fn batch_norm(&mut self, prefix: &str, channels: usize) {
+        for (name, value) in [
+            ("weight", 1.0),
+            ("bias", 0.0),
+            ("running_mean", 0.0),
+            ("running_var", 1.0),
+        ] {
+            self.fill(&format!("{prefix}{name}"), &[channels], value);
+        }
+    }
+
+    /// One SSM branch's A_log, D and dt projection as mamba_ssm initialises them: A = -(1..=N)
+    /// per channel, D = 1, a 0.01 step through softplus⁻¹.
+    fn ssm(&mut self, mixer: &str, suffix: &str, e: usize, n: usize, r: usize) {
         let a_log = (0..e)
             .flat_map(|_| (1..=n).map(|k| (k as f32).ln()))
             .collect();
-        tensors.push((format!("{m}A_log"), vec![e, n], a_log));
-        tensors.push((format!("{m}D"), vec![e], vec![1.0; e]));
-        tensors.push(linear(format!("{m}out_proj.weight"), vec![d, e]));
+        self.tensors
+            .push((format!("{mixer}A{suffix}_log"), vec![e, n], a_log));
+        self.fill(&format!("{mixer}D{suffix}"), &[e], 1.0);
+        self.fill(&format!("{mixer}dt_proj{suffix}.bias"), &[e], -4.6);
+        self.linear(&format!("{mixer}dt_proj{suffix}.weight"), &[e, r]);
+        self.linear(&format!("{mixer}x_proj{suffix}.weight"), &[r + 2 * n, e]);
     }
-    tensors.push(("backbone.norm_f.weight".into(), vec![d], vec![1.0; d]));
-    // conv1d.bias was drawn as [E, 1] for its fan-in; the checkpoint stores it as [E].
-    for t in tensors.iter_mut().filter(|t| t.0.ends_with("conv1d.bias")) {
-        t.1 = vec![e];
-    }
-    ModelDir::from_bytes(
-        "random-mamba-130m",
-        &config.to_string(),
-        serialize_f32(&tensors)?,
-    )
 }
 
 #[derive(Clone, Debug, serde::Serialize)]

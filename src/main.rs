@@ -230,6 +230,10 @@ enum Command {
         /// vocabulary 50280) built in memory.
         #[arg(long, conflicts_with = "model")]
         random_lm: bool,
+        /// Time a vision model of a published shape with random weights built in memory:
+        /// vim-ti, vim-s (224 px, 24 layers) or plainmamba-l1.
+        #[arg(long, conflicts_with_all = ["model", "random_lm"])]
+        random_vision: Option<String>,
         #[command(flatten)]
         prefill: PrefillArgs,
         /// Batch sizes to time the model at, comma separated.
@@ -428,7 +432,15 @@ fn run(command: Command) -> Result<()> {
             json,
             prune,
             ..
-        } => bench_model(&model, &batch, reps, json, &prune),
+        } => bench_model(VisionSource::Dir(&model), &batch, reps, json, &prune),
+        Command::Bench {
+            random_vision: Some(kind),
+            batch,
+            reps,
+            json,
+            prune,
+            ..
+        } => bench_model(VisionSource::Random(&kind), &batch, reps, json, &prune),
         Command::Bench { json, .. } => bench(json),
         Command::LmEval {
             model,
@@ -936,8 +948,14 @@ fn generate(
     Ok(())
 }
 
+/// Where `bench` gets a vision model: a folder, or a random one of a published shape.
+enum VisionSource<'a> {
+    Dir(&'a Path),
+    Random(&'a str),
+}
+
 fn bench_model(
-    model_dir: &Path,
+    source: VisionSource,
     batches: &[usize],
     reps: usize,
     json: bool,
@@ -950,23 +968,23 @@ fn bench_model(
     }
     let pruning = prune.pruning()?;
     let ctx = gpu_context()?;
-    let classifier = Classifier::load(&ctx, model_dir)?;
+    let (classifier, name) = match source {
+        VisionSource::Dir(dir) => (Classifier::load(&ctx, dir)?, dir.display().to_string()),
+        VisionSource::Random(kind) => (
+            Classifier::from_model_dir(&ctx, &ssmgpu::bench::random_vision(kind)?)?,
+            format!("random {kind}"),
+        ),
+    };
     let model = &classifier.model;
     let flops_ratio = model.flops(None) / model.flops(pruning.as_ref().map(|p| &p.schedule));
-    let mut rows = Vec::new();
-    for &batch in batches {
-        let unpruned = ssmgpu::bench::bench_vision(&ctx, model, None, batch, reps)?;
-        let pruned = pruning
-            .as_ref()
-            .map(|p| ssmgpu::bench::bench_vision(&ctx, model, Some(p), batch, reps))
-            .transpose()?;
-        rows.push((batch, unpruned, pruned));
-    }
+    let rows = batches
+        .iter()
+        .map(|&batch| ssmgpu::bench::bench_vision_pair(&ctx, model, pruning.as_ref(), batch, reps))
+        .collect::<Result<Vec<_>>>()?;
     // Where the pruned pass spends its GPU time, at the first batch size, when the device
     // has timestamps.
-    let timestamps = ctx.can_profile();
     let profile = match &pruning {
-        Some(p) if timestamps => Some(ssmgpu::bench::profile_vision(
+        Some(p) if ctx.can_profile() => Some(ssmgpu::bench::profile_vision(
             &ctx,
             model,
             Some(p),
@@ -975,34 +993,48 @@ fn bench_model(
         )?),
         _ => None,
     };
-    let per_image = |r: &ssmgpu::bench::ModelBench| r.ms_per_batch / r.batch as f64;
-    let adapter = Some(ctx.device_name());
+    let per_image = |r: &ssmgpu::bench::PassBench| r.wall_ms.median / r.batch as f64;
+    let adapter = ctx.device_name();
     if json {
         let batches: Vec<serde_json::Value> = rows
             .iter()
-            .map(|(batch, unpruned, pruned)| {
+            .map(|row| {
+                let u = &row.unpruned;
                 let mut v = serde_json::json!({
-                    "batch": batch,
-                    "ms_unpruned": per_image(unpruned),
-                    "unpruned": unpruned,
+                    "batch": u.batch,
+                    "ms_unpruned": per_image(u),
+                    "record_ms": u.record_ms.median,
+                    "dispatches_unpruned": u.dispatches,
+                    "unpruned": u,
                 });
-                if let Some(p) = pruned {
+                if let Some(p) = &row.pruned {
                     v["ms_pruned"] = serde_json::json!(per_image(p));
-                    v["speedup"] = serde_json::json!(unpruned.ms_per_batch / p.ms_per_batch);
+                    v["speedup"] = serde_json::json!(row.speedup.map(|s| s.median));
+                    v["speedup_gpu"] = serde_json::json!(row.speedup_gpu.map(|s| s.median));
+                    v["dispatches_pruned"] = serde_json::json!(p.dispatches);
                     v["pruned"] = serde_json::json!(p);
                 }
                 v
             })
             .collect();
         let mut v = serde_json::json!({
-            "model": model_dir.display().to_string(),
+            "model": name,
             "adapter": adapter,
-            "prune": prune.prune,
+            "prune": pruning.as_ref().map(|p| p.schedule.to_string()),
             "flops_ratio": flops_ratio,
             "profile": profile,
         });
         // The first batch size's figures at the top level.
-        for key in ["batch", "ms_unpruned", "ms_pruned", "speedup"] {
+        for key in [
+            "batch",
+            "ms_unpruned",
+            "ms_pruned",
+            "speedup",
+            "speedup_gpu",
+            "record_ms",
+            "dispatches_unpruned",
+            "dispatches_pruned",
+        ] {
             if let Some(x) = batches[0].get(key) {
                 v[key] = x.clone();
             }
@@ -1011,25 +1043,35 @@ fn bench_model(
         println!("{v}");
         return Ok(());
     }
-    println!(
-        "{} on {}",
-        model_dir.display(),
-        adapter.as_deref().unwrap_or("?")
-    );
-    for (batch, unpruned, pruned) in &rows {
-        print!(
-            "batch {batch}: unpruned {:.2} ms/image ({} dispatches)",
-            per_image(unpruned),
-            unpruned.dispatches
+    println!("{name} on {adapter}, {reps} reps, unpruned and pruned in turn");
+    let spread = |s: &ssmgpu::bench::Spread| {
+        format!("{:.2} ms [{:.2}-{:.2}]", s.median, s.min, s.max)
+    };
+    let pass = |what: &str, r: &ssmgpu::bench::PassBench| {
+        let gpu = r
+            .gpu_ms
+            .as_ref()
+            .map_or(String::new(), |g| format!(", GPU {}", spread(g)));
+        println!(
+            "  {what:<8} wall {}{gpu}, recording {:.2} ms, {} dispatches, {:.2} ms/image",
+            spread(&r.wall_ms),
+            r.record_ms.median,
+            r.dispatches,
+            per_image(r)
         );
-        match pruned {
-            Some(p) => println!(
-                ", pruned {:.2} ms/image ({} dispatches): speedup {:.2}x for a FLOPs ratio of {flops_ratio:.2}x",
-                per_image(p),
-                p.dispatches,
-                unpruned.ms_per_batch / p.ms_per_batch
-            ),
-            None => println!(),
+    };
+    for row in &rows {
+        println!("batch {}:", row.unpruned.batch);
+        pass("unpruned", &row.unpruned);
+        if let (Some(p), Some(s)) = (&row.pruned, &row.speedup) {
+            pass("pruned", p);
+            let gpu = row.speedup_gpu.map_or(String::new(), |g| {
+                format!(", GPU {:.2}x [{:.2}-{:.2}]", g.median, g.min, g.max)
+            });
+            println!(
+                "  speedup wall {:.2}x [{:.2}-{:.2}]{gpu} for a FLOPs ratio of {flops_ratio:.2}x",
+                s.median, s.min, s.max
+            );
         }
     }
     if let Some(p) = &profile {

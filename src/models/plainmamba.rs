@@ -27,7 +27,7 @@ use crate::prune::{Align, PruneSchedule, Pruning, TokenStreams};
 use crate::runtime::{Context, DType, Recorder, Tensor};
 
 /// Channels of the patch embedding's conv stem (fixed in `ConvPatchEmbed`).
-const STEM_CHANNELS: usize = 64;
+pub const STEM_CHANNELS: usize = 64;
 /// `nn.BatchNorm2d`'s default.
 const BN_EPS: f64 = 1e-5;
 

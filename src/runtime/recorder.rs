@@ -34,6 +34,14 @@ struct Encoder {
     /// that an unsubmitted recorder ends its pass before dropping the encoder.
     pass: Option<Box<wgpu::ComputePass<'static>>>,
     encoder: wgpu::CommandEncoder,
+    /// Two timestamps around all the recorded work (see [`Recorder::time_gpu`]): the first
+    /// pass writes the start; submission adds an empty pass that writes the end.
+    timer: Option<PassTimer>,
+}
+
+struct PassTimer {
+    queries: wgpu::QuerySet,
+    started: bool,
 }
 
 impl Encoder {
@@ -46,16 +54,55 @@ impl Encoder {
     /// The open pass, or a new one.
     fn pass(&mut self) -> &mut wgpu::ComputePass<'static> {
         let encoder = &mut self.encoder;
+        let timer = &mut self.timer;
         self.pass.get_or_insert_with(|| {
+            let first = timer
+                .as_mut()
+                .is_some_and(|t| !std::mem::replace(&mut t.started, true));
+            let timestamp_writes = timer
+                .as_ref()
+                .filter(|_| first)
+                .map(|t| wgpu::ComputePassTimestampWrites {
+                    query_set: &t.queries,
+                    beginning_of_pass_write_index: Some(0),
+                    end_of_pass_write_index: None,
+                });
             Box::new(
                 encoder
                     .begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: Some("ssmgpu.dispatches"),
-                        timestamp_writes: None,
+                        timestamp_writes,
                     })
                     .forget_lifetime(),
             )
         })
+    }
+
+    /// End the timed span (after everything recorded so far) and resolve both stamps into
+    /// `ticks` (u32 `[4]`, two u64s). Returns false when the span was never started.
+    fn end_timer(&mut self, device: &wgpu::Device, ticks: &wgpu::Buffer) -> bool {
+        let Some(timer) = self.timer.take().filter(|t| t.started) else {
+            return false;
+        };
+        let encoder = self.commands();
+        // An empty pass whose end stamp is written once all earlier work is done.
+        drop(encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("ssmgpu.timer_end"),
+            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                query_set: &timer.queries,
+                beginning_of_pass_write_index: None,
+                end_of_pass_write_index: Some(1),
+            }),
+        }));
+        let resolved = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("ssmgpu.timer.resolve"),
+            size: 16,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        encoder.resolve_query_set(&timer.queries, 0..2, &resolved, 0);
+        encoder.copy_buffer_to_buffer(&resolved, 0, ticks, 0, 16);
+        true
     }
 
     fn finish(mut self) -> wgpu::CommandEncoder {
@@ -91,6 +138,7 @@ impl Recorder {
                 scope: w.device.push_error_scope(wgpu::ErrorFilter::Validation),
                 encoder: Encoder {
                     pass: None,
+                    timer: None,
                     encoder: w
                         .device
                         .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -135,6 +183,43 @@ impl Recorder {
                 *profile = Some(Profile {
                     queries,
                     kernels: Vec::new(),
+                });
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            Commands::Cuda(launches) => {
+                launches.profile();
+                Ok(())
+            }
+        }
+    }
+
+    /// Time all the work recorded from now on, as one span of GPU time (CUDA: the sum of its
+    /// launches' times); read it with [`Recorder::submit_timed`]. Unlike [`Recorder::profile`]
+    /// this leaves the dispatches in one pass, so the span is what an untimed pass costs.
+    /// wgpu needs `TIMESTAMP_QUERY`.
+    pub fn time_gpu(&mut self) -> Result<()> {
+        match &mut self.commands {
+            Commands::Wgpu { encoder, .. } => {
+                let w = wgpu_of(&self.ctx);
+                if !w
+                    .device
+                    .features()
+                    .contains(wgpu::Features::TIMESTAMP_QUERY)
+                {
+                    return Err(Error::Gpu(
+                        "timing needs timestamp queries, which this device lacks".into(),
+                    ));
+                }
+                // Work already in the open pass would fall outside the span.
+                encoder.commands();
+                encoder.timer = Some(PassTimer {
+                    queries: w.device.create_query_set(&wgpu::QuerySetDescriptor {
+                        label: Some("ssmgpu.timer"),
+                        ty: wgpu::QueryType::Timestamp,
+                        count: 2,
+                    }),
+                    started: false,
                 });
                 Ok(())
             }
@@ -251,13 +336,45 @@ impl Recorder {
             Commands::Cuda(launches) => {
                 let device = cuda_of(&ctx);
                 launches.finish(device)?;
-                tensors
-                    .iter()
-                    .map(|t| match t.buffer() {
-                        Buffer::Cuda(b) => device.read_f32(b, t.numel()),
-                        Buffer::Wgpu(_) => Err(foreign_tensor()),
-                    })
-                    .collect()
+                read_cuda(device, tensors)
+            }
+        }
+    }
+
+    /// Submit a recording timed with [`Recorder::time_gpu`], then read back the named tensors;
+    /// also returns the GPU milliseconds of the timed span (0 when nothing was recorded).
+    pub async fn submit_timed(mut self, tensors: &[&Tensor]) -> Result<(Vec<Vec<f32>>, f64)> {
+        match &mut self.commands {
+            Commands::Wgpu { encoder, .. } => {
+                let w = wgpu_of(&self.ctx);
+                let ticks = self.ctx.alloc("timer", &[4], DType::U32)?;
+                let ticks_buffer = ticks.buffer().wgpu().ok_or_else(foreign_tensor)?;
+                if encoder.timer.is_none() {
+                    return Err(not_timed());
+                }
+                let started = encoder.end_timer(&w.device, ticks_buffer);
+                let period_ns = w.queue.get_timestamp_period() as f64;
+                let mut all: Vec<&Tensor> = tensors.to_vec();
+                all.push(&ticks);
+                let mut out = self.submit_and_read(&all).await?;
+                let words = out.pop().unwrap_or_default();
+                let stamp = |i: usize| {
+                    words[2 * i].to_bits() as u64 | (words[2 * i + 1].to_bits() as u64) << 32
+                };
+                let ms = if started {
+                    stamp(1).saturating_sub(stamp(0)) as f64 * period_ns * 1e-6
+                } else {
+                    0.0
+                };
+                Ok((out, ms))
+            }
+            #[cfg(feature = "cuda")]
+            Commands::Cuda(launches) => {
+                let launches = std::mem::take(launches);
+                let device = cuda_of(&self.ctx);
+                let times = launches.finish_profiled(device)?.ok_or_else(not_timed)?;
+                let out = read_cuda(device, tensors)?;
+                Ok((out, times.iter().map(|(_, ms)| ms).sum()))
             }
         }
     }
@@ -348,6 +465,24 @@ fn wgpu_of(ctx: &Context) -> &WgpuDevice {
 #[cfg(feature = "cuda")]
 fn cuda_of(ctx: &Context) -> &crate::runtime::cuda::CudaDevice {
     ctx.cuda().expect("a CUDA recorder has a CUDA context")
+}
+
+#[cfg(feature = "cuda")]
+fn read_cuda(
+    device: &crate::runtime::cuda::CudaDevice,
+    tensors: &[&Tensor],
+) -> Result<Vec<Vec<f32>>> {
+    tensors
+        .iter()
+        .map(|t| match t.buffer() {
+            Buffer::Cuda(b) => device.read_f32(b, t.numel()),
+            Buffer::Wgpu(_) => Err(foreign_tensor()),
+        })
+        .collect()
+}
+
+fn not_timed() -> Error {
+    Error::InvalidInput("submit_timed: the recording was not timed (time_gpu)".into())
 }
 
 fn not_profiled() -> Error {
