@@ -247,27 +247,13 @@ fn step(s: u32) {
     if ((FLAGS & SOFTPLUS) != 0u) {
         dt = softplus(dt);
     }
+    // The pruned positions since the previous kept token decay the state as zero-input
+    // tokens: exp2(g·A)·exp2(dt·A) = exp2((dt + g)·A), folded into this token's exps.
+    var decay_dt = dt;
     if ((FLAGS & GAP_DECAY) != 0u) {
         let pos = positions[row];
         if (s > 0u) {
-            let gap = f32(max(abs(i32(pos) - i32(prev_pos)), 1) - 1);
-            let g = gap * idle_dt;
-            h0 *= exp2(g * a0);
-            h1 *= exp2(g * a1);
-            h2 *= exp2(g * a2);
-            h3 *= exp2(g * a3);
-            h4 *= exp2(g * a4);
-            h5 *= exp2(g * a5);
-            h6 *= exp2(g * a6);
-            h7 *= exp2(g * a7);
-            h8 *= exp2(g * a8);
-            h9 *= exp2(g * a9);
-            h10 *= exp2(g * a10);
-            h11 *= exp2(g * a11);
-            h12 *= exp2(g * a12);
-            h13 *= exp2(g * a13);
-            h14 *= exp2(g * a14);
-            h15 *= exp2(g * a15);
+            decay_dt += f32(max(abs(i32(pos) - i32(prev_pos)), 1) - 1) * idle_dt;
         }
         prev_pos = pos;
     }
@@ -294,37 +280,37 @@ fn step(s: u32) {
     let c2 = bc4(cb, 8u);
     let c3 = bc4(cb, 12u);
 // #endif
-    h0 = fma(exp2(dt * a0), h0, du * b0.x);
+    h0 = fma(exp2(decay_dt * a0), h0, du * b0.x);
     var y = h0 * c0.x;
-    h1 = fma(exp2(dt * a1), h1, du * b0.y);
+    h1 = fma(exp2(decay_dt * a1), h1, du * b0.y);
     y = fma(h1, V(c0.y), y);
-    h2 = fma(exp2(dt * a2), h2, du * b0.z);
+    h2 = fma(exp2(decay_dt * a2), h2, du * b0.z);
     y = fma(h2, V(c0.z), y);
-    h3 = fma(exp2(dt * a3), h3, du * b0.w);
+    h3 = fma(exp2(decay_dt * a3), h3, du * b0.w);
     y = fma(h3, V(c0.w), y);
-    h4 = fma(exp2(dt * a4), h4, du * b1.x);
+    h4 = fma(exp2(decay_dt * a4), h4, du * b1.x);
     y = fma(h4, V(c1.x), y);
-    h5 = fma(exp2(dt * a5), h5, du * b1.y);
+    h5 = fma(exp2(decay_dt * a5), h5, du * b1.y);
     y = fma(h5, V(c1.y), y);
-    h6 = fma(exp2(dt * a6), h6, du * b1.z);
+    h6 = fma(exp2(decay_dt * a6), h6, du * b1.z);
     y = fma(h6, V(c1.z), y);
-    h7 = fma(exp2(dt * a7), h7, du * b1.w);
+    h7 = fma(exp2(decay_dt * a7), h7, du * b1.w);
     y = fma(h7, V(c1.w), y);
-    h8 = fma(exp2(dt * a8), h8, du * b2.x);
+    h8 = fma(exp2(decay_dt * a8), h8, du * b2.x);
     y = fma(h8, V(c2.x), y);
-    h9 = fma(exp2(dt * a9), h9, du * b2.y);
+    h9 = fma(exp2(decay_dt * a9), h9, du * b2.y);
     y = fma(h9, V(c2.y), y);
-    h10 = fma(exp2(dt * a10), h10, du * b2.z);
+    h10 = fma(exp2(decay_dt * a10), h10, du * b2.z);
     y = fma(h10, V(c2.z), y);
-    h11 = fma(exp2(dt * a11), h11, du * b2.w);
+    h11 = fma(exp2(decay_dt * a11), h11, du * b2.w);
     y = fma(h11, V(c2.w), y);
-    h12 = fma(exp2(dt * a12), h12, du * b3.x);
+    h12 = fma(exp2(decay_dt * a12), h12, du * b3.x);
     y = fma(h12, V(c3.x), y);
-    h13 = fma(exp2(dt * a13), h13, du * b3.y);
+    h13 = fma(exp2(decay_dt * a13), h13, du * b3.y);
     y = fma(h13, V(c3.y), y);
-    h14 = fma(exp2(dt * a14), h14, du * b3.z);
+    h14 = fma(exp2(decay_dt * a14), h14, du * b3.z);
     y = fma(h14, V(c3.z), y);
-    h15 = fma(exp2(dt * a15), h15, du * b3.w);
+    h15 = fma(exp2(decay_dt * a15), h15, du * b3.w);
     y = fma(h15, V(c3.w), y);
     y = fma(d_skip, ut, y);
     let o = (row * p.channels + e) / W;

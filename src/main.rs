@@ -981,16 +981,13 @@ fn bench_model(
         .iter()
         .map(|&batch| ssmgpu::bench::bench_vision_pair(&ctx, model, pruning.as_ref(), batch, reps))
         .collect::<Result<Vec<_>>>()?;
-    // Where the pruned pass spends its GPU time, at the first batch size, when the device
-    // has timestamps.
-    let profile = match &pruning {
-        Some(p) if ctx.can_profile() => Some(ssmgpu::bench::profile_vision(
-            &ctx,
-            model,
-            Some(p),
-            batches[0],
-            reps,
-        )?),
+    // Where the unpruned and pruned passes spend their GPU time, at the first batch size,
+    // when the device has timestamps.
+    let profile_of = |p: Option<&Pruning>| {
+        ssmgpu::bench::profile_vision(&ctx, model, p, batches[0], reps)
+    };
+    let profiles = match &pruning {
+        Some(p) if ctx.can_profile() => Some((profile_of(None)?, profile_of(Some(p))?)),
         _ => None,
     };
     let per_image = |r: &ssmgpu::bench::PassBench| r.wall_ms.median / r.batch as f64;
@@ -1022,7 +1019,8 @@ fn bench_model(
             "adapter": adapter,
             "prune": pruning.as_ref().map(|p| p.schedule.to_string()),
             "flops_ratio": flops_ratio,
-            "profile": profile,
+            "profile_unpruned": profiles.as_ref().map(|p| &p.0),
+            "profile": profiles.as_ref().map(|p| &p.1),
         });
         // The first batch size's figures at the top level.
         for key in [
@@ -1074,15 +1072,45 @@ fn bench_model(
             );
         }
     }
-    if let Some(p) = &profile {
+    if let Some((unpruned, pruned)) = &profiles {
         print!("at batch {}: ", batches[0]);
-        print_profile(p, "pruning", ssmgpu::bench::PRUNING_KERNELS);
+        print_machinery(pruned, "pruning", ssmgpu::bench::PRUNING_KERNELS);
+        // Each kernel's GPU time beside the unpruned pass's: what does not shrink with the
+        // tokens shows here.
+        println!("  kernel           unpruned ms (dispatches)   pruned ms (dispatches)   ratio");
+        let of = |p: &ssmgpu::bench::KernelProfile, name: &str| {
+            p.kernels
+                .iter()
+                .find(|k| k.0 == name)
+                .map_or((0.0, 0), |k| (k.1, k.2))
+        };
+        let mut names: Vec<&str> = pruned.kernels.iter().map(|k| k.0.as_str()).collect();
+        for k in &unpruned.kernels {
+            if !names.contains(&k.0.as_str()) {
+                names.push(&k.0);
+            }
+        }
+        for name in names.iter().chain(&["(all)"]) {
+            let ((u, un), (p, pn)) = match *name {
+                "(all)" => ((unpruned.gpu_ms, 0), (pruned.gpu_ms, 0)),
+                n => (of(unpruned, n), of(pruned, n)),
+            };
+            println!("  {name:<16} {u:>9.3} ({un:>3})            {p:>9.3} ({pn:>3})          {:>5.2}x", u / p);
+        }
     }
     Ok(())
 }
 
 /// The slowest kernels of a profile and the share of the pruning or reduction machinery.
 fn print_profile(p: &ssmgpu::bench::KernelProfile, what: &str, machinery: &[&str]) {
+    print_machinery(p, what, machinery);
+    for (name, ms, n) in p.kernels.iter().take(6) {
+        println!("  {name:<16} {ms:>10.2} ms in {n} dispatches");
+    }
+}
+
+/// The share of the pruning or reduction machinery in a profile.
+fn print_machinery(p: &ssmgpu::bench::KernelProfile, what: &str, machinery: &[&str]) {
     println!(
         "{what} machinery ({}): {:.3} ms of {:.2} ms GPU time ({:.1}%)",
         machinery.join(", "),
@@ -1090,9 +1118,6 @@ fn print_profile(p: &ssmgpu::bench::KernelProfile, what: &str, machinery: &[&str
         p.gpu_ms,
         p.pruning_share * 100.0
     );
-    for (name, ms, n) in p.kernels.iter().take(6) {
-        println!("  {name:<16} {ms:>10.2} ms in {n} dispatches");
-    }
 }
 
 /// A folder whose config.json names a language model (anything but the vision models; a

@@ -72,13 +72,6 @@ __device__ __forceinline__ void store_h4(float* state, unsigned nstate, size_t b
     if (n0 + 3u < nstate) state[base + n0 + 3u] = h.w;
 }
 
-// The decay over pruned positions, g = gap * idle dt: h *= exp2(g * a).
-__device__ __forceinline__ void decay4(float4& h, float4 a, float g) {
-    h.x *= exp2f(g * a.x);
-    h.y *= exp2f(g * a.y);
-    h.z *= exp2f(g * a.z);
-    h.w *= exp2f(g * a.w);
-}
 
 // Output o's epilogue: the ungated copy (importance), the z gate, the accumulation, the store.
 __device__ __forceinline__ void store_output(float y, float zt, size_t o, bool in_range,
@@ -131,16 +124,12 @@ __device__ __forceinline__ void step(const Params& p, Scan& sc, const float* u, 
     float zt = 0.0f;
     if ((FLAGS & HAS_Z) != 0u) zt = z[p.z_offset + row * p.z_stride + sc.e];
     if ((FLAGS & SOFTPLUS) != 0u) dt = softplus(dt);
+    // The pruned positions since the previous kept token decay the state as zero-input
+    // tokens: exp2(g a) exp2(dt a) = exp2((dt + g) a), folded into this token's exps.
+    float decay_dt = dt;
     if ((FLAGS & GAP_DECAY) != 0u) {
         unsigned pos = positions[row];
-        if (s > 0u) {
-            float gap = (float)(max(abs((int)pos - (int)sc.prev_pos), 1) - 1);
-            float g = gap * sc.idle_dt;
-            decay4(sc.h0, sc.a0, g);
-            decay4(sc.h1, sc.a1, g);
-            decay4(sc.h2, sc.a2, g);
-            decay4(sc.h3, sc.a3, g);
-        }
+        if (s > 0u) decay_dt += (float)(max(abs((int)pos - (int)sc.prev_pos), 1) - 1) * sc.idle_dt;
         sc.prev_pos = pos;
     }
     float du = dt * ut;
@@ -148,10 +137,10 @@ __device__ __forceinline__ void step(const Params& p, Scan& sc, const float* u, 
     size_t cb = p.c_offset + row * p.bc_stride;
     // -0 makes the first fmaf exactly h0 * c0 (the WGSL's first term).
     float y = -0.0f;
-    update4(sc.h0, sc.a0, dt, du, row4(bc, p.nstate, bb, 0u), row4(bc, p.nstate, cb, 0u), y);
-    update4(sc.h1, sc.a1, dt, du, row4(bc, p.nstate, bb, 4u), row4(bc, p.nstate, cb, 4u), y);
-    update4(sc.h2, sc.a2, dt, du, row4(bc, p.nstate, bb, 8u), row4(bc, p.nstate, cb, 8u), y);
-    update4(sc.h3, sc.a3, dt, du, row4(bc, p.nstate, bb, 12u), row4(bc, p.nstate, cb, 12u), y);
+    update4(sc.h0, sc.a0, decay_dt, du, row4(bc, p.nstate, bb, 0u), row4(bc, p.nstate, cb, 0u), y);
+    update4(sc.h1, sc.a1, decay_dt, du, row4(bc, p.nstate, bb, 4u), row4(bc, p.nstate, cb, 4u), y);
+    update4(sc.h2, sc.a2, decay_dt, du, row4(bc, p.nstate, bb, 8u), row4(bc, p.nstate, cb, 8u), y);
+    update4(sc.h3, sc.a3, decay_dt, du, row4(bc, p.nstate, bb, 12u), row4(bc, p.nstate, cb, 12u), y);
     y = fmaf(sc.d_skip, ut, y);
     store_output(y, zt, row * p.channels + sc.e, sc.in_range, out, ungated);
 }
