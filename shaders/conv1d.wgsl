@@ -9,6 +9,9 @@
 // With has_positions != 0 the tokens are the kept ones of a pruned sequence and `positions`
 // holds their original positions: the window slides over the original positions, reading
 // pruned ones as zero (the alignment that decays the scan's state over the same gaps).
+// With directions = 2 the grid makes two walks, the second reversed, with the second conv's
+// weights (stacked after the first's) into the second half of `out`: Vim's two directions in
+// one dispatch.
 // `conv1d_silu_vec4` (channels, offset and stride multiples of 4) gives each invocation four
 // channels and reads and writes vec4s, `conv1d_silu_u64` eight as vec4<u64>s: a software
 // driver pays per load component, nearly whatever its width.
@@ -23,7 +26,7 @@ struct Params {
     write_state: u32,
     reverse: u32,
     has_positions: u32,
-    _pad0: u32,
+    directions: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -41,40 +44,54 @@ struct Params {
 // How far the window moves before token s (in `row`), besides the token itself: the zeros of
 // the pruned positions since the previous kept token (at most 3 matter); none without
 // positions.
-fn gap_before(s: u32, row: u32, previous: ptr<function, u32>) -> u32 {
+fn gap_before(s: u32, row: u32, previous: ptr<function, u32>, reverse: bool) -> u32 {
     if (p.has_positions == 0u) {
         return 0u;
     }
     let here = positions[row];
-    let gap = select(select(here - *previous, *previous - here, p.reverse != 0u), 1u, s == 0u);
+    let gap = select(select(here - *previous, *previous - here, reverse), 1u, s == 0u);
     *previous = here;
     return clamp(gap, 1u, 4u) - 1u;
 }
 
-// The row of step s of sequence `seq`'s walk (last to first when reversed).
-fn row_at(seq: u32, s: u32) -> u32 {
-    return seq * p.len + select(s, p.len - 1u - s, p.reverse != 0u);
+// An invocation's work: sequence `seq`, channels from `e`, walk `dir` (its weights start at
+// row `w`, its outputs at element `out`), last to first when `reverse`; `live` is false past
+// the last one.
+struct Block {
+    seq: u32,
+    e: u32,
+    dir: u32,
+    w: u32,
+    out: u32,
+    reverse: bool,
+    live: bool,
 }
 
-// The sequence (x) and first channel (y) of an invocation that takes `width` channels, in
-// workgroups of `group`; x is p.batch or more past the last invocation.
-fn block_of(wg: vec3<u32>, nwg: vec3<u32>, li: u32, group: u32, width: u32) -> vec2<u32> {
+// The block of an invocation that takes `width` channels, in workgroups of `group`.
+fn block_of(wg: vec3<u32>, nwg: vec3<u32>, li: u32, group: u32, width: u32) -> Block {
     let idx = (wg.x + wg.y * nwg.x) * group + li;
     let blocks = p.channels / width;
-    let b = idx / blocks;
-    return vec2<u32>(b, (idx - b * blocks) * width);
+    let walk = idx / blocks;
+    let dir = walk / p.batch;
+    return Block(walk - dir * p.batch, (idx - walk * blocks) * width, dir, dir * p.channels,
+                 dir * p.batch * p.len * p.channels, (p.reverse != 0u) != (dir == 1u), dir < p.directions);
+}
+
+// The row of step s of sequence `seq`'s walk (last to first when reversed).
+fn row_at(seq: u32, s: u32, reverse: bool) -> u32 {
+    return seq * p.len + select(s, p.len - 1u - s, reverse);
 }
 
 @compute @workgroup_size(64)
 fn conv1d_silu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let block = block_of(wg, nwg, li, 64u, 1u);
-    let b = block.x;
-    let e = block.y;
-    if (b >= p.batch) {
+    let b = block.seq;
+    let e = block.e;
+    if (!block.live) {
         return;
     }
-    let w = weight[e];
-    let c0 = bias[e];
+    let w = weight[block.w + e];
+    let c0 = bias[block.w + e];
     // window = (x[t-4], x[t-3], x[t-2], x[t-1])
     var window = vec4<f32>(0.0);
     if (p.use_state != 0u) {
@@ -82,13 +99,13 @@ fn conv1d_silu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     }
     var previous = 0u;
     for (var s = 0u; s < p.len; s++) {
-        let row = row_at(b, s);
-        for (var k = gap_before(s, row, &previous); k > 0u; k--) {
+        let row = row_at(b, s, block.reverse);
+        for (var k = gap_before(s, row, &previous, block.reverse); k > 0u; k--) {
             window = vec4<f32>(window.yzw, 0.0);
         }
         window = vec4<f32>(window.yzw, x[p.x_offset + row * p.x_stride + e]);
         let c = c0 + dot(window, w);
-        out[row * p.channels + e] = c / (1.0 + exp(-c));
+        out[block.out + row * p.channels + e] = c / (1.0 + exp(-c));
     }
     if (p.write_state != 0u) {
         state[b * p.channels + e] = window;
@@ -157,22 +174,22 @@ fn conv_silu(t: Taps, w: Window) -> vec4<f32> {
 @compute @workgroup_size(64)
 fn conv1d_silu_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let block = block_of(wg, nwg, li, 64u, 4u);
-    let b = block.x;
-    let e = block.y;
-    if (b >= p.batch) {
+    let b = block.seq;
+    let e = block.e;
+    if (!block.live) {
         return;
     }
     let c = vec4<u32>(e) + vec4<u32>(0u, 1u, 2u, 3u);
-    let taps = taps_of(c);
+    let taps = taps_of(c + vec4<u32>(block.w));
     var win = window_of(b, c);
     var previous = 0u;
     for (var s = 0u; s < p.len; s++) {
-        let row = row_at(b, s);
-        for (var k = gap_before(s, row, &previous); k > 0u; k--) {
+        let row = row_at(b, s, block.reverse);
+        for (var k = gap_before(s, row, &previous, block.reverse); k > 0u; k--) {
             win = slide(win, vec4<f32>(0.0));
         }
         win = slide(win, x4[(p.x_offset + row * p.x_stride + e) / 4u]);
-        out4[(row * p.channels + e) / 4u] = conv_silu(taps, win);
+        out4[(block.out + row * p.channels + e) / 4u] = conv_silu(taps, win);
     }
     if (p.write_state != 0u) {
         store_window(b, c, win);
@@ -193,28 +210,28 @@ fn conv1d_silu_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
 @compute @workgroup_size(8)
 fn conv1d_silu_u64(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let block = block_of(wg, nwg, li, 8u, 8u);
-    let b = block.x;
-    let e = block.y;
-    if (b >= p.batch) {
+    let b = block.seq;
+    let e = block.e;
+    if (!block.live) {
         return;
     }
     let even = vec4<u32>(e) + vec4<u32>(0u, 2u, 4u, 6u);
     let odd = even + vec4<u32>(1u);
-    let taps_even = taps_of(even);
-    let taps_odd = taps_of(odd);
+    let taps_even = taps_of(even + vec4<u32>(block.w));
+    let taps_odd = taps_of(odd + vec4<u32>(block.w));
     var win_even = window_of(b, even);
     var win_odd = window_of(b, odd);
     var previous = 0u;
     for (var s = 0u; s < p.len; s++) {
-        let row = row_at(b, s);
-        for (var k = gap_before(s, row, &previous); k > 0u; k--) {
+        let row = row_at(b, s, block.reverse);
+        for (var k = gap_before(s, row, &previous, block.reverse); k > 0u; k--) {
             win_even = slide(win_even, vec4<f32>(0.0));
             win_odd = slide(win_odd, vec4<f32>(0.0));
         }
         let xt = unpack8(x8[(p.x_offset + row * p.x_stride + e) / 8u]);
         win_even = slide(win_even, xt.lo);
         win_odd = slide(win_odd, xt.hi);
-        out8[(row * p.channels + e) / 8u] = pack8(Eight(conv_silu(taps_even, win_even), conv_silu(taps_odd, win_odd)));
+        out8[(block.out + row * p.channels + e) / 8u] = pack8(Eight(conv_silu(taps_even, win_even), conv_silu(taps_odd, win_odd)));
     }
     if (p.write_state != 0u) {
         store_window(b, even, win_even);

@@ -983,9 +983,8 @@ fn bench_model(
         .collect::<Result<Vec<_>>>()?;
     // Where the unpruned and pruned passes spend their GPU time, at the first batch size,
     // when the device has timestamps.
-    let profile_of = |p: Option<&Pruning>| {
-        ssmgpu::bench::profile_vision(&ctx, model, p, batches[0], reps)
-    };
+    let profile_of =
+        |p: Option<&Pruning>| ssmgpu::bench::profile_vision(&ctx, model, p, batches[0], reps);
     let profiles = match &pruning {
         Some(p) if ctx.can_profile() => Some((profile_of(None)?, profile_of(Some(p))?)),
         _ => None,
@@ -1042,9 +1041,8 @@ fn bench_model(
         return Ok(());
     }
     println!("{name} on {adapter}, {reps} reps, unpruned and pruned in turn");
-    let spread = |s: &ssmgpu::bench::Spread| {
-        format!("{:.2} ms [{:.2}-{:.2}]", s.median, s.min, s.max)
-    };
+    let spread =
+        |s: &ssmgpu::bench::Spread| format!("{:.2} ms [{:.2}-{:.2}]", s.median, s.min, s.max);
     let pass = |what: &str, r: &ssmgpu::bench::PassBench| {
         let gpu = r
             .gpu_ms
@@ -1095,7 +1093,10 @@ fn bench_model(
                 "(all)" => ((unpruned.gpu_ms, 0), (pruned.gpu_ms, 0)),
                 n => (of(unpruned, n), of(pruned, n)),
             };
-            println!("  {name:<16} {u:>9.3} ({un:>3})            {p:>9.3} ({pn:>3})          {:>5.2}x", u / p);
+            println!(
+                "  {name:<16} {u:>9.3} ({un:>3})            {p:>9.3} ({pn:>3})          {:>5.2}x",
+                u / p
+            );
         }
     }
     Ok(())

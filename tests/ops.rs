@@ -6,7 +6,7 @@ mod common;
 use common::{assert_close, contexts, ctx, flip_tokens, randn, rng};
 use rand::Rng;
 use ssmgpu::ops::argmax::{argmax, argmax_ref};
-use ssmgpu::ops::conv1d::{conv1d_silu, conv1d_silu_ref, CONV_WIDTH};
+use ssmgpu::ops::conv1d::{conv1d_silu, conv1d_silu_both, conv1d_silu_ref, CONV_WIDTH};
 use ssmgpu::ops::embedding::{embedding, embedding_ref};
 use ssmgpu::ops::im2col::{conv2d_ref, im2col, ConvGeometry, Layout};
 use ssmgpu::ops::matmul::{matmul, matmul_ref};
@@ -228,6 +228,63 @@ fn conv1d_matches_reference_and_carries_state() {
         let want = reference(&x2, 1, &mut state, true, false);
         assert_close("conv1d step", &got[0], &want, 1e-5, 1e-5);
         assert_close("conv1d step state", &got[1], &state, 0.0, 0.0);
+    }
+}
+
+/// Both walks of a bidirectional mixer in one dispatch: the first half the forward conv with
+/// the first weights, the second the reversed conv with the second, over dense tokens and over
+/// kept positions, for every kernel width (1, 4 and 8 channels per invocation).
+#[test]
+fn conv1d_both_directions_in_one_dispatch_match_two_walks() {
+    let ctx = ctx();
+    let mut r = rng(15);
+    let (batch, len) = (2, 9);
+    let positions: Vec<u32> = [
+        [1u32, 2, 4, 8, 9, 14, 15, 16, 22],
+        [0, 3, 4, 5, 10, 11, 13, 17, 20],
+    ]
+    .concat();
+    for channels in [5, 8, 12, 24] {
+        let x = randn(&mut r, batch * len * channels, 1.0);
+        let w = randn(&mut r, 2 * channels * CONV_WIDTH, 1.0);
+        let b = randn(&mut r, 2 * channels, 1.0);
+        let xt = ctx.upload_f32("x", &[batch * len, channels], &x).unwrap();
+        let wt = ctx.upload_f32("w", &[2, channels, CONV_WIDTH], &w).unwrap();
+        let bt = ctx.upload_f32("b", &[2, channels], &b).unwrap();
+        let pt = ctx.upload_u32("pos", &[batch, len], &positions).unwrap();
+        for gaps in [None, Some(&positions[..])] {
+            let mut rec = ctx.recorder();
+            let gpu_gaps = gaps.map(|_| &pt);
+            let out = conv1d_silu_both(&mut rec, xt.mat(), batch, &wt, &bt, gpu_gaps).unwrap();
+            assert_eq!(rec.dispatch_count(), 1);
+            let got = rec.submit_and_read_blocking(&[&out]).unwrap().remove(0);
+            let rows = batch * len * channels;
+            for (dir, reverse) in [(0, false), (1, true)] {
+                let mut scratch = vec![0.0; batch * channels * CONV_WIDTH];
+                let want = conv1d_silu_ref(
+                    &x,
+                    batch,
+                    len,
+                    channels,
+                    &w[dir * channels * CONV_WIDTH..][..channels * CONV_WIDTH],
+                    &b[dir * channels..][..channels],
+                    &mut scratch,
+                    false,
+                    reverse,
+                    gaps,
+                );
+                assert_close(
+                    &format!(
+                        "conv1d both, {channels} channels, direction {dir}, gaps {}",
+                        gaps.is_some()
+                    ),
+                    &got[dir * rows..][..rows],
+                    &want,
+                    1e-5,
+                    1e-5,
+                );
+            }
+        }
     }
 }
 

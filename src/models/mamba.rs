@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::models::lm::{Backbone, CausalLm, MixerOut};
 pub use crate::models::lm::{ForwardOutput, Logits, MambaCache};
 use crate::models::ModelDir;
-use crate::ops::conv1d::{conv1d_silu, CONV_WIDTH};
+use crate::ops::conv1d::{conv1d_silu, conv1d_silu_both, CONV_WIDTH};
 use crate::ops::matmul::matmul;
 use crate::ops::scan::{pack_ssm_params, selective_scan, Delta, ScanArgs, Ungated, MAX_STATE};
 use crate::ops::Carry;
@@ -126,13 +126,19 @@ pub struct SsmDims {
     pub dt_rank: usize,
 }
 
-/// The per-direction part of a Mamba mixer: conv1d -> x_proj -> dt_proj -> selective scan,
-/// gated by z. Mamba has one; Vim's bidirectional mixer has two, the backward one with the
-/// `_b` parameters (`conv1d_b`, `x_proj_b`, `dt_proj_b`, `A_b_log`, `D_b`).
+/// The selective-SSM part of a Mamba mixer: conv1d -> x_proj -> dt_proj -> selective scan,
+/// gated by z, in one direction (Mamba) or two (Vim's bidirectional mixer, whose backward
+/// direction has the `_b` parameters: `conv1d_b`, `x_proj_b`, `dt_proj_b`, `A_b_log`, `D_b`).
 pub(crate) struct SsmBranch {
     dims: SsmDims,
+    /// `[directions, E, 4]` and `[directions, E]`: the directions' convs run as one dispatch.
     conv_weight: Tensor,
     conv_bias: Tensor,
+    directions: Vec<Direction>,
+}
+
+/// One direction's projections and scan parameters.
+struct Direction {
     x_proj: Tensor,
     dt_proj: Tensor,
     /// `[A = -exp(A_log) | D | dt_proj.bias]`, the scan's per-channel parameters.
@@ -142,13 +148,9 @@ pub(crate) struct SsmBranch {
 /// How [`SsmBranch::forward`] runs.
 #[derive(Clone, Copy)]
 pub(crate) struct BranchOptions<'a> {
-    /// Over each sequence back to front.
-    pub reverse: bool,
-    /// Conv window and SSM state carried across calls.
+    /// Conv window and SSM state carried across calls (one direction only).
     pub carry: (Carry<'a>, Carry<'a>),
-    /// Add `y` into this tensor instead of a new one.
-    pub accumulate: Option<&'a Tensor>,
-    /// Also store the ungated scan output (for pruning scores).
+    /// Also store the ungated scan output (for pruning scores), summed over the directions.
     pub ungated: Option<Ungated<'a>>,
     /// Original token positions, for the scan's decay over pruned positions.
     pub gap_positions: Option<&'a Tensor>,
@@ -157,28 +159,27 @@ pub(crate) struct BranchOptions<'a> {
 impl Default for BranchOptions<'_> {
     fn default() -> Self {
         BranchOptions {
-            reverse: false,
             carry: (Carry::None, Carry::None),
-            accumulate: None,
             ungated: None,
             gap_positions: None,
         }
     }
 }
 
-/// What a branch computed; `conv` is kept for tracing.
+/// What a branch computed; `conv` (`[directions · B·L, E]`) is kept for tracing.
 pub(crate) struct BranchOutput {
     pub conv: Tensor,
     pub y: Tensor,
 }
 
 impl SsmBranch {
-    /// `mixer` is the key prefix (`...mixer.`), `suffix` "" or "_b".
+    /// `mixer` is the key prefix (`...mixer.`); one direction per suffix ("" forward, "_b"
+    /// backward).
     pub(crate) fn load(
         ctx: &Context,
         dir: &ModelDir,
         mixer: &str,
-        suffix: &str,
+        suffixes: &[&str],
         dims: SsmDims,
         conv_bias: bool,
     ) -> Result<Self> {
@@ -189,39 +190,49 @@ impl SsmBranch {
         } = dims;
         let w = &dir.weights;
         let key = |name: &str| format!("{mixer}{name}");
-        let a: Vec<f32> = w
-            .f32_shaped(&key(&format!("A{suffix}_log")), &[e, n])?
-            .iter()
-            .map(|v| -v.exp())
-            .collect();
-        let d_skip = w.f32_shaped(&key(&format!("D{suffix}")), &[e])?;
-        let dt_bias = w.f32_shaped(&key(&format!("dt_proj{suffix}.bias")), &[e])?;
-        let conv = key(&format!("conv1d{suffix}.weight"));
-        let conv_w = w.f32_shaped(&conv, &[e, 1, CONV_WIDTH])?;
-        let conv_b = if conv_bias {
-            w.f32_shaped(&key(&format!("conv1d{suffix}.bias")), &[e])?
-        } else {
-            vec![0.0; e]
-        };
+        let (mut conv_w, mut conv_b) = (Vec::new(), Vec::new());
+        let mut directions = Vec::with_capacity(suffixes.len());
+        for suffix in suffixes {
+            let a: Vec<f32> = w
+                .f32_shaped(&key(&format!("A{suffix}_log")), &[e, n])?
+                .iter()
+                .map(|v| -v.exp())
+                .collect();
+            let d_skip = w.f32_shaped(&key(&format!("D{suffix}")), &[e])?;
+            let dt_bias = w.f32_shaped(&key(&format!("dt_proj{suffix}.bias")), &[e])?;
+            conv_w.extend(
+                w.f32_shaped(&key(&format!("conv1d{suffix}.weight")), &[e, 1, CONV_WIDTH])?,
+            );
+            if conv_bias {
+                conv_b.extend(w.f32_shaped(&key(&format!("conv1d{suffix}.bias")), &[e])?);
+            } else {
+                conv_b.extend(std::iter::repeat_n(0.0, e));
+            }
+            directions.push(Direction {
+                x_proj: dir.upload(
+                    ctx,
+                    &key(&format!("x_proj{suffix}.weight")),
+                    &[r + 2 * n, e],
+                )?,
+                dt_proj: dir.upload(ctx, &key(&format!("dt_proj{suffix}.weight")), &[e, r])?,
+                ssm: ctx.upload_f32(
+                    &key(&format!("A{suffix}_log")),
+                    &[a.len() + 2 * e],
+                    &pack_ssm_params(&a, Some(&d_skip), Some(&dt_bias), e),
+                )?,
+            });
+        }
+        let k = suffixes.len();
         Ok(SsmBranch {
             dims,
-            conv_weight: ctx.upload_f32(&conv, &[e, CONV_WIDTH], &conv_w)?,
-            conv_bias: ctx.upload_f32(&key(&format!("conv1d{suffix}.bias")), &[e], &conv_b)?,
-            x_proj: dir.upload(
-                ctx,
-                &key(&format!("x_proj{suffix}.weight")),
-                &[r + 2 * n, e],
-            )?,
-            dt_proj: dir.upload(ctx, &key(&format!("dt_proj{suffix}.weight")), &[e, r])?,
-            ssm: ctx.upload_f32(
-                &key(&format!("A{suffix}_log")),
-                &[a.len() + 2 * e],
-                &pack_ssm_params(&a, Some(&d_skip), Some(&dt_bias), e),
-            )?,
+            conv_weight: ctx.upload_f32(&key("conv1d.weight"), &[k, e, CONV_WIDTH], &conv_w)?,
+            conv_bias: ctx.upload_f32(&key("conv1d.bias"), &[k, e], &conv_b)?,
+            directions,
         })
     }
 
-    /// `x`, `z` `[B·L, E]` -> `y = (scan(u) + D·u) · silu(z)` `[B·L, E]`, `u = silu(conv(x))`.
+    /// `x`, `z` `[B·L, E]` -> `y = Σ_directions (scan(u) + D·u) · silu(z)` `[B·L, E]`,
+    /// `u = silu(conv(x))`, the second direction walking the tokens back to front.
     pub(crate) fn forward(
         &self,
         rec: &mut Recorder,
@@ -231,51 +242,57 @@ impl SsmBranch {
         options: BranchOptions,
     ) -> Result<BranchOutput> {
         let BranchOptions {
-            reverse,
             carry: (conv_carry, ssm_carry),
-            accumulate,
             ungated,
             gap_positions,
         } = options;
         let SsmDims {
+            d_inner: e,
             d_state: n,
             dt_rank: r,
-            ..
         } = self.dims;
-        let u = conv1d_silu(
-            rec,
-            x,
-            batch,
-            &self.conv_weight,
-            &self.conv_bias,
-            conv_carry,
-            reverse,
-            gap_positions,
-        )?; // [B·L, E]
-        let q = matmul(rec, "x_proj", u.mat(), &self.x_proj, None)?; // [B·L, R + 2N] = [dt | B | C]
-        let y = selective_scan(
-            rec,
-            ScanArgs {
-                u: u.mat(),
-                // dt_proj (its bias in the scan): [B·L, R] · [E, R]ᵀ
-                delta: Delta::Projected {
-                    q: q.cols(0, r),
-                    weight: &self.dt_proj,
+        let (w, b) = (&self.conv_weight, &self.conv_bias);
+        let u = match self.directions.len() {
+            1 => conv1d_silu(rec, x, batch, w, b, conv_carry, false, gap_positions)?,
+            _ => conv1d_silu_both(rec, x, batch, w, b, gap_positions)?,
+        }; // [directions · B·L, E]
+        let mut y: Option<Tensor> = None;
+        for (i, d) in self.directions.iter().enumerate() {
+            let u_dir = MatView {
+                offset: i * x.rows * e,
+                rows: x.rows,
+                ..u.mat()
+            }; // [B·L, E]
+            let q = matmul(rec, "x_proj", u_dir, &d.x_proj, None)?; // [B·L, R + 2N] = [dt | B | C]
+            let out = selective_scan(
+                rec,
+                ScanArgs {
+                    u: u_dir,
+                    // dt_proj (its bias in the scan): [B·L, R] · [E, R]ᵀ
+                    delta: Delta::Projected {
+                        q: q.cols(0, r),
+                        weight: &d.dt_proj,
+                    },
+                    b: q.cols(r, n),
+                    c: q.cols(r + n, n),
+                    params: &d.ssm,
+                    z: Some(z),
+                    batch,
+                    softplus: true,
+                    reverse: i == 1,
+                    state: ssm_carry,
+                    // The later directions add onto the first's output and scores.
+                    accumulate: y.as_ref(),
+                    ungated: ungated.map(|u| Ungated { add: i > 0, ..u }),
+                    gap_positions,
                 },
-                b: q.cols(r, n),
-                c: q.cols(r + n, n),
-                params: &self.ssm,
-                z: Some(z),
-                batch,
-                softplus: true,
-                reverse,
-                state: ssm_carry,
-                accumulate,
-                ungated,
-                gap_positions,
-            },
-        )?; // [B·L, E]
-        Ok(BranchOutput { conv: u, y })
+            )?; // [B·L, E]
+            y.get_or_insert(out);
+        }
+        Ok(BranchOutput {
+            conv: u,
+            y: y.ok_or_else(|| crate::Error::Gpu("an SSM branch without directions".into()))?,
+        })
     }
 }
 
@@ -320,7 +337,7 @@ impl MambaLm {
             layers.push(MambaLayer {
                 in_proj: dir.upload(ctx, &format!("{m}in_proj.weight"), &[2 * e, d])?,
                 in_proj_bias: bias("in_proj.bias", 2 * e, c.proj_bias)?,
-                ssm: SsmBranch::load(ctx, dir, &m, "", dims, c.conv_bias)?,
+                ssm: SsmBranch::load(ctx, dir, &m, &[""], dims, c.conv_bias)?,
                 out_proj: dir.upload(ctx, &format!("{m}out_proj.weight"), &[d, e])?,
                 out_proj_bias: bias("out_proj.bias", d, c.proj_bias)?,
             });

@@ -169,8 +169,8 @@ struct VimLayer {
     norm: Tensor,
     in_proj: Tensor,
     in_proj_bias: Option<Tensor>,
-    forward: SsmBranch,
-    backward: SsmBranch,
+    /// The forward and the backward direction.
+    ssm: SsmBranch,
     /// Halved at load when `if_divide_out` (exact in f32), so the sum of the directions
     /// comes out averaged.
     out_proj: Tensor,
@@ -217,8 +217,7 @@ impl Vim {
                 norm: dir.upload(ctx, &format!("layers.{i}.norm.weight"), &[d])?,
                 in_proj: dir.upload(ctx, &format!("{m}in_proj.weight"), &[2 * e, d])?,
                 in_proj_bias: optional(&format!("{m}in_proj.bias"), &[2 * e], c.proj_bias)?,
-                forward: SsmBranch::load(ctx, dir, &m, "", c.ssm, c.conv_bias)?,
-                backward: SsmBranch::load(ctx, dir, &m, "_b", c.ssm, c.conv_bias)?,
+                ssm: SsmBranch::load(ctx, dir, &m, &["", "_b"], c.ssm, c.conv_bias)?,
                 out_proj: ctx.upload_f32(&out_name, &[d, e], &out_proj)?,
                 out_proj_bias: optional(&format!("{m}out_proj.bias"), &[d], c.proj_bias)?,
             });
@@ -367,7 +366,7 @@ impl Vim {
     }
 
     /// The bidirectional "v2" mixer: shared in_proj and out_proj, one SSM branch per direction.
-    /// out = out_proj((y_f + flip(y_b(flip(x), flip(z)))) / 2); the backward branch walks the
+    /// out = out_proj((y_f + flip(y_b(flip(x), flip(z)))) / 2); the backward direction walks the
     /// tokens in reverse and adds into y_f, so nothing is flipped in memory.
     /// With `scores` (clip, tensor), the scans also store their ungated outputs there, summed
     /// over the two directions at original positions (pruning importance); with `gaps` (the
@@ -391,39 +390,27 @@ impl Vim {
             &layer.in_proj,
             layer.in_proj_bias.as_ref(),
         )?; // [B·L, 2E] = [x | z]
-        let (x, z) = (xz.cols(0, e), xz.cols(e, e));
-        let ungated = |add| scores.map(|(clip, tensor)| Ungated { tensor, clip, add });
-        let forward = BranchOptions {
-            ungated: ungated(false),
+        let options = BranchOptions {
+            ungated: scores.map(|(clip, tensor)| Ungated {
+                tensor,
+                clip,
+                add: false,
+            }),
             gap_positions: gaps,
             ..Default::default()
         };
-        let fwd = layer.forward.forward(rec, x, z, batch, forward)?; // y_f [B·L, E]
+        let ssm = layer
+            .ssm
+            .forward(rec, xz.cols(0, e), xz.cols(e, e), batch, options)?; // y_f + y_b [B·L, E]
         if trace.is_some() {
             record(trace, &format!("layers.{i}.xz"), &xz);
-            record(trace, &format!("layers.{i}.fwd.conv_out"), &fwd.conv);
-            record(
-                trace,
-                &format!("layers.{i}.fwd.y"),
-                &rec.snapshot("fwd.y", &fwd.y)?,
-            );
-        }
-        let backward = BranchOptions {
-            reverse: true,
-            accumulate: Some(&fwd.y),
-            ungated: ungated(true),
-            gap_positions: gaps,
-            ..Default::default()
-        };
-        let bwd = layer.backward.forward(rec, x, z, batch, backward)?; // y_f + y_b [B·L, E]
-        if trace.is_some() {
-            record(trace, &format!("layers.{i}.bwd.conv_out"), &bwd.conv);
-            record(trace, &format!("layers.{i}.y_sum"), &bwd.y);
+            record(trace, &format!("layers.{i}.conv_out"), &ssm.conv); // [2·B·L, E]
+            record(trace, &format!("layers.{i}.y_sum"), &ssm.y);
         }
         matmul(
             rec,
             "out_proj",
-            bwd.y.mat(),
+            ssm.y.mat(),
             &layer.out_proj,
             layer.out_proj_bias.as_ref(),
         ) // [B·L, D]

@@ -19,7 +19,9 @@ struct Params {
     write_state: u32,
     reverse: u32,
     has_positions: u32,
-    _pad: [u32; 3],
+    /// 2: both walks at once, the second reversed (Vim's two directions).
+    directions: u32,
+    _pad: [u32; 2],
 }
 
 /// `x` is `[batch * len, channels]` (any row stride), `weight` `[channels, 4]`, `bias`
@@ -38,9 +40,74 @@ pub fn conv1d_silu(
     reverse: bool,
     gap_positions: Option<&Tensor>,
 ) -> Result<Tensor> {
+    let out = rec.alloc("conv_out", &[x.rows, x.cols])?;
+    let walk = Walk {
+        reverse,
+        directions: 1,
+    };
+    record(
+        rec,
+        x,
+        batch,
+        (weight, bias),
+        state,
+        walk,
+        gap_positions,
+        &out,
+    );
+    Ok(out)
+}
+
+/// Both directions of a bidirectional mixer in one dispatch: `weight` `[2, channels, 4]` and
+/// `bias` `[2, channels]` stack the forward and the backward conv; returns `[2, batch * len,
+/// channels]`, the forward conv of `x` then the reversed one (as [`conv1d_silu`] with
+/// `reverse`), with no carried state.
+pub fn conv1d_silu_both(
+    rec: &mut Recorder,
+    x: MatView,
+    batch: usize,
+    weight: &Tensor,
+    bias: &Tensor,
+    gap_positions: Option<&Tensor>,
+) -> Result<Tensor> {
+    let out = rec.alloc("conv_out", &[2 * x.rows, x.cols])?;
+    let walk = Walk {
+        reverse: false,
+        directions: 2,
+    };
+    record(
+        rec,
+        x,
+        batch,
+        (weight, bias),
+        Carry::None,
+        walk,
+        gap_positions,
+        &out,
+    );
+    Ok(out)
+}
+
+/// The walks a dispatch makes: `directions` of them, the first reversed when `reverse`, the
+/// second always.
+struct Walk {
+    reverse: bool,
+    directions: usize,
+}
+
+#[allow(clippy::too_many_arguments)] // mirrors the kernel's inputs one for one
+fn record(
+    rec: &mut Recorder,
+    x: MatView,
+    batch: usize,
+    (weight, bias): (&Tensor, &Tensor),
+    state: Carry,
+    walk: Walk,
+    gap_positions: Option<&Tensor>,
+    out: &Tensor,
+) {
     let channels = x.cols;
     let len = x.rows / batch;
-    let out = rec.alloc("conv_out", &[x.rows, channels])?;
     let (state_buf, use_state, write_state) = state.binding(rec);
     let params = Params {
         batch: batch as u32,
@@ -50,9 +117,10 @@ pub fn conv1d_silu(
         x_stride: x.stride as u32,
         use_state,
         write_state,
-        reverse: reverse as u32,
+        reverse: walk.reverse as u32,
         has_positions: gap_positions.is_some() as u32,
-        _pad: [0; 3],
+        directions: walk.directions as u32,
+        _pad: [0; 2],
     };
     let dummy = rec.context().inner.dummy.clone();
     // Eight or four channels per invocation where the rows line up.
@@ -69,6 +137,7 @@ pub fn conv1d_silu(
     } else {
         (kernel!("conv1d", "conv1d_silu"), 1, 64)
     };
+    let invocations = walk.directions * batch * channels / per_invocation;
     rec.dispatch(
         &kernel,
         &params,
@@ -80,9 +149,8 @@ pub fn conv1d_silu(
             out.buffer(),
             gap_positions.map_or(&dummy, Tensor::buffer),
         ],
-        grid((batch * channels / per_invocation).div_ceil(group) as u32),
+        grid(invocations.div_ceil(group) as u32),
     );
-    Ok(out)
 }
 
 #[allow(clippy::too_many_arguments)] // mirrors the kernel's inputs one for one

@@ -59,14 +59,15 @@ impl Encoder {
             let first = timer
                 .as_mut()
                 .is_some_and(|t| !std::mem::replace(&mut t.started, true));
-            let timestamp_writes = timer
-                .as_ref()
-                .filter(|_| first)
-                .map(|t| wgpu::ComputePassTimestampWrites {
-                    query_set: &t.queries,
-                    beginning_of_pass_write_index: Some(0),
-                    end_of_pass_write_index: None,
-                });
+            let timestamp_writes =
+                timer
+                    .as_ref()
+                    .filter(|_| first)
+                    .map(|t| wgpu::ComputePassTimestampWrites {
+                        query_set: &t.queries,
+                        beginning_of_pass_write_index: Some(0),
+                        end_of_pass_write_index: None,
+                    });
             Box::new(
                 encoder
                     .begin_compute_pass(&wgpu::ComputePassDescriptor {
