@@ -8,6 +8,11 @@
 // are single vector instructions: the flops per load instruction set the speed. The portable
 // kernels give each invocation a 4 x 8 block (12 vec4 loads per 128 multiply-adds); the
 // subgroup kernels share the rows of x across a subgroup (see below).
+//
+// Grouped (the grid's z): group g multiplies x rows from g * x_group on (in floats) with weight
+// rows g * n.. (the weights stacked as [groups, n, k]) into y from g * y_group on, so that the
+// same projection of several directions (Vim's two x_projs) is one dispatch. Grouped
+// matmuls have no bias or residual.
 
 struct Params {
     m: u32,
@@ -17,7 +22,10 @@ struct Params {
     x_stride: u32,
     y_offset: u32,
     y_stride: u32,
-    _pad: u32,
+    x_group: u32,
+    y_group: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 // The epilogue's options are a pipeline constant, so a matmul pays only for those it uses:
@@ -41,6 +49,27 @@ const ACTIVATION_SHIFT: u32 = 2u;
 
 // #include activation
 
+// The invocation's group: where its x rows, y rows and weight rows start.
+var<private> x_base: u32;
+var<private> y_base: u32;
+var<private> w_first: u32;
+
+fn set_group(g: u32) {
+    x_base = p.x_offset + g * p.x_group;
+    y_base = p.y_offset + g * p.y_group;
+    w_first = g * p.n;
+}
+
+// The weight row of output column `col`; columns past n are clamped to the last one and never
+// stored.
+fn w_row(col: u32) -> u32 {
+    return w_first + min(col, p.n - 1u);
+}
+
+fn w_rows(col: vec4<u32>) -> vec4<u32> {
+    return vec4<u32>(w_first) + min(col, vec4<u32>(p.n - 1u));
+}
+
 // The epilogue for output (m, col): activation, then the residual.
 fn finish(v: f32, m: u32, col: u32) -> f32 {
     var out = activate(v, FLAGS >> ACTIVATION_SHIFT);
@@ -60,7 +89,7 @@ fn store_row(m: u32, n0: u32, v: vec4<f32>) {
     if ((FLAGS & HAS_BIAS) != 0u) {
         o += vec4<f32>(bias[n0], bias[min(n0 + 1u, p.n - 1u)], bias[min(n0 + 2u, p.n - 1u)], bias[min(n0 + 3u, p.n - 1u)]);
     }
-    let base = p.y_offset + m * p.y_stride + n0;
+    let base = y_base + m * p.y_stride + n0;
     y[base] = finish(o.x, m, n0);
     if (n0 + 1u < p.n) { y[base + 1u] = finish(o.y, m, n0 + 1u); }
     if (n0 + 2u < p.n) { y[base + 2u] = finish(o.z, m, n0 + 2u); }
@@ -69,7 +98,7 @@ fn store_row(m: u32, n0: u32, v: vec4<f32>) {
 
 // Where x row m starts (in floats); rows past m read the last row and are never stored.
 fn x_start(m: u32) -> u32 {
-    return p.x_offset + min(m, p.m - 1u) * p.x_stride;
+    return x_base + min(m, p.m - 1u) * p.x_stride;
 }
 
 const WG: u32 = 8u;
@@ -113,6 +142,7 @@ fn store_block(m0: u32, n0: u32, acc: array<vec4<f32>, TM>) {
 
 @compute @workgroup_size(8, 8)
 fn matmul_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    set_group(wg.z);
     let n0 = (wg.x * WG + lid.x) * 4u;
     let m0 = (wg.y * WG + lid.y) * TM;
     if (n0 >= p.n || m0 >= p.m) {
@@ -120,7 +150,7 @@ fn matmul_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     }
     let k4 = p.k / 4u;
     // Out-of-range rows and columns are clamped to the last valid one and never stored.
-    let wr = min(vec4<u32>(n0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n - 1u)) * k4;
+    let wr = w_rows(vec4<u32>(n0) + vec4<u32>(0u, 1u, 2u, 3u)) * k4;
     var xr: array<u32, TM>;
     for (var i = 0u; i < TM; i++) {
         xr[i] = x_start(m0 + i) / 4u;
@@ -138,6 +168,7 @@ fn matmul_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
 
 @compute @workgroup_size(8, 8)
 fn matmul_scalar(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    set_group(wg.z);
     let n0 = (wg.x * WG + lid.x) * 4u;
     let m0 = (wg.y * WG + lid.y) * TM;
     if (n0 >= p.n || m0 >= p.m) {
@@ -147,7 +178,7 @@ fn matmul_scalar(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     for (var kk = 0u; kk < p.k; kk++) {
         var b = vec4<f32>(0.0);
         for (var j = 0u; j < 4u; j++) {
-            b[j] = w1[min(n0 + j, p.n - 1u) * p.k + kk];
+            b[j] = w1[w_row(n0 + j) * p.k + kk];
         }
         for (var i = 0u; i < TM; i++) {
             let a = x1[x_start(m0 + i) + kk];
@@ -364,10 +395,9 @@ fn store_rows4(m0: u32, n0: u32, acc: Cols4) {
 fn accumulate_tile(m0: u32, n0: u32, lane: u32) -> Tile {
     let units = (p.k + 7u) / 8u;
     let q = lane & 7u;
-    // Columns past n are clamped to the last one and never stored.
     let row_len = p.k / UNIT_ELEMS;
-    let wa = min(vec4<u32>(n0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n - 1u)) * row_len;
-    let wb = min(vec4<u32>(n0) + vec4<u32>(4u, 5u, 6u, 7u), vec4<u32>(p.n - 1u)) * row_len;
+    let wa = w_rows(vec4<u32>(n0) + vec4<u32>(0u, 1u, 2u, 3u)) * row_len;
+    let wb = w_rows(vec4<u32>(n0) + vec4<u32>(4u, 5u, 6u, 7u)) * row_len;
     let z = Cols(vec4<f32>(0.0), vec4<f32>(0.0));
     let z4 = Cols4(z, z, z, z);
     var acc = Tile(z4, z4, z4, z4, z4);
@@ -389,6 +419,7 @@ fn accumulate_tile(m0: u32, n0: u32, lane: u32) -> Tile {
 
 @compute @workgroup_size(8)
 fn matmul_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32, @builtin(local_invocation_index) li: u32) {
+    set_group(wg.z);
     let n0 = (wg.x * 8u + li) * 8u;
     let m0 = wg.y * TILE_ROWS;
     let acc = accumulate_tile(m0, n0, lane);
@@ -429,7 +460,7 @@ fn store_wide(m: u32, n0: u32, v: Cols, bias: Cols) {
         o = Cols(o.a + r.a, o.b + r.b);
     }
     let packed = Eight(vec4<f32>(o.a.x, o.a.z, o.b.x, o.b.z), vec4<f32>(o.a.y, o.a.w, o.b.y, o.b.w));
-    y8[(p.y_offset + m * p.y_stride + n0) / 8u] = pack8(packed);
+    y8[(y_base + m * p.y_stride + n0) / 8u] = pack8(packed);
 }
 
 fn store_wide_rows4(m0: u32, n0: u32, acc: Cols4, bias: Cols) {
@@ -441,6 +472,7 @@ fn store_wide_rows4(m0: u32, n0: u32, acc: Cols4, bias: Cols) {
 
 @compute @workgroup_size(8)
 fn matmul_subgroup_wide(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32, @builtin(local_invocation_index) li: u32) {
+    set_group(wg.z);
     let n0 = (wg.x * 8u + li) * 8u;
     let m0 = wg.y * TILE_ROWS;
     let acc = accumulate_tile(m0, n0, lane);
@@ -461,11 +493,12 @@ fn matmul_subgroup_wide(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_
 // workgroup, so that a small m does not pay for 20 rows of multiply-adds.
 @compute @workgroup_size(64)
 fn matmul_subgroup_rows4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32, @builtin(local_invocation_index) li: u32) {
+    set_group(wg.z);
     let n0 = (wg.x * 64u + li) * 4u;
     let m0 = wg.y * 4u;
     let k4 = p.k / 4u;
     let q = lane & 7u;
-    let wr = min(vec4<u32>(n0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n - 1u)) * k4;
+    let wr = w_rows(vec4<u32>(n0) + vec4<u32>(0u, 1u, 2u, 3u)) * k4;
     var acc = Rows(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     for (var c0 = 0u; c0 < k4; c0 += 8u) {
         let x = x_rows(m0, c0 + q);

@@ -9,7 +9,7 @@ use ssmgpu::ops::argmax::{argmax, argmax_ref};
 use ssmgpu::ops::conv1d::{conv1d_silu, conv1d_silu_both, conv1d_silu_ref, CONV_WIDTH};
 use ssmgpu::ops::embedding::{embedding, embedding_ref};
 use ssmgpu::ops::im2col::{conv2d_ref, im2col, ConvGeometry, Layout};
-use ssmgpu::ops::matmul::{matmul, matmul_ref};
+use ssmgpu::ops::matmul::{matmul, matmul_grouped, matmul_ref};
 use ssmgpu::ops::rmsnorm::{add_rmsnorm, add_rmsnorm_ref};
 use ssmgpu::ops::scan::{selective_scan, selective_scan_ref, ScanRef};
 use ssmgpu::ops::tokens::{embed_tokens, embed_tokens_ref};
@@ -23,6 +23,67 @@ fn matmul_matches_reference() {
     }
     if ctx().uses_int64() {
         matmul_cases(common::ctx_without_int64());
+    }
+}
+
+/// Several matmuls in one dispatch (Vim's two x_projs): each block of rows against its own
+/// weights, on every kernel (the 20-row and 4-row subgroup tiles, 8-value loads and stores,
+/// the portable vec4 and scalar ones) and for views of x.
+#[test]
+fn grouped_matmul_matches_one_matmul_per_group() {
+    let mut contexts = contexts();
+    if ctx().uses_int64() {
+        contexts.push(common::ctx_without_int64());
+    }
+    for ctx in contexts {
+        let mut r = rng(2);
+        // (groups, m per group, k, n, extra columns around x)
+        for (groups, m, k, n, extra) in [
+            (2, 197, 384, 44, 0),
+            (2, 37, 64, 48, 8),
+            (3, 5, 36, 20, 0),
+            (2, 9, 7, 13, 3),
+            (2, 20, 40, 64, 0),
+        ] {
+            let stride = k + extra;
+            let x = randn(&mut r, groups * m * stride, 1.0);
+            let w = randn(&mut r, groups * n * k, 1.0);
+            let xt = ctx.upload_f32("x", &[groups * m, stride], &x).unwrap();
+            let wt = ctx.upload_f32("w", &[groups, n, k], &w).unwrap();
+            let offset = extra / 2 / 4 * 4;
+            let view = MatView {
+                tensor: &xt,
+                rows: groups * m,
+                cols: k,
+                offset,
+                stride,
+            };
+            let mut rec = ctx.recorder();
+            let y = matmul_grouped(&mut rec, "y", view, &wt, groups).unwrap();
+            // One dispatch on wgpu; cuBLAS runs a gemm per group.
+            let launches = match ctx.backend() {
+                ssmgpu::runtime::Backend::Wgpu => 1,
+                _ => groups,
+            };
+            assert_eq!(rec.dispatch_count(), launches);
+            let got = rec.submit_and_read_blocking(&[&y]).unwrap().remove(0);
+            for g in 0..groups {
+                let xg: Vec<f32> = (0..m)
+                    .flat_map(|i| {
+                        let row = offset + (g * m + i) * stride;
+                        x[row..row + k].to_vec()
+                    })
+                    .collect();
+                let want = matmul_ref(&xg, m, k, &w[g * n * k..][..n * k], n, None);
+                assert_close(
+                    &format!("grouped matmul {groups}x{m}x{k}x{n}, group {g}"),
+                    &got[g * m * n..][..m * n],
+                    &want,
+                    1e-4,
+                    1e-4,
+                );
+            }
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use crate::models::lm::{Backbone, CausalLm, MixerOut};
 pub use crate::models::lm::{ForwardOutput, Logits, MambaCache};
 use crate::models::ModelDir;
 use crate::ops::conv1d::{conv1d_silu, conv1d_silu_both, CONV_WIDTH};
-use crate::ops::matmul::matmul;
+use crate::ops::matmul::{matmul, matmul_grouped};
 use crate::ops::scan::{pack_ssm_params, selective_scan, Delta, ScanArgs, Ungated, MAX_STATE};
 use crate::ops::Carry;
 use crate::runtime::{Context, MatView, Recorder, Tensor};
@@ -131,15 +131,16 @@ pub struct SsmDims {
 /// direction has the `_b` parameters: `conv1d_b`, `x_proj_b`, `dt_proj_b`, `A_b_log`, `D_b`).
 pub(crate) struct SsmBranch {
     dims: SsmDims,
-    /// `[directions, E, 4]` and `[directions, E]`: the directions' convs run as one dispatch.
+    /// `[directions, E, 4]` and `[directions, E]`, and x_proj `[directions, R + 2N, E]`: the
+    /// directions' convs run as one dispatch, and so do their x_projs.
     conv_weight: Tensor,
     conv_bias: Tensor,
+    x_proj: Tensor,
     directions: Vec<Direction>,
 }
 
-/// One direction's projections and scan parameters.
+/// One direction's dt projection and scan parameters.
 struct Direction {
-    x_proj: Tensor,
     dt_proj: Tensor,
     /// `[A = -exp(A_log) | D | dt_proj.bias]`, the scan's per-channel parameters.
     ssm: Tensor,
@@ -190,7 +191,7 @@ impl SsmBranch {
         } = dims;
         let w = &dir.weights;
         let key = |name: &str| format!("{mixer}{name}");
-        let (mut conv_w, mut conv_b) = (Vec::new(), Vec::new());
+        let (mut conv_w, mut conv_b, mut x_proj) = (Vec::new(), Vec::new(), Vec::new());
         let mut directions = Vec::with_capacity(suffixes.len());
         for suffix in suffixes {
             let a: Vec<f32> = w
@@ -208,12 +209,8 @@ impl SsmBranch {
             } else {
                 conv_b.extend(std::iter::repeat_n(0.0, e));
             }
+            x_proj.extend(w.f32_shaped(&key(&format!("x_proj{suffix}.weight")), &[r + 2 * n, e])?);
             directions.push(Direction {
-                x_proj: dir.upload(
-                    ctx,
-                    &key(&format!("x_proj{suffix}.weight")),
-                    &[r + 2 * n, e],
-                )?,
                 dt_proj: dir.upload(ctx, &key(&format!("dt_proj{suffix}.weight")), &[e, r])?,
                 ssm: ctx.upload_f32(
                     &key(&format!("A{suffix}_log")),
@@ -227,6 +224,7 @@ impl SsmBranch {
             dims,
             conv_weight: ctx.upload_f32(&key("conv1d.weight"), &[k, e, CONV_WIDTH], &conv_w)?,
             conv_bias: ctx.upload_f32(&key("conv1d.bias"), &[k, e], &conv_b)?,
+            x_proj: ctx.upload_f32(&key("x_proj.weight"), &[k, r + 2 * n, e], &x_proj)?,
             directions,
         })
     }
@@ -256,25 +254,31 @@ impl SsmBranch {
             1 => conv1d_silu(rec, x, batch, w, b, conv_carry, false, gap_positions)?,
             _ => conv1d_silu_both(rec, x, batch, w, b, gap_positions)?,
         }; // [directions · B·L, E]
+        let q = matmul_grouped(rec, "x_proj", u.mat(), &self.x_proj, self.directions.len())?; // [directions · B·L, R + 2N] = [dt | B | C]
         let mut y: Option<Tensor> = None;
         for (i, d) in self.directions.iter().enumerate() {
+            // Direction i's rows of u and columns of q.
             let u_dir = MatView {
                 offset: i * x.rows * e,
                 rows: x.rows,
                 ..u.mat()
             }; // [B·L, E]
-            let q = matmul(rec, "x_proj", u_dir, &d.x_proj, None)?; // [B·L, R + 2N] = [dt | B | C]
+            let q_cols = |first: usize, cols: usize| MatView {
+                offset: i * x.rows * (r + 2 * n) + first,
+                rows: x.rows,
+                ..q.cols(first, cols)
+            };
             let out = selective_scan(
                 rec,
                 ScanArgs {
                     u: u_dir,
                     // dt_proj (its bias in the scan): [B·L, R] · [E, R]ᵀ
                     delta: Delta::Projected {
-                        q: q.cols(0, r),
+                        q: q_cols(0, r),
                         weight: &d.dt_proj,
                     },
-                    b: q.cols(r, n),
-                    c: q.cols(r + n, n),
+                    b: q_cols(r, n),
+                    c: q_cols(r + n, n),
                     params: &d.ssm,
                     z: Some(z),
                     batch,

@@ -25,7 +25,9 @@ struct Params {
     x_stride: u32,
     y_offset: u32,
     y_stride: u32,
-    _pad: u32,
+    x_group: u32,
+    y_group: u32,
+    _pad: [u32; 2],
 }
 
 /// The kernel's `FLAGS`: the epilogue's options, as pipeline constants.
@@ -66,7 +68,24 @@ pub fn matmul_with(
     epilogue: Epilogue,
 ) -> Result<Tensor> {
     let y = rec.alloc(name, &[x.rows, w.shape()[0]])?;
-    record(rec, x, w, epilogue, &y, 0);
+    record(rec, x, w, epilogue, &y, 0, 1);
+    Ok(y)
+}
+
+/// `groups` matmuls in one dispatch: `x` holds `groups` blocks of rows, `w` is `[groups, n,
+/// k]`; block g of the result `[groups · m, n]` is block g of x times `w[g]ᵀ` (the same
+/// projection of several directions).
+pub fn matmul_grouped(
+    rec: &mut Recorder,
+    name: &str,
+    x: MatView,
+    w: &Tensor,
+    groups: usize,
+) -> Result<Tensor> {
+    let (n, k) = (w.shape()[1], w.shape()[2]);
+    debug_assert_eq!(w.shape(), [groups, n, k]);
+    let y = rec.alloc(name, &[x.rows, n])?;
+    record(rec, x, w, Epilogue::default(), &y, 0, groups);
     Ok(y)
 }
 
@@ -79,10 +98,11 @@ pub fn matmul_into_columns(
     y: &Tensor,
     first_col: usize,
 ) {
-    record(rec, x, w, Epilogue::default(), y, first_col);
+    record(rec, x, w, Epilogue::default(), y, first_col, 1);
 }
 
-/// Record `y[:, first_col..][..n] = epilogue(x · wᵀ)`; `y` is `[m, width]`.
+/// Record `y[:, first_col..][..n] = epilogue(x · wᵀ)`; `y` is `[m, width]`; with `groups`
+/// above 1, as [`matmul_grouped`] (no epilogue).
 fn record(
     rec: &mut Recorder,
     x: MatView,
@@ -90,22 +110,29 @@ fn record(
     epilogue: Epilogue,
     y: &Tensor,
     first_col: usize,
+    groups: usize,
 ) {
     let Epilogue {
         bias,
         activation,
         residual,
     } = epilogue;
-    let (m, k) = (x.rows, x.cols);
-    let n = w.shape()[0];
-    let width = y.numel() / m.max(1);
-    debug_assert_eq!(w.shape(), [n, k]);
+    let (m, k) = (x.rows / groups, x.cols);
+    let n = w.numel() / (groups * k).max(1);
+    let width = y.numel() / x.rows.max(1);
     debug_assert!(first_col + n <= width && residual.is_none_or(|_| width == n));
+    debug_assert!(
+        groups == 1 || (bias.is_none() && residual.is_none() && activation == Activation::None)
+    );
     #[cfg(feature = "cuda")]
-    if record_cublas(rec, x, w, epilogue, y, first_col) {
+    if record_cublas(rec, x, w, epilogue, y, first_col, groups) {
         return;
     }
-    let vec4 = k % 4 == 0 && x.stride.is_multiple_of(4) && x.offset.is_multiple_of(4);
+    let (x_group, y_group) = (m * x.stride, m * width);
+    let vec4 = k % 4 == 0
+        && [x.stride, x.offset, x_group]
+            .iter()
+            .all(|v| v.is_multiple_of(4));
     let params = Params {
         m: m as u32,
         n: n as u32,
@@ -114,7 +141,9 @@ fn record(
         x_stride: x.stride as u32,
         y_offset: first_col as u32,
         y_stride: width as u32,
-        _pad: 0,
+        x_group: x_group as u32,
+        y_group: y_group as u32,
+        _pad: [0; 2],
     };
     let flags = if bias.is_some() { HAS_BIAS } else { 0 }
         | if residual.is_some() { HAS_RESIDUAL } else { 0 }
@@ -125,20 +154,35 @@ fn record(
         // 8 invocations x 8 columns, 20 rows per workgroup; 8-value loads where they line up.
         let int64 = rec.context().uses_int64()
             && k % 8 == 0
-            && x.stride.is_multiple_of(8)
-            && x.offset.is_multiple_of(8);
+            && [x.stride, x.offset, x_group]
+                .iter()
+                .all(|v| v.is_multiple_of(8));
         // ... and 8-value stores where y's rows line up too.
-        let k = if int64 && [n, first_col, width].iter().all(|v| v.is_multiple_of(8)) {
+        let k = if int64
+            && [n, first_col, width, y_group]
+                .iter()
+                .all(|v| v.is_multiple_of(8))
+        {
             kernel!("matmul", "matmul_subgroup_wide")
         } else {
             kernel!("matmul", "matmul_subgroup")
         };
         let k = k.with_subgroups(true).with_int64(int64);
-        (k, [n.div_ceil(64) as u32, m.div_ceil(TILE_ROWS) as u32, 1])
+        (
+            k,
+            [
+                n.div_ceil(64) as u32,
+                m.div_ceil(TILE_ROWS) as u32,
+                groups as u32,
+            ],
+        )
     } else if subgroups {
         // 64 invocations x 4 columns, 4 rows per workgroup.
         let k = kernel!("matmul", "matmul_subgroup_rows4").with_subgroups(true);
-        (k, [n.div_ceil(256) as u32, m.div_ceil(4) as u32, 1])
+        (
+            k,
+            [n.div_ceil(256) as u32, m.div_ceil(4) as u32, groups as u32],
+        )
     } else {
         // 8 x 8 invocations of 8 rows x 4 columns: 64 x 32 outputs per workgroup.
         let k = if vec4 {
@@ -146,7 +190,10 @@ fn record(
         } else {
             kernel!("matmul", "matmul_scalar")
         };
-        (k, [n.div_ceil(32) as u32, m.div_ceil(64) as u32, 1])
+        (
+            k,
+            [n.div_ceil(32) as u32, m.div_ceil(64) as u32, groups as u32],
+        )
     };
     let dummy = rec.context().inner.dummy.clone();
     let bias_buf = bias.map(Tensor::buffer).unwrap_or(&dummy);
@@ -184,23 +231,29 @@ fn record_cublas(
     epilogue: Epilogue,
     y: &Tensor,
     first_col: usize,
+    groups: usize,
 ) -> bool {
-    let (m, n) = (x.rows, w.shape()[0]);
-    let width = y.numel() / m.max(1);
-    let gemm = crate::runtime::cuda::Gemm {
-        x: x.buffer(),
-        x_offset: x.offset,
-        x_stride: x.stride,
-        w: w.buffer(),
-        y: y.buffer(),
-        y_offset: first_col,
-        y_stride: width,
-        m,
-        n,
-        k: x.cols,
-    };
-    if !rec.cublas_gemm(gemm) {
-        return false;
+    let (m, k) = (x.rows / groups, x.cols);
+    let n = w.numel() / (groups * k).max(1);
+    let width = y.numel() / x.rows.max(1);
+    // One gemm per group.
+    for g in 0..groups {
+        let gemm = crate::runtime::cuda::Gemm {
+            x: x.buffer(),
+            x_offset: x.offset + g * m * x.stride,
+            x_stride: x.stride,
+            w: w.buffer(),
+            w_offset: g * n * k,
+            y: y.buffer(),
+            y_offset: first_col + g * m * width,
+            y_stride: width,
+            m,
+            n,
+            k,
+        };
+        if !rec.cublas_gemm(gemm) {
+            return false;
+        }
     }
     let Epilogue {
         bias,

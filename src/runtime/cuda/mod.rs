@@ -84,13 +84,14 @@ impl ModuleSource<'_> {
 }
 
 /// The matmul cuBLAS runs for the matmul op: `y[r, y_offset + c] = Σ_k x[r, k] · w[c, k]`
-/// with `x` `[m, k]` from element `x_offset`, rows `x_stride` apart, `w` `[n, k]` dense and
-/// `y` rows `y_stride` apart.
+/// with `x` `[m, k]` from element `x_offset`, rows `x_stride` apart, `w` `[n, k]` dense from
+/// element `w_offset`, and `y` rows `y_stride` apart.
 pub(crate) struct Gemm<'a> {
     pub x: &'a Buffer,
     pub x_offset: usize,
     pub x_stride: usize,
     pub w: &'a Buffer,
+    pub w_offset: usize,
     pub y: &'a Buffer,
     pub y_offset: usize,
     pub y_stride: usize,
@@ -332,7 +333,7 @@ impl Launches {
             let at = GemmAt {
                 x: address(g.x, g.x_offset)?,
                 x_stride: g.x_stride,
-                w: address(g.w, 0)?,
+                w: address(g.w, g.w_offset)?,
                 y: address(g.y, g.y_offset)?,
                 y_stride: g.y_stride,
                 m: g.m,
