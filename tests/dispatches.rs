@@ -2,14 +2,38 @@
 //! on lavapipe and several µs of CPU in wgpu on any GPU, so a fusion undone (Vim's two
 //! directions' convs or x_projs, the scan's dt_proj, an epilogue) fails here. The counts are
 //! derived by hand in the comments, from the models' equations and the fusions they rely on.
+//! They are wgpu's schedule, so these tests run on wgpu whatever `SSMGPU_TEST_BACKEND` says.
 
 mod common;
 
-use common::{ctx, golden_dir};
+use std::sync::OnceLock;
+
+use common::golden_dir;
 use ssmgpu::models::lm::LanguageModel;
 use ssmgpu::models::vision::Classifier;
 use ssmgpu::prune::{PruneSchedule, Pruning};
-use ssmgpu::runtime::Backend;
+use ssmgpu::{Backend, Context, ContextOptions};
+
+fn ctx() -> &'static Context {
+    static CTX: OnceLock<Context> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let options = ContextOptions {
+            backend: Backend::Wgpu,
+            ..Default::default()
+        };
+        Context::with_options_blocking(options).expect("these tests need a wgpu adapter")
+    })
+}
+
+/// The scan computes dt_proj itself in its subgroup variant; elsewhere it is a matmul per
+/// direction.
+fn dt_proj_matmuls(directions: usize) -> usize {
+    if ctx().uses_subgroups() {
+        0
+    } else {
+        directions
+    }
+}
 
 fn assets(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -40,18 +64,13 @@ fn vision_dispatches(model: &str, schedule: Option<&str>) -> usize {
     n
 }
 
-/// cuBLAS runs one gemm per group, so Vim's grouped x_proj counts twice there.
-fn on_wgpu() -> bool {
-    ctx().backend() == Backend::Wgpu
-}
-
 #[test]
 fn vim_dispatches_per_pass() {
     // im2col, patch matmul, class token + position embedding; per layer: add + RMSNorm,
     // in_proj, both directions' convs (one), both x_projs (one, grouped), the forward scan
     // (dt_proj fused), the backward scan (adding onto the forward one), out_proj; final
     // add + RMSNorm, head. 4 layers: 3 + 7 * 4 + 2 = 33.
-    let per_layer = if on_wgpu() { 7 } else { 8 };
+    let per_layer = 7 + dt_proj_matmuls(2);
     assert_eq!(vision_dispatches("vim-mnist", None), 5 + per_layer * 4);
     // Each pruning step: importance, top-k, one gather of both streams and the positions.
     assert_eq!(
@@ -85,9 +104,8 @@ fn mamba_prefill_dispatches() {
     let n = rec.dispatch_count();
     rec.submit_and_read_blocking(&[&logits]).unwrap();
     // Embedding; per layer: add + RMSNorm, in_proj, conv, x_proj, the scan (dt_proj fused:
-    // the rank is 4; the CUDA backend runs it as its own matmul), out_proj; final
-    // add + RMSNorm, head. 2 layers: 1 + 6 * 2 + 2 = 15.
+    // the rank is 4), out_proj; final add + RMSNorm, head. 2 layers: 1 + 6 * 2 + 2 = 15.
     assert_eq!(lm.n_layer(), 2);
-    let per_layer = if on_wgpu() { 6 } else { 7 };
+    let per_layer = 6 + dt_proj_matmuls(1);
     assert_eq!(n, 1 + per_layer * 2 + 2);
 }
