@@ -346,7 +346,7 @@ pub struct KernelProfile {
 }
 
 /// Profile a vision model's forward pass (the run with the median total of `reps`, after a
-/// warm-up) on the same pixels as [`bench_vision`].
+/// warm-up) on the same pixels as [`bench_vision_pair`].
 pub fn profile_vision(
     ctx: &Context,
     model: &crate::models::vision::VisionModel,
