@@ -1,9 +1,7 @@
-// Token importance for pruning, one score per token row of x [B·N, C]:
-//   mode 0 (mean): mean over channels of x (x = the scans' ungated outputs, clipped at zero and
-//                  summed over directions when the metric is the paper's)
-//   mode 1 (l2):   Euclidean norm of the row
-//   mode 2 (random): a hash of (seed, token), uniform in [0, 1) (ablation baseline)
-//   mode 3 (clipped mean): mean over channels of max(0, x) (the SSM LM reduction's Eq. 5)
+// Token importance for pruning, one score per token row of x [B·N, C], by the modes of
+// include/row_score.wgsl (mean of the scans' ungated outputs, clipped and summed over the
+// directions for the paper's metric; l2; random; the SSM LM reduction's clipped mean, Eq. 5).
+// The vision models' pruning scores inside `topk` instead; this serves the LM reduction.
 // One invocation reduces one row: rows are few hundred to a few thousand and a software
 // driver pays dearly for workgroup barriers, which a tree reduction over channels needs.
 
@@ -18,12 +16,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> scores: array<f32>;
 
-fn hash(v: u32) -> u32 {
-    // PCG-style integer hash.
-    var h = v * 747796405u + 2891336453u;
-    h = ((h >> ((h >> 28u) + 4u)) ^ h) * 277803737u;
-    return (h >> 22u) ^ h;
-}
+// #include row_score
 
 @compute @workgroup_size(64)
 fn importance(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -31,14 +24,5 @@ fn importance(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     if (row >= p.rows) {
         return;
     }
-    if (p.mode == 2u) {
-        scores[row] = f32(hash(hash(p.seed) ^ row) >> 8u) / 16777216.0;
-        return;
-    }
-    var acc = 0.0;
-    for (var c = 0u; c < p.channels; c++) {
-        let v = x[row * p.channels + c];
-        acc += select(select(v, v * v, p.mode == 1u), max(v, 0.0), p.mode == 3u);
-    }
-    scores[row] = select(acc / f32(p.channels), sqrt(acc), p.mode == 1u);
+    scores[row] = row_score(row, p.channels, p.mode, p.seed);
 }

@@ -13,6 +13,9 @@
 // per compare; one token per invocation was twice as slow). The m = keep - (class token) best
 // are chosen. In score order a chosen token of rank r goes straight to slot r; in original
 // order it sets its bit in a workgroup bitmask, and its slot is the number of bits before it.
+// With score_mode > 0 the workgroup first scores its image's tokens itself, from their rows of
+// x (mode score_mode - 1 of include/row_score.wgsl), and stores the scores: the importance
+// pass and its dispatch folded into this one.
 // lavapipe cuts every loop short once an invocation has run 65535 loop iterations in all
 // (gallivm's LP_MAX_TGSI_LOOP_ITERATIONS); this kernel runs about N^2 / 1024, 16,384 at MAX_LEN.
 
@@ -24,15 +27,20 @@ struct Params {
     cls: u32,
     // 0: original order, 1: score order, 2: original order balanced around the class token.
     order: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    // 0: scores given; else 1 + the row_score mode that computes them from x.
+    score_mode: u32,
+    channels: u32,
+    seed: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 // f32 scores as raw bits.
-@group(0) @binding(1) var<storage, read> scores: array<u32>;
+@group(0) @binding(1) var<storage, read_write> scores: array<u32>;
 @group(0) @binding(2) var<storage, read_write> out: array<u32>;
+// Each token's row of channels, with score_mode > 0.
+@group(0) @binding(3) var<storage, read> x: array<f32>;
+
+// #include row_score
 
 const WG: u32 = 64u;
 // Tokens an invocation ranks at a time, and keys per tile element.
@@ -97,6 +105,12 @@ fn topk(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let half = m / 2u;
     for (var w = li; w < MAX_LEN / 32u; w += WG) {
         atomicStore(&chosen[w], 0u);
+    }
+    if (p.score_mode != 0u) {
+        for (var j = li; j < p.len; j += WG) {
+            scores[base + j] = bitcast<u32>(row_score(base + j, p.channels, p.score_mode - 1u, p.seed));
+        }
+        storageBarrier();
     }
 
     for (var q = 0u; q < p.len; q += WG * LANES) {

@@ -72,10 +72,11 @@ fn vim_dispatches_per_pass() {
     // add + RMSNorm, head. 4 layers: 3 + 7 * 4 + 2 = 33.
     let per_layer = 7 + dt_proj_matmuls(2);
     assert_eq!(vision_dispatches("vim-mnist", None), 5 + per_layer * 4);
-    // Each pruning step: importance, top-k, one gather of both streams and the positions.
+    // Each pruning step: the scores and top-k (one), one gather of both streams and the
+    // positions.
     assert_eq!(
         vision_dispatches("vim-mnist", Some("1:0.6,2:0.6")),
-        5 + per_layer * 4 + 2 * 3
+        5 + per_layer * 4 + 2 * 2
     );
 }
 
@@ -87,10 +88,11 @@ fn plainmamba_dispatches_per_pass() {
     // depthwise conv + BN after layer 0; final LayerNorm and mean pool (one), head.
     // 7 + 7 * 4 + 1 + 2 = 38.
     assert_eq!(vision_dispatches("plainmamba-mnist", None), 38);
-    // Each pruning step: importance, top-k, gather, the kept tokens' grid for the scans.
+    // Each pruning step: the scores and top-k (one), gather, the kept tokens' grid for the
+    // scans.
     assert_eq!(
         vision_dispatches("plainmamba-mnist", Some("1:0.5,2:0.5")),
-        38 + 2 * 4
+        38 + 2 * 3
     );
 }
 

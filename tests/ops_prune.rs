@@ -8,7 +8,7 @@ use common::{ctx, randn, rng};
 use rand::Rng;
 use ssmgpu::ops::gather_rows::{gather_rows, gather_rows_ref};
 use ssmgpu::ops::importance::{importance, importance_ref, Reduce};
-use ssmgpu::ops::topk::{topk, topk_ref, KeepOrder, TOPK_MAX_LEN};
+use ssmgpu::ops::topk::{score_topk, topk, topk_ref, KeepOrder, TOPK_MAX_LEN};
 use ssmgpu::runtime::DType;
 use ssmgpu::{Error, Tensor};
 
@@ -76,6 +76,50 @@ fn topk_matches_reference() {
                         "topk N {len}, keep {keep}, cls {cls:?}, {order:?}"
                     );
                 }
+            }
+        }
+    }
+}
+
+/// Scores computed inside the top-k's own dispatch equal the importance reference, and the
+/// tokens kept equal the top-k reference over them, for every score mode.
+#[test]
+fn score_topk_matches_importance_then_topk() {
+    let ctx = ctx();
+    let mut r = rng(32);
+    let (batch, channels) = (3, 24);
+    for len in [5, 197] {
+        let x: Vec<f32> = (0..batch * len * channels)
+            .map(|_| r.random::<f32>() * 4.0 - 2.0)
+            .collect();
+        let xt = ctx
+            .upload_f32("rows", &[batch * len, channels], &x)
+            .unwrap();
+        for reduce in [
+            Reduce::Mean,
+            Reduce::ClippedMean,
+            Reduce::L2,
+            Reduce::Random { seed: 7 },
+        ] {
+            let keep = len * 4 / 5;
+            for (cls, order) in [
+                (Some(len / 2), KeepOrder::Balanced),
+                (None, KeepOrder::Score),
+            ] {
+                let mut rec = ctx.recorder();
+                let (scores, kept) =
+                    score_topk(&mut rec, &xt, batch, reduce, keep, cls, order).unwrap();
+                assert_eq!(rec.dispatch_count(), 1);
+                let got = rec.submit_and_read_blocking(&[&scores]).unwrap().remove(0);
+                let want = importance_ref(&x, channels, reduce);
+                common::assert_close(&format!("scores {reduce:?}"), &got, &want, 1e-5, 1e-5);
+                // The kept set from the scores the kernel computed: a near-tie rounded
+                // differently must not fail the test.
+                assert_eq!(
+                    read_u32(&kept),
+                    topk_ref(&got, len, keep, cls, order),
+                    "{reduce:?}, N {len}, {order:?}"
+                );
             }
         }
     }

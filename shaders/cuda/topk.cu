@@ -11,6 +11,8 @@
 // that pass through shared memory four to a uint4. The m = keep - (class token) best are chosen.
 // In score order a chosen token of rank r goes straight to slot r; in original order it sets its
 // bit in a shared bitmask, and its slot is the number of bits before it.
+// With score_mode > 0 the block first scores its image's tokens itself, from their rows of x
+// (mode score_mode - 1 of include/row_score.cuh), and stores the scores.
 
 struct Params {
     unsigned batch;
@@ -20,10 +22,13 @@ struct Params {
     unsigned cls;
     // 0: original order, 1: score order, 2: original order balanced around the class token.
     unsigned order;
-    unsigned _pad0;
-    unsigned _pad1;
-    unsigned _pad2;
+    // 0: scores given; else 1 + the row_score mode that computes them from x.
+    unsigned score_mode;
+    unsigned channels;
+    unsigned seed;
 };
+
+// #include row_score
 
 #define WG 64u
 // Tokens a thread ranks at a time, and keys per tile element.
@@ -60,7 +65,8 @@ __device__ __forceinline__ unsigned slot(unsigned r, unsigned half, bool has_cls
     return r + (unsigned)(has_cls && r >= half);
 }
 
-extern "C" __global__ void __launch_bounds__(64) topk(const Params p, const unsigned* scores, unsigned* out) {
+extern "C" __global__ void __launch_bounds__(64) topk(const Params p, unsigned* scores, unsigned* out,
+                                                      const float* x) {
     __shared__ uint4 tile[WG];
     // One bit per token; the host refuses len > MAX_LEN.
     __shared__ unsigned chosen[MAX_LEN / 32u];
@@ -77,6 +83,11 @@ extern "C" __global__ void __launch_bounds__(64) topk(const Params p, const unsi
     // Cleared before the first barrier below, which every thread passes before any atomicOr
     // (len >= keep >= 1, so the loops below run).
     for (unsigned w = li; w < MAX_LEN / 32u; w += WG) chosen[w] = 0u;
+    if (p.score_mode != 0u) {
+        for (unsigned j = li; j < p.len; j += WG)
+            scores[base + j] = __float_as_uint(row_score(x, base + j, p.channels, p.score_mode - 1u, p.seed));
+        __syncthreads();
+    }
 
     for (unsigned q = 0u; q < p.len; q += WG * LANES) {
         unsigned first = q + LANES * li;

@@ -17,6 +17,18 @@ pub enum Reduce {
     },
 }
 
+impl Reduce {
+    /// The mode and seed of `shaders/include/row_score.wgsl`.
+    pub(crate) fn code(self) -> (u32, u32) {
+        match self {
+            Reduce::Mean => (0, 0),
+            Reduce::ClippedMean => (3, 0),
+            Reduce::L2 => (1, 0),
+            Reduce::Random { seed } => (2, seed),
+        }
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -31,12 +43,7 @@ pub fn importance(rec: &mut Recorder, x: &Tensor, batch: usize, reduce: Reduce) 
     let channels = *x.shape().last().unwrap_or(&1);
     let rows = x.numel() / channels;
     let scores = rec.alloc("scores", &[batch, rows / batch])?;
-    let (mode, seed) = match reduce {
-        Reduce::Mean => (0, 0),
-        Reduce::ClippedMean => (3, 0),
-        Reduce::L2 => (1, 0),
-        Reduce::Random { seed } => (2, seed),
-    };
+    let (mode, seed) = reduce.code();
     let params = Params {
         rows: rows as u32,
         channels: channels as u32,

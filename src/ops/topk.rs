@@ -4,6 +4,7 @@
 use std::cmp::Ordering;
 
 use crate::error::{Error, Result};
+use crate::ops::importance::Reduce;
 use crate::ops::kernel;
 use crate::runtime::{grid, DType, Recorder, Tensor};
 
@@ -32,7 +33,9 @@ struct Params {
     keep: u32,
     cls: u32,
     order: u32,
-    _pad: [u32; 3],
+    score_mode: u32,
+    channels: u32,
+    seed: u32,
 }
 
 /// `scores` `[B, N]` (f32) -> u32 `[B, keep]`: indices into each image's current sequence.
@@ -48,6 +51,42 @@ struct Params {
 pub fn topk(
     rec: &mut Recorder,
     scores: &Tensor,
+    keep: usize,
+    cls: Option<usize>,
+    order: KeepOrder,
+) -> Result<Tensor> {
+    record(rec, scores, None, keep, cls, order)
+}
+
+/// [`importance`](crate::ops::importance::importance) and [`topk`] in one dispatch: each
+/// image's workgroup scores its tokens from their rows of `x` `[B·N, C]` as `reduce` says, then
+/// keeps the best. Returns the scores `[B, N]` and the kept indices u32 `[B, keep]`.
+pub fn score_topk(
+    rec: &mut Recorder,
+    x: &Tensor,
+    batch: usize,
+    reduce: Reduce,
+    keep: usize,
+    cls: Option<usize>,
+    order: KeepOrder,
+) -> Result<(Tensor, Tensor)> {
+    let channels = *x.shape().last().unwrap_or(&1);
+    let rows = x.numel() / channels.max(1);
+    if batch == 0 || rows % batch != 0 {
+        return Err(Error::InvalidInput(format!(
+            "topk: {rows} token rows are not {batch} images"
+        )));
+    }
+    let scores = rec.alloc("scores", &[batch, rows / batch])?;
+    let kept = record(rec, &scores, Some((x, channels, reduce)), keep, cls, order)?;
+    Ok((scores, kept))
+}
+
+/// Record the top-k over `scores`, first computed from `(x, channels, reduce)` when given.
+fn record(
+    rec: &mut Recorder,
+    scores: &Tensor,
+    rows: Option<(&Tensor, usize, Reduce)>,
     keep: usize,
     cls: Option<usize>,
     order: KeepOrder,
@@ -82,12 +121,19 @@ pub fn topk(
             KeepOrder::Score => 1,
             KeepOrder::Balanced => 2,
         },
-        _pad: [0; 3],
+        score_mode: rows.map_or(0, |(_, _, reduce)| 1 + reduce.code().0),
+        channels: rows.map_or(0, |(_, channels, _)| channels as u32),
+        seed: rows.map_or(0, |(_, _, reduce)| reduce.code().1),
     };
+    let dummy = rec.context().inner.dummy.clone();
     rec.dispatch(
         &kernel!("topk", "topk"),
         &params,
-        &[scores.buffer(), out.buffer()],
+        &[
+            scores.buffer(),
+            out.buffer(),
+            rows.map_or(&dummy, |(x, _, _)| x.buffer()),
+        ],
         grid(batch as u32),
     );
     Ok(out)

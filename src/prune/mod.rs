@@ -9,8 +9,8 @@ use std::str::FromStr;
 
 use crate::error::{Error, Result};
 use crate::ops::gather_rows::gather_rows;
-use crate::ops::importance::{importance, Reduce};
-use crate::ops::topk::{topk, KeepOrder};
+use crate::ops::importance::Reduce;
+use crate::ops::topk::{score_topk, KeepOrder};
 use crate::runtime::{Recorder, Tensor};
 
 /// After 1-indexed layer `after_layer`, keep `keep_ratio` (in (0, 1]) of the tokens.
@@ -395,25 +395,22 @@ impl Pruning {
         if keep == streams.len {
             return Ok(streams);
         }
-        let scores = match (self.importance, ungated) {
-            (Importance::Clipped | Importance::Unclipped, Some(ungated)) => {
-                importance(rec, ungated, batch, Reduce::Mean)?
-            }
+        // The rows the scores come from, and how each becomes a score.
+        let (rows, reduce) = match (self.importance, ungated) {
+            (Importance::Clipped | Importance::Unclipped, Some(ungated)) => (ungated, Reduce::Mean),
             (Importance::Clipped | Importance::Unclipped, None) => {
                 return Err(Error::InvalidInput(format!(
                     "pruning after layer {}: the scan scores were not recorded",
                     layer + 1
                 )))
             }
-            (Importance::L2, _) => importance(rec, &streams.hidden, batch, Reduce::L2)?,
-            (Importance::Random, _) => importance(
-                rec,
+            (Importance::L2, _) => (&streams.hidden, Reduce::L2),
+            (Importance::Random, _) => (
                 &streams.hidden,
-                batch,
                 Reduce::Random {
                     seed: self.seed ^ (layer as u32).wrapping_mul(0x9e37_79b9),
                 },
-            )?,
+            ),
         };
         let order = match self.align {
             Align::Score => KeepOrder::Score,
@@ -422,7 +419,7 @@ impl Pruning {
             Align::Decay => KeepOrder::Balanced,
         };
         let cls = has_cls.then_some((streams.len - 1) / 2);
-        let kept = topk(rec, &scores, keep, cls, order)?;
+        let (scores, kept) = score_topk(rec, rows, batch, reduce, keep, cls, order)?;
         let gathered = gather_rows(
             rec,
             &kept,

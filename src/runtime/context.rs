@@ -117,6 +117,10 @@ const SHADER_INCLUDES: &[(&str, &str)] = &[
         "ssm_inputs",
         include_str!("../../shaders/include/ssm_inputs.wgsl"),
     ),
+    (
+        "row_score",
+        include_str!("../../shaders/include/row_score.wgsl"),
+    ),
 ];
 
 /// `source` with each `// #include <name>` line replaced by that snippet of `includes`.

@@ -160,6 +160,10 @@ const CUDA_INCLUDES: &[(&str, &str)] = &[
         "chunked_scan",
         include_str!("../../../shaders/cuda/include/chunked_scan.cuh"),
     ),
+    (
+        "row_score",
+        include_str!("../../../shaders/cuda/include/row_score.cuh"),
+    ),
 ];
 
 /// `__global__ void [__launch_bounds__(N)] name(` of `source`, in order.
