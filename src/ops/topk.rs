@@ -72,7 +72,7 @@ pub fn score_topk(
 ) -> Result<(Tensor, Tensor)> {
     let channels = *x.shape().last().unwrap_or(&1);
     let rows = x.numel() / channels.max(1);
-    if batch == 0 || rows % batch != 0 {
+    if batch == 0 || !rows.is_multiple_of(batch) {
         return Err(Error::InvalidInput(format!(
             "topk: {rows} token rows are not {batch} images"
         )));
