@@ -326,9 +326,9 @@ pub fn bench_vision_pair(
     })
 }
 
-/// The kernels of the pruning machinery: scores, top-k, the gather of the token streams and
-/// (PlainMamba) the kept-token grid.
-pub const PRUNING_KERNELS: &[&str] = &["importance", "topk", "gather_rows", "kept_grid"];
+/// The kernels of the pruning machinery: scores with top-k, the gather of the token streams
+/// and (PlainMamba) the kept-token grid.
+pub const PRUNING_KERNELS: &[&str] = &["topk", "gather_rows", "kept_grid"];
 
 /// The kernels of the LM token reduction: scores and the split/match/merge passes.
 pub const REDUCTION_KERNELS: &[&str] = &["importance", "token_reduce"];
