@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, Metadata, SafeTensors};
 
-use crate::error::{Error, Result};
+use crate::error::{check_finite, Error, Result};
 
 enum Bytes {
     Mapped(memmap2::Mmap),
@@ -115,7 +115,7 @@ impl SafetensorsFile {
     /// A float tensor (F32, F16 or BF16) as f32, with its shape checked when `expected` is given.
     pub fn f32(&self, name: &str, expected: Option<&[usize]>) -> Result<(Vec<usize>, Vec<f32>)> {
         let (dtype, shape, data) = self.raw(name)?;
-        let values = match dtype {
+        let values: Vec<f32> = match dtype {
             Dtype::F32 => data
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -140,6 +140,11 @@ impl SafetensorsFile {
         if let Some(expected) = expected {
             self.check_shape(name, &shape, expected)?;
         }
+        // A NaN or infinite weight or pixel turns every output it reaches into NaN.
+        check_finite(
+            || format!("{}: tensor `{name}`", self.path.display()),
+            &values,
+        )?;
         Ok((shape, values))
     }
 

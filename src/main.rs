@@ -873,20 +873,25 @@ fn run_vision(
             // Position maps are u32 on the GPU; written as f32 like the rest (exact below 2^24).
             let v = match t.dtype() {
                 DType::U32 => v.iter().map(|x| x.to_bits() as f32).collect(),
-                DType::F32 => v,
+                DType::F32 => {
+                    ssmgpu::error::check_finite(|| format!("output `{name}`"), &v)?;
+                    v
+                }
             };
             let cols = t.shape().last().copied().unwrap_or(1);
-            (
+            Ok((
                 name.to_string(),
                 vec![batch, v.len() / cols / batch, cols],
                 v,
-            )
+            ))
         })
-        .map(|(name, shape, v)| match name.as_str() {
-            "logits" => (name, vec![batch, shape[2]], v),
-            _ => (name, shape, v),
+        .map(|r| {
+            r.map(|(name, shape, v)| match name.as_str() {
+                "logits" => (name, vec![batch, shape[2]], v),
+                _ => (name, shape, v),
+            })
         })
-        .collect::<Vec<_>>();
+        .collect::<Result<Vec<_>>>()?;
     write_f32(out, &tensors)
 }
 
@@ -898,6 +903,11 @@ fn generate(
     reduction: &ReductionArgs,
     json: bool,
 ) -> Result<()> {
+    // JSON prints the ids at the end, so holds them; text streams them.
+    if json {
+        ssmgpu::models::lm::check_held_tokens(max_new_tokens)
+            .map_err(|e| Error::InvalidInput(format!("--max-new-tokens with --json: {e}")))?;
+    }
     let ctx = gpu_context()?;
     let model = LanguageModel::load(&ctx, model_dir)?;
     let reduction = reduction.reduction(ids.len(), model.n_layer())?;
@@ -907,10 +917,10 @@ fn generate(
         model.eos_token_id()
     };
     let start = std::time::Instant::now();
-    let new =
-        pollster::block_on(model.generate(&ctx, ids, max_new_tokens, eos, reduction.as_ref()))?;
-    let secs = start.elapsed().as_secs_f64();
     if json {
+        let new =
+            pollster::block_on(model.generate(&ctx, ids, max_new_tokens, eos, reduction.as_ref()))?;
+        let secs = start.elapsed().as_secs_f64();
         println!(
             "{}",
             serde_json::json!({
@@ -919,20 +929,38 @@ fn generate(
                 "tokens_per_s": new.len() as f64 / secs,
             })
         );
-    } else {
-        let text: Vec<String> = ids
-            .iter()
-            .map(|v| v.to_string())
-            .chain(new.iter().map(|v| v.to_string()))
-            .collect();
-        println!("{}", text.join(","));
-        eprintln!(
-            "{} new tokens in {:.1} ms ({:.1} tokens/s)",
-            new.len(),
-            secs * 1e3,
-            new.len() as f64 / secs
-        );
+        return Ok(());
     }
+    // The prompt, then each new id as soon as the GPU has chosen it.
+    let prompt: Vec<String> = ids.iter().map(i64::to_string).collect();
+    let mut out = std::io::stdout().lock();
+    let mut count = 0usize;
+    let mut put = |text: String| -> Result<()> {
+        use std::io::Write;
+        out.write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| Error::io("stdout", e))
+    };
+    put(prompt.join(","))?;
+    let result = pollster::block_on(model.generate_each(
+        &ctx,
+        ids,
+        max_new_tokens,
+        eos,
+        reduction.as_ref(),
+        |id| {
+            count += 1;
+            put(format!(",{id}"))
+        },
+    ));
+    put("\n".into())?;
+    result?;
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "{count} new tokens in {:.1} ms ({:.1} tokens/s)",
+        secs * 1e3,
+        count as f64 / secs
+    );
     Ok(())
 }
 

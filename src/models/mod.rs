@@ -68,12 +68,22 @@ impl ModelDir {
         default.ok_or_else(|| self.config_error(format!("missing `{}`", keys.join("` or `"))))
     }
 
+    /// A float config field. Norm epsilons (keys ending in `eps` or `epsilon`) must be
+    /// positive: a negative one turns the norms' output into NaN.
     pub fn f64_field(&self, keys: &[&str], default: f64) -> Result<f64> {
         for key in keys {
             if let Some(v) = lookup(&self.config, key) {
-                return v.as_f64().ok_or_else(|| {
+                let x = v.as_f64().ok_or_else(|| {
                     self.config_error(format!("`{key}` must be a number, got {v}"))
-                });
+                })?;
+                let is_eps = key.ends_with("eps") || key.ends_with("epsilon");
+                // The smallest positive f32: what the kernels receive must not round to 0.
+                if is_eps && !(x >= f64::from(f32::from_bits(1))) {
+                    return Err(self.config_error(format!(
+                        "`{key}` is a norm epsilon and must be positive, got {v}"
+                    )));
+                }
+                return Ok(x);
             }
         }
         Ok(default)
@@ -98,12 +108,18 @@ impl ModelDir {
         }
     }
 
-    /// `eos_token_id` when it is one integer.
-    pub fn eos_token_id(&self) -> Option<u32> {
-        self.config
-            .get("eos_token_id")
-            .and_then(|v| v.as_u64())
-            .map(|v| v as u32)
+    /// `eos_token_id`: one integer below `vocab`, or absent / null / a list (none: a list of
+    /// stop ids is not supported, so generation runs to its token limit).
+    pub fn eos_token_id(&self, vocab: usize) -> Result<Option<u32>> {
+        match self.config.get("eos_token_id") {
+            None | Some(Value::Null) | Some(Value::Array(_)) => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(id) if id < vocab as u64 => Ok(Some(id as u32)),
+                _ => Err(self.config_error(format!(
+                    "`eos_token_id` must be a token id below the vocabulary size {vocab}, got {v}"
+                ))),
+            },
+        }
     }
 
     /// An image size: an integer (square) or `[height, width]`.

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::{check_finite, Error, Result};
 use crate::models::plainmamba::PlainMamba;
 use crate::models::vim::Vim;
 use crate::models::{ModelDir, Trace};
@@ -92,7 +92,9 @@ impl Classifier {
         let logits = self
             .model
             .forward(&mut rec, &pixels, self.pruning.as_ref(), None)?;
-        Ok(rec.submit_and_read(&[&logits]).await?.remove(0))
+        let logits = rec.submit_and_read(&[&logits]).await?.remove(0);
+        check_finite(|| "the logits".into(), &logits)?;
+        Ok(logits)
     }
 }
 
