@@ -33,6 +33,10 @@ struct Cli {
     tf32: bool,
 }
 
+/// Largest text `lm-eval` and `lm-study` read (bytes are token ids; 1 GiB is far past any
+/// study's length).
+const MAX_TEXT_BYTES: u64 = 1 << 30;
+
 /// The context options from the command line, set once in `main`.
 static CONTEXT_OPTIONS: std::sync::OnceLock<ssmgpu::ContextOptions> = std::sync::OnceLock::new();
 
@@ -72,11 +76,24 @@ impl ReductionArgs {
             };
         };
         let r = Reduction::parse(spec, self.method.parse()?, self.metric.parse()?)?;
+        ssmgpu::models::lm::check_reduction_depth(&r, depth)?;
         let Some(pct) = self.flops else {
             return Ok(Some(r));
         };
+        check_flops_pct(pct, false)?;
         r.for_flops(len, depth, pct / 100.0).map(Some)
     }
+}
+
+/// A `--flops` percentage: a number in (0, 100), or [0, 100) where 0 means unreduced.
+fn check_flops_pct(pct: f64, zero_ok: bool) -> Result<()> {
+    if (pct > 0.0 || (zero_ok && pct == 0.0)) && pct < 100.0 {
+        return Ok(());
+    }
+    let low = if zero_ok { "[0" } else { "(0" };
+    Err(Error::InvalidInput(format!(
+        "--flops {pct}: a FLOPs reduction in percent must be in {low}, 100)"
+    )))
 }
 
 /// The language-model prefill benchmark's options.
@@ -117,14 +134,17 @@ struct PruneArgs {
 }
 
 impl PruneArgs {
+    /// The pruning asked for; `--importance` and `--align` are checked even without `--prune`.
     fn pruning(&self) -> Result<Option<Pruning>> {
+        let importance = parse_name("importance", Importance::NAMES, &self.importance)?;
+        let align = parse_name("alignment", Align::NAMES, &self.align)?;
         let Some(spec) = &self.prune else {
             return Ok(None);
         };
         Ok(Some(Pruning {
             schedule: PruneSchedule::parse(spec)?,
-            importance: parse_name("importance", Importance::NAMES, &self.importance)?,
-            align: parse_name("alignment", Align::NAMES, &self.align)?,
+            importance,
+            align,
             seed: self.seed,
         }))
     }
@@ -311,8 +331,7 @@ fn lm_eval(
     let reduction = args
         .reduction(window, lm.n_layer())?
         .ok_or_else(|| Error::InvalidInput("lm-eval needs --reduce LAYERS[:RATIO]".into()))?;
-    let bytes =
-        std::fs::read(text).map_err(|e| Error::InvalidInput(format!("{}: {e}", text.display())))?;
+    let bytes = ssmgpu::loader::read_regular_file(text, MAX_TEXT_BYTES)?;
     let r = pollster::block_on(ssmgpu::lm_eval::evaluate(
         &ctx, &lm, &bytes, window, &reduction,
     ))?;
@@ -664,8 +683,7 @@ fn lm_study(
     (out, plot): (&Path, &Path),
 ) -> Result<()> {
     let ctx = gpu_context()?;
-    let bytes =
-        std::fs::read(text).map_err(|e| Error::InvalidInput(format!("{}: {e}", text.display())))?;
+    let bytes = ssmgpu::loader::read_regular_file(text, MAX_TEXT_BYTES)?;
     let studies = models
         .iter()
         .map(|m| {
@@ -800,6 +818,44 @@ fn info(json: bool) -> Result<()> {
 }
 
 fn run_model(
+    model_dir: &Path,
+    input: &Path,
+    out: &Path,
+    hidden_states: bool,
+    prune: &PruneArgs,
+) -> Result<()> {
+    let created = check_output(out, input)?;
+    let result = run_model_to(model_dir, input, out, hidden_states, prune);
+    if result.is_err() && created {
+        // Best effort: the empty file made by the check, not a user's file.
+        let _ = std::fs::remove_file(out);
+    }
+    result
+}
+
+/// `--out`, before any work: not the input file, and writable (opened, created when missing).
+/// Returns whether it was created here.
+fn check_output(out: &Path, input: &Path) -> Result<bool> {
+    let existed = out.exists();
+    if existed
+        && std::fs::canonicalize(out).ok() == std::fs::canonicalize(input).ok()
+        && input.exists()
+    {
+        return Err(Error::InvalidInput(format!(
+            "--out {} is the --input file; writing would destroy it",
+            out.display()
+        )));
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(out)
+        .map_err(|e| Error::io(out, e))?;
+    Ok(!existed)
+}
+
+fn run_model_to(
     model_dir: &Path,
     input: &Path,
     out: &Path,
@@ -1112,6 +1168,10 @@ fn bench_prefill(
         }
     };
     let schedule = Reduction::parse(&args.reduce, args.method.parse()?, Metric::SsmOutput)?;
+    ssmgpu::models::lm::check_reduction_depth(&schedule, lm.n_layer())?;
+    for &pct in &args.flops {
+        check_flops_pct(pct, true)?;
+    }
     let mut rows = Vec::new();
     for &pct in &args.flops {
         let reduction = (pct > 0.0)

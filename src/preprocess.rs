@@ -6,11 +6,11 @@
 //! convert to RGB (alpha dropped, as PIL's `convert('RGB')`) or to PIL's 'L' luma, then resize
 //! on 8-bit pixels, then crop, then normalize.
 
-use std::io::{BufRead, Cursor, Seek};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use image::imageops::FilterType;
-use image::{DynamicImage, GrayImage, ImageReader, Limits};
+use image::{DynamicImage, GrayImage, ImageFormat, ImageReader, Limits};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -382,39 +382,44 @@ pub fn batch<T: AsRef<[f32]>>(images: &[T]) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// Decode a PNG, JPEG, WebP or BMP file (format from its bytes, not its name).
+/// Largest image file read (checked before reading).
+pub const MAX_IMAGE_FILE_BYTES: u64 = 256 << 20;
+
+/// Decode a PNG, JPEG, WebP or BMP file (format from its bytes, not its name). Only a regular
+/// file is opened (a FIFO would block forever).
 pub fn load_image(path: impl AsRef<Path>) -> Result<DynamicImage> {
     let path = path.as_ref();
-    let reader = ImageReader::open(path).map_err(|e| Error::io(path, e))?;
-    // Said plainly rather than as "unrecognized format".
-    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
-        return Err(Error::Image {
-            path: path.to_path_buf(),
-            message: "empty file".into(),
-        });
-    }
-    decode(path, reader)
+    let bytes = crate::loader::read_regular_file(path, MAX_IMAGE_FILE_BYTES)?;
+    decode_image(path, &bytes)
 }
 
 /// [`load_image`] on bytes already in memory; `label` names them in errors.
 pub fn decode_image(label: impl Into<PathBuf>, bytes: &[u8]) -> Result<DynamicImage> {
-    let label = label.into();
-    decode(&label, ImageReader::new(Cursor::new(bytes)))
-}
-
-fn decode<R: BufRead + Seek>(path: &Path, reader: ImageReader<R>) -> Result<DynamicImage> {
+    let path = label.into();
     let bad = |message: String| Error::Image {
-        path: path.to_path_buf(),
+        path: path.clone(),
         message,
     };
-    let mut reader = reader
+    if bytes.is_empty() {
+        // Said plainly rather than as "unrecognized format".
+        return Err(bad("empty file".into()));
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
-    if reader.format().is_none() {
-        // Also the empty file's case: no bytes, no signature.
-        return Err(bad(
-            "unrecognized format (expected PNG, JPEG, WebP or BMP)".into()
-        ));
+        .map_err(|e| Error::io(&path, e))?;
+    match reader.format() {
+        None => {
+            return Err(bad(
+                "unrecognized format (expected PNG, JPEG, WebP or BMP)".into()
+            ))
+        }
+        // The JPEG decoder fills a scan cut short with gray and reports success.
+        Some(ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => {
+            return Err(bad(
+                "truncated JPEG (no end-of-image marker after the last scan)".into(),
+            ))
+        }
+        Some(_) => {}
     }
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
@@ -430,6 +435,17 @@ fn decode<R: BufRead + Seek>(path: &Path, reader: ImageReader<R>) -> Result<Dyna
         )));
     }
     Ok(img)
+}
+
+/// Whether an end-of-image marker (FF D9) follows the last start-of-scan (FF DA). In scan data
+/// an FF byte is always followed by 00 or a restart marker, so neither pair occurs there by
+/// chance; an EXIF thumbnail's own markers come before the main image's scans.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
+    match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) => eoi > sos,
+        _ => false,
+    }
 }
 
 /// PIL's 'L' conversion. Gray sources keep their values; color ones use PIL's fixed-point

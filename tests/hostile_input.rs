@@ -205,3 +205,296 @@ fn a_norm_epsilon_that_is_not_positive_is_refused() {
         }
     }
 }
+
+// ---- files that are not regular, or change under the process ----
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_or_a_directory_is_refused_before_it_is_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let out = dir.path().join("out.safetensors");
+    // Each would block forever on the FIFO before the fix; the harness' timeout then fails it.
+    for args in [
+        vec![
+            "run",
+            "--model",
+            s(&tiny()),
+            "--input",
+            s(&fifo),
+            "--out",
+            s(&out),
+        ],
+        vec!["classify", s(&fifo)],
+        vec!["classify", s(dir.path())],
+    ] {
+        let (ok, _, stderr) = cli(&args);
+        assert!(
+            !ok && stderr.contains("not a regular file"),
+            "{args:?}: {stderr}"
+        );
+    }
+    match SafetensorsFile::open(&fifo) {
+        Err(Error::Io { path, .. }) => assert_eq!(path, fifo),
+        other => panic!("{:?}", other.err()),
+    }
+}
+
+/// A tool rewriting the checkpoint in place truncates it under the reader: with the file
+/// memory-mapped, reading a tensor then killed the process with SIGBUS.
+#[test]
+fn a_weights_file_truncated_after_opening_is_still_read_whole() {
+    let dir = model_dir(&tiny_tensors(), |_| {});
+    let path = dir.path().join("model.safetensors");
+    let f = SafetensorsFile::open(&path).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(8)
+        .unwrap();
+    let (shape, values) = f.f32("backbone.embeddings.weight", None).unwrap();
+    assert_eq!(shape, vec![256, 64]);
+    let want = SafetensorsFile::open(tiny().join("model.safetensors"))
+        .unwrap()
+        .f32("backbone.embeddings.weight", None)
+        .unwrap()
+        .1;
+    assert_eq!(values, want);
+}
+
+// ---- safetensors headers and configs ----
+
+fn safetensors_bytes(header: &serde_json::Value, data: usize) -> Vec<u8> {
+    let header = header.to_string();
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.resize(bytes.len() + data, 0);
+    bytes
+}
+
+#[test]
+fn the_tensor_past_the_end_of_the_file_is_the_one_named() {
+    let header = serde_json::json!({
+        "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+        "b": {"dtype": "F32", "shape": [1000], "data_offsets": [8, 4008]},
+        "c": {"dtype": "F32", "shape": [2], "data_offsets": [4008, 4016]},
+    });
+    match SafetensorsFile::from_bytes("x.safetensors", safetensors_bytes(&header, 16)) {
+        Err(Error::Safetensors { message, .. }) => {
+            assert!(
+                message.contains("`b`") && !message.contains("`c`"),
+                "{message}"
+            )
+        }
+        other => panic!("{:?}", other.err()),
+    }
+}
+
+#[test]
+fn an_oversized_header_is_refused_before_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.safetensors");
+    // Claims a 68 MB header; only its length is read.
+    let mut bytes = (68u64 << 20).to_le_bytes().to_vec();
+    bytes.extend_from_slice(b"{\"a\":");
+    std::fs::write(&path, bytes).unwrap();
+    match SafetensorsFile::open(&path) {
+        Err(Error::Safetensors { message, .. }) => assert!(message.contains("header"), "{message}"),
+        other => panic!("{:?}", other.err()),
+    }
+    assert!(ssmgpu::loader::MAX_HEADER_BYTES < 68 << 20);
+}
+
+#[test]
+fn config_sizes_that_would_overflow_name_their_key() {
+    let dir = model_dir(&tiny_tensors(), |c| {
+        c.as_object_mut().unwrap().remove("intermediate_size");
+        c["expand"] = (1u64 << 63).into();
+    });
+    match MambaLm::load(ctx(), dir.path()) {
+        Err(Error::Config { message, .. }) => assert!(message.contains("`expand`"), "{message}"),
+        other => panic!("{:?}", other.err()),
+    }
+    let vim = ssmgpu::assets::path(ssmgpu::assets::VIM_MNIST);
+    let config = std::fs::read_to_string(vim.join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    config["img_size"] = (1u64 << 40).into();
+    let weights = std::fs::read(vim.join("model.safetensors")).unwrap();
+    let dir = ssmgpu::models::ModelDir::from_bytes("vim", &config.to_string(), weights).unwrap();
+    match ssmgpu::models::vision::Classifier::from_model_dir(ctx(), &dir) {
+        Err(Error::Config { message, .. }) => assert!(message.contains("`img_size`"), "{message}"),
+        other => panic!("{:?}", other.err().map(|e| e.to_string())),
+    }
+}
+
+// ---- images ----
+
+fn jpeg(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 77]));
+    let mut bytes = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
+        .encode_image(&img)
+        .unwrap();
+    bytes
+}
+
+#[test]
+fn a_jpeg_cut_inside_its_scan_is_refused() {
+    let whole = jpeg(64, 64);
+    assert!(ssmgpu::preprocess::decode_image("whole.jpg", &whole).is_ok());
+    for keep in [whole.len() * 2 / 3, whole.len() - 2] {
+        match ssmgpu::preprocess::decode_image("cut.jpg", &whole[..keep]) {
+            Err(Error::Image { path, message }) => {
+                assert_eq!(path, Path::new("cut.jpg"));
+                assert!(message.contains("truncated"), "{message}");
+            }
+            other => panic!(
+                "kept {keep} of {}: {:?}",
+                whole.len(),
+                other.map(|i| i.width())
+            ),
+        }
+    }
+}
+
+// ---- command-line values ----
+
+#[test]
+fn a_reduction_layer_that_wraps_is_refused() {
+    let (ok, _, stderr) = cli(&[
+        "generate",
+        "--model",
+        s(&tiny()),
+        "--ids",
+        "1,2,3,4",
+        "--reduce",
+        "18446744073709551615",
+    ]);
+    assert!(!ok && stderr.contains("18446744073709551615"), "{stderr}");
+}
+
+#[test]
+fn flops_outside_0_to_100_are_refused() {
+    for pct in ["NaN", "100", "150", "-5", "0"] {
+        let (ok, _, stderr) = cli(&[
+            "generate",
+            "--model",
+            s(&tiny()),
+            "--ids",
+            "1,2,3,4,5,6,7,8",
+            "--reduce",
+            "0",
+            &format!("--flops={pct}"),
+        ]);
+        assert!(!ok && stderr.contains("--flops"), "{pct}: {stderr}");
+    }
+}
+
+#[test]
+fn importance_and_align_are_checked_without_prune() {
+    for flag in ["--align", "--importance"] {
+        let (ok, _, stderr) = cli(&["classify", flag, "bogus"]);
+        assert!(!ok && stderr.contains("bogus"), "{flag}: {stderr}");
+    }
+}
+
+/// A test set in `dir`: `images` u8 `[n, 28, 28]` and these labels.
+fn test_set(dir: &Path, labels: &[i64]) {
+    use safetensors::tensor::{Dtype, TensorView};
+    let images = vec![0u8; labels.len() * 28 * 28];
+    let labels: Vec<u8> = labels.iter().flat_map(|l| l.to_le_bytes()).collect();
+    let views = [
+        (
+            "images",
+            TensorView::new(Dtype::U8, vec![labels.len() / 8, 28, 28], &images).unwrap(),
+        ),
+        (
+            "labels",
+            TensorView::new(Dtype::I64, vec![labels.len() / 8], &labels).unwrap(),
+        ),
+    ];
+    safetensors::serialize_to_file(views, None, &dir.join("test.safetensors")).unwrap();
+}
+
+#[test]
+fn eval_refuses_labels_outside_the_classes_and_an_empty_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    test_set(dir.path(), &[3, 10, 1]);
+    let (ok, _, stderr) = cli(&["eval", "--data", s(dir.path())]);
+    assert!(
+        !ok && stderr.contains("10") && stderr.contains("labels"),
+        "{stderr}"
+    );
+    test_set(dir.path(), &[3, 1]);
+    let (ok, _, stderr) = cli(&["eval", "--data", s(dir.path()), "--limit", "0"]);
+    assert!(!ok && stderr.contains("limit 0"), "{stderr}");
+}
+
+#[test]
+fn run_refuses_an_output_that_is_its_input_or_unwritable_before_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    std::fs::copy(tiny().join("reference.safetensors"), &input).unwrap();
+    let before = std::fs::read(&input).unwrap();
+    let (ok, _, stderr) = cli(&[
+        "run",
+        "--model",
+        s(&tiny()),
+        "--input",
+        s(&input),
+        "--out",
+        s(&input),
+    ]);
+    assert!(!ok && stderr.contains("--out"), "{stderr}");
+    assert_eq!(std::fs::read(&input).unwrap(), before);
+    // The model folder is missing too: only an output check made first reports the output.
+    let missing = dir.path().join("no/such/dir/out.safetensors");
+    let (ok, _, stderr) = cli(&[
+        "run",
+        "--model",
+        "/no/model",
+        "--input",
+        s(&input),
+        "--out",
+        s(&missing),
+    ]);
+    assert!(
+        !ok && stderr.contains("no/such/dir/out.safetensors"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn non_finite_pixels_are_refused_naming_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("px.safetensors");
+    let mut pixels = vec![0.5f32; 28 * 28];
+    pixels[100] = f32::NAN;
+    write_f32(
+        &input,
+        &[("pixel_values".into(), vec![1, 1, 28, 28], pixels)],
+    )
+    .unwrap();
+    let vim = ssmgpu::assets::path(ssmgpu::assets::VIM_MNIST);
+    let out = dir.path().join("out.safetensors");
+    let (ok, _, stderr) = cli(&[
+        "run",
+        "--model",
+        s(&vim),
+        "--input",
+        s(&input),
+        "--out",
+        s(&out),
+    ]);
+    assert!(
+        !ok && stderr.contains("pixel_values") && stderr.contains("NaN"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "a failed run leaves no output file");
+}

@@ -418,6 +418,19 @@ pub fn check_held_tokens(max_new_tokens: usize) -> Result<()> {
     Ok(())
 }
 
+/// A reduction's layers must be layers of a model `depth` deep, the last excluded (its output
+/// is the head's input). Checked here without `layer + 1`, which wraps for `usize::MAX`.
+pub fn check_reduction_depth(r: &Reduction, depth: usize) -> Result<()> {
+    match r.layers().iter().find(|&&l| l >= depth.saturating_sub(1)) {
+        Some(&l) => Err(Error::InvalidInput(format!(
+            "reduction after layer {l}: the model has {depth} layers (0..={}), and the last \
+             cannot be reduced after",
+            depth.saturating_sub(1)
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Check token ids against the vocabulary and convert them for upload.
 pub fn check_ids(ids: &[i64], vocab: usize) -> Result<Vec<u32>> {
     if ids.is_empty() {
@@ -500,7 +513,7 @@ impl LanguageModel {
         ids: &[i64],
         reduction: &Reduction,
     ) -> Result<(Vec<f32>, Vec<u32>)> {
-        reduction.check_depth(self.n_layer())?;
+        check_reduction_depth(reduction, self.n_layer())?;
         match self {
             Self::Mamba(m) => m.run_reduced(ctx, ids, reduction).await,
             Self::Mamba2(m) => m.run_reduced(ctx, ids, reduction).await,
@@ -523,7 +536,7 @@ impl LanguageModel {
         reduction: Option<&Reduction>,
     ) -> Result<Tensor> {
         if let Some(r) = reduction {
-            r.check_depth(self.n_layer())?;
+            check_reduction_depth(r, self.n_layer())?;
         }
         let out = match self {
             Self::Mamba(m) => m.forward(rec, ids, 1, Logits::Last, false, None, reduction),
@@ -556,7 +569,7 @@ impl LanguageModel {
         reduction: Option<&Reduction>,
     ) -> Result<Vec<u32>> {
         if let Some(r) = reduction {
-            r.check_depth(self.n_layer())?;
+            check_reduction_depth(r, self.n_layer())?;
         }
         match self {
             Self::Mamba(m) => {
@@ -581,7 +594,7 @@ impl LanguageModel {
         on_token: impl FnMut(u32) -> Result<()>,
     ) -> Result<()> {
         if let Some(r) = reduction {
-            r.check_depth(self.n_layer())?;
+            check_reduction_depth(r, self.n_layer())?;
         }
         match self {
             Self::Mamba(m) => {
