@@ -908,38 +908,52 @@ fn run_vision(
     let (shape, pixels) = inputs.f32("pixel_values", None)?;
     let ctx = gpu_context()?;
     let classifier = Classifier::load(&ctx, model_dir)?;
-    let batch = shape.first().copied().unwrap_or(0);
-    let pixels = ctx.upload_f32("pixel_values", &shape, &pixels)?;
-    let mut rec = ctx.recorder();
-    let mut trace = Vec::new();
-    let logits = classifier.model.forward(
-        &mut rec,
-        &pixels,
-        pruning.as_ref(),
-        hidden_states.then_some(&mut trace),
-    )?;
-    let mut wanted: Vec<&ssmgpu::Tensor> = vec![&logits];
-    wanted.extend(trace.iter().map(|(_, t)| t));
-    let values = rec.submit_and_read_blocking(&wanted)?;
-    let tensors = wanted
-        .iter()
+    let Some((&batch, image)) = shape.split_first().filter(|(&b, _)| b > 0) else {
+        return Err(Error::InvalidInput(format!(
+            "{}: `pixel_values` must be [batch, channels, H, W] with batch > 0, got {shape:?}",
+            inputs.path().display()
+        )));
+    };
+    let per_image: usize = image.iter().product();
+    // Names, dtypes and row widths of the outputs, the same for every chunk.
+    let mut outputs: Vec<(String, DType, usize)> = Vec::new();
+    let values = pollster::block_on(ssmgpu::models::vision::in_chunks(
+        batch,
+        async |first, count| {
+            let chunk = &pixels[first * per_image..(first + count) * per_image];
+            let mut chunk_shape = shape.clone();
+            chunk_shape[0] = count;
+            let pixels = ctx.upload_f32("pixel_values", &chunk_shape, chunk)?;
+            let mut rec = ctx.recorder();
+            let mut trace = Vec::new();
+            let logits = classifier.model.forward(
+                &mut rec,
+                &pixels,
+                pruning.as_ref(),
+                hidden_states.then_some(&mut trace),
+            )?;
+            trace.insert(0, ("logits".to_string(), logits));
+            let wanted: Vec<&ssmgpu::Tensor> = trace.iter().map(|(_, t)| t).collect();
+            outputs = trace
+                .iter()
+                .map(|(n, t)| (n.clone(), t.dtype(), t.shape().last().copied().unwrap_or(1)))
+                .collect();
+            rec.submit_and_read(&wanted).await
+        },
+    ))?;
+    let tensors = outputs
+        .into_iter()
         .zip(values)
-        .zip(std::iter::once("logits").chain(trace.iter().map(|(n, _)| n.as_str())))
-        .map(|((t, v), name)| {
+        .map(|((name, dtype, cols), v)| {
             // Position maps are u32 on the GPU; written as f32 like the rest (exact below 2^24).
-            let v = match t.dtype() {
+            let v = match dtype {
                 DType::U32 => v.iter().map(|x| x.to_bits() as f32).collect(),
                 DType::F32 => {
                     ssmgpu::error::check_finite(|| format!("output `{name}`"), &v)?;
                     v
                 }
             };
-            let cols = t.shape().last().copied().unwrap_or(1);
-            Ok((
-                name.to_string(),
-                vec![batch, v.len() / cols / batch, cols],
-                v,
-            ))
+            Ok((name, vec![batch, v.len() / cols / batch, cols], v))
         })
         .map(|r| {
             r.map(|(name, shape, v)| match name.as_str() {

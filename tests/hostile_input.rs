@@ -498,3 +498,74 @@ fn non_finite_pixels_are_refused_naming_the_tensor() {
     );
     assert!(!out.exists(), "a failed run leaves no output file");
 }
+
+// ---- batches past a device limit ----
+
+/// The shipped MNIST samples through vim-mnist's preprocessing, `[n, 1, 28, 28]` flat.
+fn mnist_pixels(classifier: &ssmgpu::models::vision::Classifier) -> (usize, Vec<f32>) {
+    let samples = ssmgpu::assets::mnist_samples().unwrap();
+    let images: Vec<Vec<f32>> = samples
+        .iter()
+        .map(|p| {
+            let img = ssmgpu::preprocess::load_image(p).unwrap();
+            classifier.preprocess.apply(&img).unwrap()
+        })
+        .collect();
+    (samples.len(), ssmgpu::preprocess::batch(&images).unwrap())
+}
+
+#[test]
+fn a_batch_past_the_binding_limit_is_split_and_run() {
+    use ssmgpu::models::vision::Classifier;
+    let vim = ssmgpu::assets::path(ssmgpu::assets::VIM_MNIST);
+    let whole = Classifier::load(ctx(), &vim).unwrap();
+    let (n, pixels) = mnist_pixels(&whole);
+    let want = pollster::block_on(whole.logits(ctx(), &pixels, n)).unwrap();
+    // in_proj is 197 tokens * 256 floats per image: a 512 KiB binding holds 2 images' of 10.
+    let small = common::ctx_with_binding_limit(512 << 10);
+    let split = Classifier::load(&small, &vim).unwrap();
+    let got = pollster::block_on(split.logits(&small, &pixels, n)).unwrap();
+    common::assert_close("split logits", &got, &want, 1e-5, 1e-5);
+}
+
+#[test]
+fn cli_run_takes_1024_images() {
+    use ssmgpu::models::vision::Classifier;
+    let vim = ssmgpu::assets::path(ssmgpu::assets::VIM_MNIST);
+    let classifier = Classifier::load(ctx(), &vim).unwrap();
+    let (n, pixels) = mnist_pixels(&classifier);
+    let want = pollster::block_on(classifier.logits(ctx(), &pixels, n)).unwrap();
+    let many: Vec<f32> = pixels
+        .iter()
+        .copied()
+        .cycle()
+        .take(1024 * 28 * 28)
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (
+        dir.path().join("in.safetensors"),
+        dir.path().join("out.safetensors"),
+    );
+    write_f32(
+        &input,
+        &[("pixel_values".into(), vec![1024, 1, 28, 28], many)],
+    )
+    .unwrap();
+    let (ok, _, stderr) = cli(&[
+        "run",
+        "--model",
+        s(&vim),
+        "--input",
+        s(&input),
+        "--out",
+        s(&out),
+    ]);
+    assert!(ok, "{stderr}");
+    let (shape, got) = SafetensorsFile::open(&out)
+        .unwrap()
+        .f32("logits", None)
+        .unwrap();
+    assert_eq!(shape, vec![1024, 10]);
+    let want: Vec<f32> = want.iter().copied().cycle().take(1024 * 10).collect();
+    common::assert_close("logits of 1024 images", &got, &want, 1e-4, 1e-4);
+}
