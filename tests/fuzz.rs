@@ -38,25 +38,35 @@ const MAX_ALLOC_BYTES: usize = 1 << 30;
 /// Slowest input accepted; a loop or a quadratic blow-up shows here.
 const MAX_SECONDS: f64 = 10.0;
 
-/// The system allocator, recording the largest single request.
+/// The system allocator, recording the largest single request and the peak of live bytes.
 struct Counting;
 
 static LARGEST_ALLOC: AtomicUsize = AtomicUsize::new(0);
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK_LIVE: AtomicUsize = AtomicUsize::new(0);
+
+fn grew(size: usize) {
+    LARGEST_ALLOC.fetch_max(size, Ordering::Relaxed);
+    let live = LIVE.fetch_add(size, Ordering::Relaxed) + size;
+    PEAK_LIVE.fetch_max(live, Ordering::Relaxed);
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LARGEST_ALLOC.fetch_max(layout.size(), Ordering::Relaxed);
+        grew(layout.size());
         unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        LARGEST_ALLOC.fetch_max(layout.size(), Ordering::Relaxed);
+        grew(layout.size());
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LARGEST_ALLOC.fetch_max(new_size, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        grew(new_size);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -76,18 +86,16 @@ fn rng(target: &str) -> StdRng {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(23);
-    let salt = target.bytes().fold(0u64, |h, b| h.wrapping_mul(31) ^ u64::from(b));
+    let salt = target
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31) ^ u64::from(b));
     StdRng::seed_from_u64(seed ^ salt)
 }
 
 /// Run `check` on `inputs()` inputs made by `make`; report the count, time, slowest input and
 /// largest allocation, and fail on the first input that breaks a rule.
 /// `check` returns whether the input was accepted (parsed into a value and checked).
-fn fuzz(
-    target: &str,
-    mut make: impl FnMut(&mut StdRng) -> Vec<u8>,
-    check: impl Fn(&[u8]) -> bool,
-) {
+fn fuzz(target: &str, mut make: impl FnMut(&mut StdRng) -> Vec<u8>, check: impl Fn(&[u8]) -> bool) {
     let n = inputs();
     let mut rng = rng(target);
     let start = Instant::now();
@@ -169,7 +177,11 @@ fn interesting_value(rng: &mut StdRng) -> Value {
             "auto", "", "F32", "I64", "U8", "BF16", "mamba2", "vim", "Mamba2", "bicubic",
         ][rng.random_range(0..10)]
         .into(),
-        8 => Value::Array((0..rng.random_range(0..4)).map(|_| interesting_number(rng)).collect()),
+        8 => Value::Array(
+            (0..rng.random_range(0..4))
+                .map(|_| interesting_number(rng))
+                .collect(),
+        ),
         _ => rng.random_bool(0.5).into(),
     }
 }
@@ -178,7 +190,11 @@ fn interesting_value(rng: &mut StdRng) -> Value {
 fn paths(v: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
     let children: Vec<(String, &Value)> = match v {
         Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), v)).collect(),
-        Value::Array(a) => a.iter().enumerate().map(|(i, v)| (i.to_string(), v)).collect(),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i.to_string(), v))
+            .collect(),
         _ => return,
     };
     for (k, child) in children {
@@ -256,7 +272,8 @@ fn mutate_bytes(rng: &mut StdRng, data: &mut Vec<u8>, other: &[u8]) {
             _ if len >= 4 => {
                 // A little-endian length or size field set to an extreme.
                 let i = rng.random_range(0..=len - 4);
-                let v: u32 = [0, 1, 0x7FFF_FFFF, 0xFFFF_FFFF, 0x8000, 23000][rng.random_range(0..6)];
+                let v: u32 =
+                    [0, 1, 0x7FFF_FFFF, 0xFFFF_FFFF, 0x8000, 23000][rng.random_range(0..6)];
                 data[i..i + 4].copy_from_slice(&v.to_le_bytes());
             }
             _ => {}
@@ -308,8 +325,14 @@ fn safetensors_seeds() -> Vec<Vec<u8>> {
     seeds.push(
         safetensors::serialize(
             [
-                ("images", TensorView::new(Dtype::U8, vec![2, 28, 28], &images).unwrap()),
-                ("labels", TensorView::new(Dtype::I64, vec![2], &labels).unwrap()),
+                (
+                    "images",
+                    TensorView::new(Dtype::U8, vec![2, 28, 28], &images).unwrap(),
+                ),
+                (
+                    "labels",
+                    TensorView::new(Dtype::I64, vec![2], &labels).unwrap(),
+                ),
             ],
             None,
         )
@@ -444,7 +467,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         c ^= u32::from(b);
         for _ in 0..8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
         }
     }
     !c
@@ -489,10 +516,52 @@ fn mutate_image_header(rng: &mut StdRng, bytes: &mut [u8]) {
     }
 }
 
+/// An 8000x8000 gray PNG of a few hundred KB: decoded 64 MB, and the resize must not add a
+/// 16-bytes-per-pixel copy (1 GB) of it. (Alone in this binary's run of its own: the peak is
+/// process-wide, so run with `--test-threads 1`, as CI's smoke does not need to.)
+#[test]
+fn a_huge_image_preprocesses_within_its_memory_cap() {
+    let side = 8000u32;
+    let png = {
+        let img =
+            image::GrayImage::from_fn(side, side, |x, y| image::Luma([((x ^ y) & 0xFF) as u8]));
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut bytes, image::ImageFormat::Png).unwrap();
+        bytes.into_inner()
+    };
+    let p = Preprocess::new(
+        28,
+        (28, 28),
+        Interpolation::Bilinear,
+        vec![0.13],
+        vec![0.31],
+    )
+    .unwrap();
+    let before = LIVE.load(Ordering::Relaxed);
+    PEAK_LIVE.store(before, Ordering::Relaxed);
+    let img = decode_image("huge.png", &png).unwrap();
+    let x = p.apply(&img).unwrap();
+    drop(img);
+    let peak = PEAK_LIVE.load(Ordering::Relaxed) - before;
+    let decoded = (side * side) as usize;
+    assert_eq!(x.len(), 28 * 28);
+    // Other tests' allocations may overlap this one's; none comes near a decoded image.
+    assert!(
+        peak < 3 * decoded,
+        "peak {peak} bytes for a {decoded}-byte image"
+    );
+}
+
 #[test]
 fn fuzz_image_decoding_and_preprocessing() {
     let seeds = image_seeds();
-    let gray = Preprocess::new(28, (28, 28), Interpolation::Bilinear, vec![0.13], vec![0.31]);
+    let gray = Preprocess::new(
+        28,
+        (28, 28),
+        Interpolation::Bilinear,
+        vec![0.13],
+        vec![0.31],
+    );
     let rgb = Preprocess::new(
         36,
         (32, 32),
@@ -578,8 +647,12 @@ fn fuzz_prune_and_reduce_parsers() {
             if let Ok(s) = PruneSchedule::parse(spec) {
                 let steps = s.steps();
                 assert!(steps.iter().all(|st| st.after_layer >= 1));
-                assert!(steps.iter().all(|st| st.keep_ratio > 0.0 && st.keep_ratio <= 1.0));
-                assert!(steps.windows(2).all(|w| w[0].after_layer < w[1].after_layer));
+                assert!(steps
+                    .iter()
+                    .all(|st| st.keep_ratio > 0.0 && st.keep_ratio <= 1.0));
+                assert!(steps
+                    .windows(2)
+                    .all(|w| w[0].after_layer < w[1].after_layer));
             }
             let Ok(r) = Reduction::parse(spec, Method::Unified, Metric::SsmOutput) else {
                 return false;
