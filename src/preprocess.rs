@@ -19,8 +19,8 @@ use crate::error::{Error, Result};
 pub const MAX_SIDE: u32 = 1 << 15;
 /// Image memory is bounded (the documented cap, docs/reliability.md): the decoder allocates at
 /// most `MAX_DECODE_BYTES` (a bomb, a small file with huge header dimensions, fails there);
-/// an 8-bit luma or RGB copy is made only when the decoder produced another format (at most
-/// as large); the horizontal pass and the resized image hold at most `MAX_RESIZED_PIXELS`
+/// an 8-bit luma or RGB copy, made only when the decoder produced another format, is capped
+/// the same; the horizontal pass and the resized image hold at most `MAX_RESIZED_PIXELS`
 /// pixels each (3 bytes per pixel), so an extreme aspect ratio cannot resize a 1-pixel strip
 /// into gigabytes. In all at most 512 + 512 + 192 + 192 MiB.
 const MAX_DECODE_BYTES: u64 = 512 << 20;
@@ -353,8 +353,15 @@ impl Preprocess {
         if w == 0 || h == 0 {
             return Err(Error::InvalidInput(format!("image of size {w}x{h}")));
         }
-        // 8-bit luma or RGB, borrowed when the decoder made that already.
+        // 8-bit luma or RGB, borrowed when the decoder made that already; a copy (gray to RGB
+        // triples the size) is capped like the decoder's output.
         let c = self.channels();
+        let copy_bytes = u64::from(w) * u64::from(h) * c as u64;
+        if copy_bytes > MAX_DECODE_BYTES {
+            return Err(Error::InvalidInput(format!(
+                "image of size {w}x{h} needs {copy_bytes} bytes as {c}-channel 8-bit pixels, over {MAX_DECODE_BYTES}"
+            )));
+        }
         let pixels: Cow<[u8]> = match (c, img) {
             (1, DynamicImage::ImageLuma8(g)) => Cow::Borrowed(g.as_raw()),
             (1, _) => Cow::Owned(to_pil_luma(img).into_raw()),
@@ -529,6 +536,19 @@ pub fn decode_image(label: impl Into<PathBuf>, bytes: &[u8]) -> Result<DynamicIm
             return Err(bad(
                 "truncated JPEG (no end-of-image marker after the last scan)".into(),
             ))
+        }
+        // image-webp decodes into RGBA first, past what the allocation limit below counts
+        // (found by tests/fuzz.rs).
+        Some(ImageFormat::WebP) => {
+            let (w, h) = ImageReader::with_format(Cursor::new(bytes), ImageFormat::WebP)
+                .into_dimensions()
+                .map_err(|e| bad(e.to_string()))?;
+            let rgba = 4 * u64::from(w) * u64::from(h);
+            if rgba > MAX_DECODE_BYTES {
+                return Err(bad(format!(
+                    "WebP of {w}x{h} decodes through {rgba} bytes of RGBA, over {MAX_DECODE_BYTES}"
+                )));
+            }
         }
         Some(_) => {}
     }

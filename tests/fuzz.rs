@@ -33,8 +33,8 @@ use ssmgpu::prune::reduce::{Method, Metric, Reduction};
 use ssmgpu::prune::PruneSchedule;
 
 const SMOKE_INPUTS: usize = 3000;
-/// Largest single allocation an input may cause: the image decoder's cap (512 MiB) plus room.
-const MAX_ALLOC_BYTES: usize = 1 << 30;
+/// Largest single allocation an input may cause: the image caps (512 MiB per buffer).
+const MAX_ALLOC_BYTES: usize = 512 << 20;
 /// Slowest input accepted; a loop or a quadratic blow-up shows here.
 const MAX_SECONDS: f64 = 10.0;
 
