@@ -87,7 +87,8 @@ impl ModelDir {
                 })?;
                 let is_eps = key.ends_with("eps") || key.ends_with("epsilon");
                 // The smallest positive f32: what the kernels receive must not round to 0.
-                if is_eps && !(x >= f64::from(f32::from_bits(1))) {
+                // (JSON numbers are never NaN, so a plain comparison is complete.)
+                if is_eps && x < f64::from(f32::from_bits(1)) {
                     return Err(self.config_error(format!(
                         "`{key}` is a norm epsilon and must be positive, got {v}"
                     )));
