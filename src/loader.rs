@@ -144,7 +144,18 @@ impl SafetensorsFile {
         if let Some(expected) = expected {
             self.check_shape(name, &shape, expected)?;
         }
-        // A NaN or infinite weight or pixel turns every output it reaches into NaN.
+        Ok((shape, values))
+    }
+
+    /// [`SafetensorsFile::f32`] for a model's inputs: NaN or infinite values are an error
+    /// naming the tensor (one turns every output it reaches into NaN). Reference outputs may
+    /// hold them, so the plain reader does not refuse them.
+    pub fn f32_finite(
+        &self,
+        name: &str,
+        expected: Option<&[usize]>,
+    ) -> Result<(Vec<usize>, Vec<f32>)> {
+        let (shape, values) = self.f32(name, expected)?;
         check_finite(
             || format!("{}: tensor `{name}`", self.path.display()),
             &values,
@@ -152,9 +163,9 @@ impl SafetensorsFile {
         Ok((shape, values))
     }
 
-    /// A float tensor that must have exactly this shape.
+    /// A float tensor of a model's weights: exactly this shape, finite values.
     pub fn f32_shaped(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
-        Ok(self.f32(name, Some(expected))?.1)
+        Ok(self.f32_finite(name, Some(expected))?.1)
     }
 
     /// An integer tensor (I64, I32 or U8) as i64.

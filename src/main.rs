@@ -905,7 +905,7 @@ fn run_vision(
     prune: &PruneArgs,
 ) -> Result<()> {
     let pruning = prune.pruning()?;
-    let (shape, pixels) = inputs.f32("pixel_values", None)?;
+    let (shape, pixels) = inputs.f32_finite("pixel_values", None)?;
     let ctx = gpu_context()?;
     let classifier = Classifier::load(&ctx, model_dir)?;
     let Some((&batch, image)) = shape.split_first().filter(|(&b, _)| b > 0) else {

@@ -385,6 +385,8 @@ fn fuzz_safetensors_reader() {
                 if let Ok((s, v)) = f.f32(&name, None) {
                     assert_eq!(s, shape);
                     assert_eq!(v.len(), shape.iter().product::<usize>());
+                }
+                if let Ok((_, v)) = f.f32_finite(&name, None) {
                     assert!(v.iter().all(|x| x.is_finite()), "non-finite values passed");
                 }
                 if let Ok((_, v)) = f.ints(&name) {
