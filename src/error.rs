@@ -38,6 +38,8 @@ pub enum Error {
         position: usize,
         vocab: usize,
     },
+    #[error("{what} holds non-finite values (NaN or infinity)")]
+    NonFinite { what: String },
     #[error("invalid input: {0}")]
     InvalidInput(String),
     #[error(
@@ -67,5 +69,15 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// An error naming `what` (built only on failure) and the first NaN or infinite value, if any.
+pub fn check_finite(what: impl FnOnce() -> String, values: &[f32]) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::NonFinite {
+            what: format!("{} (element {i} is {})", what(), values[i]),
+        }),
     }
 }

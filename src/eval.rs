@@ -81,8 +81,22 @@ pub fn accuracy(
         ));
     }
     let n = limit.map_or(set.len(), |l| l.min(set.len()));
+    if n == 0 {
+        return Err(Error::InvalidInput("limit 0: no images to evaluate".into()));
+    }
     let (h, w) = (set.height, set.width);
     let classes = classifier.labels.len();
+    // A label the model cannot output would count as a miss, silently.
+    if let Some((i, l)) = set.labels[..n]
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l >= classes)
+    {
+        return Err(Error::InvalidInput(format!(
+            "{}: `labels`[{i}] is {l}, outside the model's {classes} classes",
+            set.path.display()
+        )));
+    }
     let (mut correct, mut forward_secs) = (0, 0.0);
     let start = Instant::now();
     for first in (0..n).step_by(batch) {
@@ -107,7 +121,7 @@ pub fn accuracy(
     Ok(Accuracy {
         images: n,
         correct,
-        top1: 100.0 * correct as f64 / n.max(1) as f64,
+        top1: 100.0 * correct as f64 / n as f64,
         forward_secs,
         total_secs: start.elapsed().as_secs_f64(),
     })

@@ -33,6 +33,10 @@ struct Cli {
     tf32: bool,
 }
 
+/// Largest text `lm-eval` and `lm-study` read (bytes are token ids; 1 GiB is far past any
+/// study's length).
+const MAX_TEXT_BYTES: u64 = 1 << 30;
+
 /// The context options from the command line, set once in `main`.
 static CONTEXT_OPTIONS: std::sync::OnceLock<ssmgpu::ContextOptions> = std::sync::OnceLock::new();
 
@@ -72,11 +76,24 @@ impl ReductionArgs {
             };
         };
         let r = Reduction::parse(spec, self.method.parse()?, self.metric.parse()?)?;
+        ssmgpu::models::lm::check_reduction_depth(&r, depth)?;
         let Some(pct) = self.flops else {
             return Ok(Some(r));
         };
+        check_flops_pct(pct, false)?;
         r.for_flops(len, depth, pct / 100.0).map(Some)
     }
+}
+
+/// A `--flops` percentage: a number in (0, 100), or [0, 100) where 0 means unreduced.
+fn check_flops_pct(pct: f64, zero_ok: bool) -> Result<()> {
+    if (pct > 0.0 || (zero_ok && pct == 0.0)) && pct < 100.0 {
+        return Ok(());
+    }
+    let low = if zero_ok { "[0" } else { "(0" };
+    Err(Error::InvalidInput(format!(
+        "--flops {pct}: a FLOPs reduction in percent must be in {low}, 100)"
+    )))
 }
 
 /// The language-model prefill benchmark's options.
@@ -117,14 +134,17 @@ struct PruneArgs {
 }
 
 impl PruneArgs {
+    /// The pruning asked for; `--importance` and `--align` are checked even without `--prune`.
     fn pruning(&self) -> Result<Option<Pruning>> {
+        let importance = parse_name("importance", Importance::NAMES, &self.importance)?;
+        let align = parse_name("alignment", Align::NAMES, &self.align)?;
         let Some(spec) = &self.prune else {
             return Ok(None);
         };
         Ok(Some(Pruning {
             schedule: PruneSchedule::parse(spec)?,
-            importance: parse_name("importance", Importance::NAMES, &self.importance)?,
-            align: parse_name("alignment", Align::NAMES, &self.align)?,
+            importance,
+            align,
             seed: self.seed,
         }))
     }
@@ -315,8 +335,7 @@ fn lm_eval(
     let reduction = args
         .reduction(window, lm.n_layer())?
         .ok_or_else(|| Error::InvalidInput("lm-eval needs --reduce LAYERS[:RATIO]".into()))?;
-    let bytes =
-        std::fs::read(text).map_err(|e| Error::InvalidInput(format!("{}: {e}", text.display())))?;
+    let bytes = ssmgpu::loader::read_regular_file(text, MAX_TEXT_BYTES)?;
     let r = pollster::block_on(ssmgpu::lm_eval::evaluate(
         &ctx, &lm, &bytes, window, &reduction,
     ))?;
@@ -676,8 +695,7 @@ fn lm_study(
     (out, plot): (&Path, &Path),
 ) -> Result<()> {
     let ctx = gpu_context()?;
-    let bytes =
-        std::fs::read(text).map_err(|e| Error::InvalidInput(format!("{}: {e}", text.display())))?;
+    let bytes = ssmgpu::loader::read_regular_file(text, MAX_TEXT_BYTES)?;
     let studies = models
         .iter()
         .map(|m| {
@@ -818,6 +836,44 @@ fn run_model(
     hidden_states: bool,
     prune: &PruneArgs,
 ) -> Result<()> {
+    let created = check_output(out, input)?;
+    let result = run_model_to(model_dir, input, out, hidden_states, prune);
+    if result.is_err() && created {
+        // Best effort: the empty file made by the check, not a user's file.
+        let _ = std::fs::remove_file(out);
+    }
+    result
+}
+
+/// `--out`, before any work: not the input file, and writable (opened, created when missing).
+/// Returns whether it was created here.
+fn check_output(out: &Path, input: &Path) -> Result<bool> {
+    let existed = out.exists();
+    if existed
+        && std::fs::canonicalize(out).ok() == std::fs::canonicalize(input).ok()
+        && input.exists()
+    {
+        return Err(Error::InvalidInput(format!(
+            "--out {} is the --input file; writing would destroy it",
+            out.display()
+        )));
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(out)
+        .map_err(|e| Error::io(out, e))?;
+    Ok(!existed)
+}
+
+fn run_model_to(
+    model_dir: &Path,
+    input: &Path,
+    out: &Path,
+    hidden_states: bool,
+    prune: &PruneArgs,
+) -> Result<()> {
     let inputs = SafetensorsFile::open(input)?;
     if inputs.contains("pixel_values") {
         return run_vision(model_dir, &inputs, out, hidden_states, prune);
@@ -861,44 +917,63 @@ fn run_vision(
     prune: &PruneArgs,
 ) -> Result<()> {
     let pruning = prune.pruning()?;
-    let (shape, pixels) = inputs.f32("pixel_values", None)?;
+    let (shape, pixels) = inputs.f32_finite("pixel_values", None)?;
     let ctx = gpu_context()?;
     let classifier = Classifier::load(&ctx, model_dir)?;
-    let batch = shape.first().copied().unwrap_or(0);
-    let pixels = ctx.upload_f32("pixel_values", &shape, &pixels)?;
-    let mut rec = ctx.recorder();
-    let mut trace = Vec::new();
-    let logits = classifier.model.forward(
-        &mut rec,
-        &pixels,
-        pruning.as_ref(),
-        hidden_states.then_some(&mut trace),
-    )?;
-    let mut wanted: Vec<&ssmgpu::Tensor> = vec![&logits];
-    wanted.extend(trace.iter().map(|(_, t)| t));
-    let values = rec.submit_and_read_blocking(&wanted)?;
-    let tensors = wanted
-        .iter()
+    let Some((&batch, image)) = shape.split_first().filter(|(&b, _)| b > 0) else {
+        return Err(Error::InvalidInput(format!(
+            "{}: `pixel_values` must be [batch, channels, H, W] with batch > 0, got {shape:?}",
+            inputs.path().display()
+        )));
+    };
+    let per_image: usize = image.iter().product();
+    // Names, dtypes and row widths of the outputs, the same for every chunk.
+    let mut outputs: Vec<(String, DType, usize)> = Vec::new();
+    let values = pollster::block_on(ssmgpu::models::vision::in_chunks(
+        batch,
+        async |first, count| {
+            let chunk = &pixels[first * per_image..(first + count) * per_image];
+            let mut chunk_shape = shape.clone();
+            chunk_shape[0] = count;
+            let pixels = ctx.upload_f32("pixel_values", &chunk_shape, chunk)?;
+            let mut rec = ctx.recorder();
+            let mut trace = Vec::new();
+            let logits = classifier.model.forward(
+                &mut rec,
+                &pixels,
+                pruning.as_ref(),
+                hidden_states.then_some(&mut trace),
+            )?;
+            trace.insert(0, ("logits".to_string(), logits));
+            let wanted: Vec<&ssmgpu::Tensor> = trace.iter().map(|(_, t)| t).collect();
+            outputs = trace
+                .iter()
+                .map(|(n, t)| (n.clone(), t.dtype(), t.shape().last().copied().unwrap_or(1)))
+                .collect();
+            rec.submit_and_read(&wanted).await
+        },
+    ))?;
+    let tensors = outputs
+        .into_iter()
         .zip(values)
-        .zip(std::iter::once("logits").chain(trace.iter().map(|(n, _)| n.as_str())))
-        .map(|((t, v), name)| {
+        .map(|((name, dtype, cols), v)| {
             // Position maps are u32 on the GPU; written as f32 like the rest (exact below 2^24).
-            let v = match t.dtype() {
+            let v = match dtype {
                 DType::U32 => v.iter().map(|x| x.to_bits() as f32).collect(),
-                DType::F32 => v,
+                DType::F32 => {
+                    ssmgpu::error::check_finite(|| format!("output `{name}`"), &v)?;
+                    v
+                }
             };
-            let cols = t.shape().last().copied().unwrap_or(1);
-            (
-                name.to_string(),
-                vec![batch, v.len() / cols / batch, cols],
-                v,
-            )
+            Ok((name, vec![batch, v.len() / cols / batch, cols], v))
         })
-        .map(|(name, shape, v)| match name.as_str() {
-            "logits" => (name, vec![batch, shape[2]], v),
-            _ => (name, shape, v),
+        .map(|r| {
+            r.map(|(name, shape, v)| match name.as_str() {
+                "logits" => (name, vec![batch, shape[2]], v),
+                _ => (name, shape, v),
+            })
         })
-        .collect::<Vec<_>>();
+        .collect::<Result<Vec<_>>>()?;
     write_f32(out, &tensors)
 }
 
@@ -910,6 +985,11 @@ fn generate(
     reduction: &ReductionArgs,
     json: bool,
 ) -> Result<()> {
+    // JSON prints the ids at the end, so holds them; text streams them.
+    if json {
+        ssmgpu::models::lm::check_held_tokens(max_new_tokens)
+            .map_err(|e| Error::InvalidInput(format!("--max-new-tokens with --json: {e}")))?;
+    }
     let ctx = gpu_context()?;
     let model = LanguageModel::load(&ctx, model_dir)?;
     let reduction = reduction.reduction(ids.len(), model.n_layer())?;
@@ -919,10 +999,10 @@ fn generate(
         model.eos_token_id()
     };
     let start = std::time::Instant::now();
-    let new =
-        pollster::block_on(model.generate(&ctx, ids, max_new_tokens, eos, reduction.as_ref()))?;
-    let secs = start.elapsed().as_secs_f64();
     if json {
+        let new =
+            pollster::block_on(model.generate(&ctx, ids, max_new_tokens, eos, reduction.as_ref()))?;
+        let secs = start.elapsed().as_secs_f64();
         println!(
             "{}",
             serde_json::json!({
@@ -931,20 +1011,38 @@ fn generate(
                 "tokens_per_s": new.len() as f64 / secs,
             })
         );
-    } else {
-        let text: Vec<String> = ids
-            .iter()
-            .map(|v| v.to_string())
-            .chain(new.iter().map(|v| v.to_string()))
-            .collect();
-        println!("{}", text.join(","));
-        eprintln!(
-            "{} new tokens in {:.1} ms ({:.1} tokens/s)",
-            new.len(),
-            secs * 1e3,
-            new.len() as f64 / secs
-        );
+        return Ok(());
     }
+    // The prompt, then each new id as soon as the GPU has chosen it.
+    let prompt: Vec<String> = ids.iter().map(i64::to_string).collect();
+    let mut out = std::io::stdout().lock();
+    let mut count = 0usize;
+    let mut put = |text: String| -> Result<()> {
+        use std::io::Write;
+        out.write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| Error::io("stdout", e))
+    };
+    put(prompt.join(","))?;
+    let result = pollster::block_on(model.generate_each(
+        &ctx,
+        ids,
+        max_new_tokens,
+        eos,
+        reduction.as_ref(),
+        |id| {
+            count += 1;
+            put(format!(",{id}"))
+        },
+    ));
+    put("\n".into())?;
+    result?;
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "{count} new tokens in {:.1} ms ({:.1} tokens/s)",
+        secs * 1e3,
+        count as f64 / secs
+    );
     Ok(())
 }
 
@@ -1152,6 +1250,10 @@ fn bench_prefill(
         }
     };
     let schedule = Reduction::parse(&args.reduce, args.method.parse()?, Metric::SsmOutput)?;
+    ssmgpu::models::lm::check_reduction_depth(&schedule, lm.n_layer())?;
+    for &pct in &args.flops {
+        check_flops_pct(pct, true)?;
+    }
     let mut rows = Vec::new();
     for &pct in &args.flops {
         let reduction = (pct > 0.0)

@@ -6,21 +6,25 @@
 //! convert to RGB (alpha dropped, as PIL's `convert('RGB')`) or to PIL's 'L' luma, then resize
 //! on 8-bit pixels, then crop, then normalize.
 
-use std::io::{BufRead, Cursor, Seek};
+use std::borrow::Cow;
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use image::imageops::FilterType;
-use image::{DynamicImage, GrayImage, ImageReader, Limits};
+use image::{DynamicImage, GrayImage, ImageFormat, ImageReader, Limits};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
 
 /// Largest accepted side, for decoded images and for configured sizes.
 pub const MAX_SIDE: u32 = 1 << 15;
-/// Largest decoder allocation: a bomb (small file, huge header dimensions) fails here.
+/// Image memory is bounded (the documented cap, docs/reliability.md): the decoder allocates at
+/// most `MAX_DECODE_BYTES` (a bomb, a small file with huge header dimensions, fails there);
+/// an 8-bit luma or RGB copy, made only when the decoder produced another format, is capped
+/// the same; the horizontal pass and the resized image hold at most `MAX_RESIZED_PIXELS`
+/// pixels each (3 bytes per pixel), so an extreme aspect ratio cannot resize a 1-pixel strip
+/// into gigabytes. In all at most 512 + 512 + 192 + 192 MiB.
 const MAX_DECODE_BYTES: u64 = 512 << 20;
-/// Largest resized image before the crop; an extreme aspect ratio would otherwise resize a
-/// 1-pixel-high strip into gigabytes.
+/// See `MAX_DECODE_BYTES`.
 const MAX_RESIZED_PIXELS: u64 = 1 << 26;
 
 /// timm's default `crop_pct`, used by the Vim authors' eval transform.
@@ -36,14 +40,99 @@ pub enum Interpolation {
 }
 
 impl Interpolation {
-    fn filter(self) -> FilterType {
+    /// The image crate's filter for this interpolation: kernel and support (in source pixels
+    /// at scale 1). Nearest is its box of support 0 (one source pixel); Catmull-Rom is the
+    /// cubic with a = -0.5, PIL's BICUBIC.
+    fn kernel(self) -> (fn(f32) -> f32, f32) {
         match self {
-            Interpolation::Nearest => FilterType::Nearest,
-            Interpolation::Bilinear => FilterType::Triangle,
-            // Catmull-Rom is the cubic with a = -0.5, PIL's BICUBIC.
-            Interpolation::Bicubic => FilterType::CatmullRom,
+            Interpolation::Nearest => (|_| 1.0, 0.0),
+            Interpolation::Bilinear => (|x| (1.0 - x.abs()).max(0.0), 1.0),
+            Interpolation::Bicubic => (catmull_rom, 2.0),
         }
     }
+}
+
+/// The image crate's `bc_cubic_spline(x, 0, 0.5)`, term for term (same rounding).
+fn catmull_rom(x: f32) -> f32 {
+    let (b, c) = (0.0f32, 0.5f32);
+    let a = x.abs();
+    let k = if a < 1.0 {
+        (12.0 - 9.0 * b - 6.0 * c) * a.powi(3)
+            + (-18.0 + 12.0 * b + 6.0 * c) * a.powi(2)
+            + (6.0 - 2.0 * b)
+    } else if a < 2.0 {
+        (-b - 6.0 * c) * a.powi(3)
+            + (6.0 * b + 30.0 * c) * a.powi(2)
+            + (-12.0 * b - 48.0 * c) * a
+            + (8.0 * b + 24.0 * c)
+    } else {
+        0.0
+    };
+    k / 6.0
+}
+
+/// Per output index along one axis of `len` source pixels resampled to `new_len`: the first
+/// source index and the normalised weights, computed as the image crate's
+/// `horizontal_sample` / `vertical_sample` do.
+fn axis_weights(len: u32, new_len: u32, interpolation: Interpolation) -> Vec<(usize, Vec<f32>)> {
+    let (kernel, support) = interpolation.kernel();
+    let ratio = len as f32 / new_len as f32;
+    let sratio = ratio.max(1.0);
+    let src_support = support * sratio;
+    (0..new_len)
+        .map(|out| {
+            let center = (out as f32 + 0.5) * ratio;
+            let left = ((center - src_support).floor() as i64).clamp(0, i64::from(len) - 1);
+            let right = ((center + src_support).ceil() as i64).clamp(left + 1, i64::from(len));
+            let mut ws: Vec<f32> = (left..right)
+                .map(|i| kernel((i as f32 - (center - 0.5)) / sratio))
+                .collect();
+            let sum: f32 = ws.iter().sum();
+            ws.iter_mut().for_each(|w| *w /= sum);
+            (left as usize, ws)
+        })
+        .collect()
+}
+
+/// Resample 8-bit `[h, w, c]` pixels along one axis (`horizontal`: to `new_len` columns, else
+/// rows): f32 sums in the image crate's order, clamped and rounded to 8 bits, so the result is
+/// its `resize_exact` over that axis. That call keeps an f32 RGBA copy of the whole image (16
+/// bytes per source pixel); this needs only the 8-bit output.
+fn resample_axis(
+    src: &[u8],
+    (h, w, c): (usize, usize, usize),
+    new_len: u32,
+    horizontal: bool,
+    interpolation: Interpolation,
+) -> Vec<u8> {
+    let len = if horizontal { w } else { h } as u32;
+    let weights = axis_weights(len, new_len, interpolation);
+    let (out_h, out_w) = if horizontal {
+        (h, new_len as usize)
+    } else {
+        (new_len as usize, w)
+    };
+    // Source index of tap `i` of output (y, x) along the axis, channel 0.
+    let (step, line) = if horizontal { (c, w * c) } else { (w * c, c) };
+    let mut out = Vec::with_capacity(out_h * out_w * c);
+    for y in 0..out_h {
+        for x in 0..out_w {
+            let (along, (left, ws)) = if horizontal {
+                (y * line, &weights[x])
+            } else {
+                (x * line, &weights[y])
+            };
+            for k in 0..c {
+                let base = along + left * step + k;
+                let t = ws
+                    .iter()
+                    .enumerate()
+                    .fold(0.0f32, |t, (i, w)| t + f32::from(src[base + i * step]) * w);
+                out.push(t.clamp(0.0, 255.0).round() as u8);
+            }
+        }
+    }
+    out
 }
 
 /// An eval transform: `[channels, crop_h, crop_w]` f32 out of any decoded image.
@@ -264,9 +353,20 @@ impl Preprocess {
         if w == 0 || h == 0 {
             return Err(Error::InvalidInput(format!("image of size {w}x{h}")));
         }
-        let img = match self.channels() {
-            1 => DynamicImage::ImageLuma8(to_pil_luma(img)),
-            _ => DynamicImage::ImageRgb8(img.to_rgb8()),
+        // 8-bit luma or RGB, borrowed when the decoder made that already; a copy (gray to RGB
+        // triples the size) is capped like the decoder's output.
+        let c = self.channels();
+        let copy_bytes = u64::from(w) * u64::from(h) * c as u64;
+        if copy_bytes > MAX_DECODE_BYTES {
+            return Err(Error::InvalidInput(format!(
+                "image of size {w}x{h} needs {copy_bytes} bytes as {c}-channel 8-bit pixels, over {MAX_DECODE_BYTES}"
+            )));
+        }
+        let pixels: Cow<[u8]> = match (c, img) {
+            (1, DynamicImage::ImageLuma8(g)) => Cow::Borrowed(g.as_raw()),
+            (1, _) => Cow::Owned(to_pil_luma(img).into_raw()),
+            (_, DynamicImage::ImageRgb8(rgb)) => Cow::Borrowed(rgb.as_raw()),
+            _ => Cow::Owned(img.to_rgb8().into_raw()),
         };
 
         // torchvision `Resize(int)`: the shorter side becomes `resize_shorter`, the longer one
@@ -279,29 +379,47 @@ impl Preprocess {
         } else {
             (new_long, u64::from(s))
         };
-        if new_w * new_h > MAX_RESIZED_PIXELS {
-            return Err(Error::InvalidInput(format!(
-                "image of size {w}x{h} would resize to {new_w}x{new_h}, over {MAX_RESIZED_PIXELS} pixels"
-            )));
+        // The horizontal pass's output (h x new_w) and the resized image are each capped.
+        for (what, pixels) in [
+            ("resize to", new_w * new_h),
+            ("resample to", new_w * u64::from(h)),
+        ] {
+            if pixels > MAX_RESIZED_PIXELS {
+                return Err(Error::InvalidInput(format!(
+                    "image of size {w}x{h} would {what} {pixels} pixels, over {MAX_RESIZED_PIXELS} (resize to {new_w}x{new_h})"
+                )));
+            }
         }
         let (new_w, new_h) = (new_w as u32, new_h as u32);
         // Pillow resizes horizontally first and rounds that pass to 8 bits before the vertical
-        // one; the image crate in one call goes vertical first with an f32 intermediate. Two
-        // one-axis calls in Pillow's order keep the results within a level of Pillow's (one
-        // call differs by up to 4 levels where bicubic overshoot gets clipped in between). A
-        // pass over an unchanged axis would be an exact copy, so it is skipped.
-        let filter = self.interpolation.filter();
-        let img = if new_w == w {
-            img
+        // one (one two-axis pass with an f32 intermediate differs by up to 4 levels where
+        // bicubic overshoot gets clipped in between). A pass over an unchanged axis would be
+        // an exact copy, so it is skipped.
+        let (wu, hu) = (w as usize, h as usize);
+        let pixels = if new_w == w {
+            pixels
         } else {
-            img.resize_exact(new_w, h, filter)
+            Cow::Owned(resample_axis(
+                &pixels,
+                (hu, wu, c),
+                new_w,
+                true,
+                self.interpolation,
+            ))
         };
-        let img = if new_h == h {
-            img
+        let pixels = if new_h == h {
+            pixels
         } else {
-            img.resize_exact(new_w, new_h, filter)
+            let dims = (hu, new_w as usize, c);
+            Cow::Owned(resample_axis(
+                &pixels,
+                dims,
+                new_h,
+                false,
+                self.interpolation,
+            ))
         };
-        Ok(self.crop_normalize(img.as_bytes(), new_h, new_w))
+        Ok(self.crop_normalize(&pixels, new_h, new_w))
     }
 
     /// [`Preprocess::apply`] on raw 8-bit luma pixels, row-major `[h, w]` (MNIST's stored
@@ -382,39 +500,57 @@ pub fn batch<T: AsRef<[f32]>>(images: &[T]) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// Decode a PNG, JPEG, WebP or BMP file (format from its bytes, not its name).
+/// Largest image file read (checked before reading).
+pub const MAX_IMAGE_FILE_BYTES: u64 = 256 << 20;
+
+/// Decode a PNG, JPEG, WebP or BMP file (format from its bytes, not its name). Only a regular
+/// file is opened (a FIFO would block forever).
 pub fn load_image(path: impl AsRef<Path>) -> Result<DynamicImage> {
     let path = path.as_ref();
-    let reader = ImageReader::open(path).map_err(|e| Error::io(path, e))?;
-    // Said plainly rather than as "unrecognized format".
-    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
-        return Err(Error::Image {
-            path: path.to_path_buf(),
-            message: "empty file".into(),
-        });
-    }
-    decode(path, reader)
+    let bytes = crate::loader::read_regular_file(path, MAX_IMAGE_FILE_BYTES)?;
+    decode_image(path, &bytes)
 }
 
 /// [`load_image`] on bytes already in memory; `label` names them in errors.
 pub fn decode_image(label: impl Into<PathBuf>, bytes: &[u8]) -> Result<DynamicImage> {
-    let label = label.into();
-    decode(&label, ImageReader::new(Cursor::new(bytes)))
-}
-
-fn decode<R: BufRead + Seek>(path: &Path, reader: ImageReader<R>) -> Result<DynamicImage> {
+    let path = label.into();
     let bad = |message: String| Error::Image {
-        path: path.to_path_buf(),
+        path: path.clone(),
         message,
     };
-    let mut reader = reader
+    if bytes.is_empty() {
+        // Said plainly rather than as "unrecognized format".
+        return Err(bad("empty file".into()));
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
-    if reader.format().is_none() {
-        // Also the empty file's case: no bytes, no signature.
-        return Err(bad(
-            "unrecognized format (expected PNG, JPEG, WebP or BMP)".into()
-        ));
+        .map_err(|e| Error::io(&path, e))?;
+    match reader.format() {
+        None => {
+            return Err(bad(
+                "unrecognized format (expected PNG, JPEG, WebP or BMP)".into()
+            ))
+        }
+        // The JPEG decoder fills a scan cut short with gray and reports success.
+        Some(ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => {
+            return Err(bad(
+                "truncated JPEG (no end-of-image marker after the last scan)".into(),
+            ))
+        }
+        // image-webp decodes into RGBA first, past what the allocation limit below counts
+        // (found by tests/fuzz.rs).
+        Some(ImageFormat::WebP) => {
+            let (w, h) = ImageReader::with_format(Cursor::new(bytes), ImageFormat::WebP)
+                .into_dimensions()
+                .map_err(|e| bad(e.to_string()))?;
+            let rgba = 4 * u64::from(w) * u64::from(h);
+            if rgba > MAX_DECODE_BYTES {
+                return Err(bad(format!(
+                    "WebP of {w}x{h} decodes through {rgba} bytes of RGBA, over {MAX_DECODE_BYTES}"
+                )));
+            }
+        }
+        Some(_) => {}
     }
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
@@ -430,6 +566,17 @@ fn decode<R: BufRead + Seek>(path: &Path, reader: ImageReader<R>) -> Result<Dyna
         )));
     }
     Ok(img)
+}
+
+/// Whether an end-of-image marker (FF D9) follows the last start-of-scan (FF DA). In scan data
+/// an FF byte is always followed by 00 or a restart marker, so neither pair occurs there by
+/// chance; an EXIF thumbnail's own markers come before the main image's scans.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
+    match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) => eoi > sos,
+        _ => false,
+    }
 }
 
 /// PIL's 'L' conversion. Gray sources keep their values; color ones use PIL's fixed-point

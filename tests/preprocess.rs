@@ -514,3 +514,54 @@ fn bad_configs_are_config_errors() {
         }
     }
 }
+
+/// The resize works on 8-bit pixels one axis at a time; each pass must equal the image crate's
+/// `resize_exact` over that axis (which keeps an f32 RGBA copy of the image), for every
+/// interpolation, shrinking and growing, gray and RGB.
+#[test]
+fn resize_matches_the_image_crate_pass_for_pass() {
+    use image::imageops::FilterType;
+    for (interpolation, filter) in [
+        (Interpolation::Nearest, FilterType::Nearest),
+        (Interpolation::Bilinear, FilterType::Triangle),
+        (Interpolation::Bicubic, FilterType::CatmullRom),
+    ] {
+        for ((w, h), s) in [((37, 23), 11), ((23, 37), 11), ((9, 13), 40), ((300, 7), 5)] {
+            let rgb = DynamicImage::ImageRgb8(gradient(w, h));
+            for img in [rgb.clone(), DynamicImage::ImageLuma8(rgb.to_luma8())] {
+                let channels = if img.color().has_color() { 3 } else { 1 };
+                // The resized size, so that the crop keeps everything.
+                let long = (f64::from(s) * f64::from(w.max(h)) / f64::from(w.min(h))) as u32;
+                let (nw, nh) = if w <= h { (s, long) } else { (long, s) };
+                let p = Preprocess::new(
+                    s,
+                    (nh, nw),
+                    interpolation,
+                    vec![0.0; channels],
+                    vec![1.0; channels],
+                )
+                .unwrap();
+                let got = levels(&p.apply(&img).unwrap());
+                let mut want = img.resize_exact(nw, h, filter);
+                if nh != h {
+                    want = want.resize_exact(nw, nh, filter);
+                }
+                // HWC to CHW.
+                let want = want.as_bytes().to_vec();
+                let want: Vec<u8> = (0..channels)
+                    .flat_map(|k| {
+                        want.iter()
+                            .skip(k)
+                            .step_by(channels)
+                            .copied()
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                assert_eq!(
+                    got, want,
+                    "{interpolation:?} {w}x{h} -> {nw}x{nh}, {channels} channels"
+                );
+            }
+        }
+    }
+}

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::{check_finite, Error, Result};
 use crate::models::mamba::{MambaConfig, MambaLm};
 use crate::models::mamba2::{Mamba2Config, Mamba2Lm};
 use crate::models::ModelDir;
@@ -302,6 +302,10 @@ pub trait CausalLm {
         let mut wanted = vec![&logits];
         wanted.extend(out.hidden_states.iter());
         let mut data = rec.submit_and_read(&wanted).await?;
+        check_finite(|| "the logits".into(), &data[0])?;
+        for (i, h) in data[1..].iter().enumerate() {
+            check_finite(|| format!("hidden_states.{i}"), h)?;
+        }
         let logits = data.remove(0);
         Ok((logits, data))
     }
@@ -323,26 +327,29 @@ pub trait CausalLm {
             out.positions.expect("reduced"),
         );
         let mut data = rec.submit_and_read(&[&logits, &positions]).await?;
+        check_finite(|| "the logits".into(), &data[0])?;
         let positions = data.remove(1).iter().map(|v| v.to_bits()).collect();
         Ok((data.remove(0), positions))
     }
 
     /// Greedy decoding: one prefill over the prompt, then one recurrent step per new token (the
     /// prefix is never re-run). Each step feeds the GPU's argmax straight back as the next input
-    /// and reads back only that id. Stops early at `eos`. A reduction shortens the prefill; the
-    /// state it leaves is what decoding continues from.
-    async fn generate(
+    /// and reads back that id and its logits row (checked for NaN and infinity); the id goes to
+    /// `on_token` before the next step runs. Stops
+    /// early at `eos`, or at the first error of `on_token`. A reduction shortens the prefill;
+    /// the state it leaves is what decoding continues from. Holds no generated ids.
+    async fn generate_each(
         &self,
         ctx: &Context,
         prompt: &[i64],
         max_new_tokens: usize,
         eos: Option<u32>,
         reduction: Option<&Reduction>,
-    ) -> Result<Vec<u32>> {
+        mut on_token: impl FnMut(u32) -> Result<()>,
+    ) -> Result<()> {
         let prompt = check_ids(prompt, self.vocab_size())?;
         let cache = self.new_cache(ctx, 1)?;
         let mut input = ctx.upload_u32("prompt_ids", &[prompt.len()], &prompt)?;
-        let mut generated = Vec::with_capacity(max_new_tokens);
         for step in 0..max_new_tokens {
             let mut rec = ctx.recorder();
             let out = self.forward(
@@ -354,15 +361,73 @@ pub trait CausalLm {
                 Some((&cache, step > 0)),
                 reduction.filter(|_| step == 0),
             )?;
-            let next = argmax(&mut rec, &out.logits.expect("requested"))?;
-            let id = rec.submit_and_read(&[&next]).await?[0][0].to_bits();
-            generated.push(id);
+            let logits = out.logits.expect("requested");
+            let next = argmax(&mut rec, &logits)?;
+            // The GPU argmax skips NaN, so the row is checked here too (one vocabulary of
+            // floats per step, beside the id).
+            let read = rec.submit_and_read(&[&next, &logits]).await?;
+            check_finite(|| format!("the logits of new token {step}"), &read[1])?;
+            // Its answer when no logit is above -3e38 is u32::MAX: never the next input.
+            let id = read[0][0].to_bits();
+            if id as usize >= self.vocab_size() {
+                return Err(Error::InvalidInput(format!(
+                    "new token {step}: every logit is below -3e38, no id was chosen"
+                )));
+            }
+            on_token(id)?;
             if Some(id) == eos {
                 break;
             }
             input = next;
         }
+        Ok(())
+    }
+
+    /// [`CausalLm::generate_each`], collecting the new ids; at most [`MAX_HELD_TOKENS`].
+    async fn generate(
+        &self,
+        ctx: &Context,
+        prompt: &[i64],
+        max_new_tokens: usize,
+        eos: Option<u32>,
+        reduction: Option<&Reduction>,
+    ) -> Result<Vec<u32>> {
+        check_held_tokens(max_new_tokens)?;
+        let mut generated = Vec::new();
+        self.generate_each(ctx, prompt, max_new_tokens, eos, reduction, |id| {
+            generated.push(id);
+            Ok(())
+        })
+        .await?;
         Ok(generated)
+    }
+}
+
+/// New token ids that [`CausalLm::generate`] holds in memory at most (64 MiB of ids); the
+/// streaming [`CausalLm::generate_each`] holds none.
+pub const MAX_HELD_TOKENS: usize = 1 << 24;
+
+/// Refuse to collect more than [`MAX_HELD_TOKENS`] ids, before anything runs.
+pub fn check_held_tokens(max_new_tokens: usize) -> Result<()> {
+    if max_new_tokens > MAX_HELD_TOKENS {
+        return Err(Error::InvalidInput(format!(
+            "max_new_tokens {max_new_tokens} is over the {MAX_HELD_TOKENS} new ids held in \
+             memory (stream them instead: generate_each, or the CLI without --json)"
+        )));
+    }
+    Ok(())
+}
+
+/// A reduction's layers must be layers of a model `depth` deep, the last excluded (its output
+/// is the head's input). Checked here without `layer + 1`, which wraps for `usize::MAX`.
+pub fn check_reduction_depth(r: &Reduction, depth: usize) -> Result<()> {
+    match r.layers().iter().find(|&&l| l >= depth.saturating_sub(1)) {
+        Some(&l) => Err(Error::InvalidInput(format!(
+            "reduction after layer {l}: the model has {depth} layers (0..={}), and the last \
+             cannot be reduced after",
+            depth.saturating_sub(1)
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -448,7 +513,7 @@ impl LanguageModel {
         ids: &[i64],
         reduction: &Reduction,
     ) -> Result<(Vec<f32>, Vec<u32>)> {
-        reduction.check_depth(self.n_layer())?;
+        check_reduction_depth(reduction, self.n_layer())?;
         match self {
             Self::Mamba(m) => m.run_reduced(ctx, ids, reduction).await,
             Self::Mamba2(m) => m.run_reduced(ctx, ids, reduction).await,
@@ -471,7 +536,7 @@ impl LanguageModel {
         reduction: Option<&Reduction>,
     ) -> Result<Tensor> {
         if let Some(r) = reduction {
-            r.check_depth(self.n_layer())?;
+            check_reduction_depth(r, self.n_layer())?;
         }
         let out = match self {
             Self::Mamba(m) => m.forward(rec, ids, 1, Logits::Last, false, None, reduction),
@@ -504,7 +569,7 @@ impl LanguageModel {
         reduction: Option<&Reduction>,
     ) -> Result<Vec<u32>> {
         if let Some(r) = reduction {
-            r.check_depth(self.n_layer())?;
+            check_reduction_depth(r, self.n_layer())?;
         }
         match self {
             Self::Mamba(m) => {
@@ -513,6 +578,31 @@ impl LanguageModel {
             }
             Self::Mamba2(m) => {
                 m.generate(ctx, prompt, max_new_tokens, eos, reduction)
+                    .await
+            }
+        }
+    }
+
+    /// See [`CausalLm::generate_each`].
+    pub async fn generate_each(
+        &self,
+        ctx: &Context,
+        prompt: &[i64],
+        max_new_tokens: usize,
+        eos: Option<u32>,
+        reduction: Option<&Reduction>,
+        on_token: impl FnMut(u32) -> Result<()>,
+    ) -> Result<()> {
+        if let Some(r) = reduction {
+            check_reduction_depth(r, self.n_layer())?;
+        }
+        match self {
+            Self::Mamba(m) => {
+                m.generate_each(ctx, prompt, max_new_tokens, eos, reduction, on_token)
+                    .await
+            }
+            Self::Mamba2(m) => {
+                m.generate_each(ctx, prompt, max_new_tokens, eos, reduction, on_token)
                     .await
             }
         }

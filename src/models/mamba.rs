@@ -34,7 +34,7 @@ impl MambaConfig {
     /// Reads transformers' keys (`hidden_size`, ...) or state-spaces' (`d_model`, `ssm_cfg`, ...).
     pub fn from_model_dir(dir: &ModelDir) -> Result<Self> {
         let hf = dir.config.get("hidden_size").is_some();
-        let cfg = if hf {
+        let mut cfg = if hf {
             let d_model = dir.usize_field(&["hidden_size"], None)?;
             let expand = dir.usize_field(&["expand"], Some(2))?;
             MambaConfig {
@@ -48,7 +48,7 @@ impl MambaConfig {
                 proj_bias: dir.bool_field(&["use_bias"], false)?,
                 conv_bias: dir.bool_field(&["use_conv_bias"], true)?,
                 tie_embeddings: dir.bool_field(&["tie_word_embeddings"], true)?,
-                eos_token_id: dir.eos_token_id(),
+                eos_token_id: None, // below, checked against the vocabulary
             }
         } else {
             if let Some(layer) = dir
@@ -83,9 +83,10 @@ impl MambaConfig {
                 proj_bias: dir.bool_field(&["ssm_cfg.bias"], false)?,
                 conv_bias: dir.bool_field(&["ssm_cfg.conv_bias"], true)?,
                 tie_embeddings: dir.bool_field(&["tie_embeddings"], true)?,
-                eos_token_id: dir.eos_token_id(),
+                eos_token_id: None, // below, checked against the vocabulary
             }
         };
+        cfg.eos_token_id = dir.eos_token_id(cfg.vocab_size)?;
         if hf && dir.usize_field(&["conv_kernel"], Some(CONV_WIDTH))? != CONV_WIDTH {
             return Err(dir.config_error(format!("only conv_kernel = {CONV_WIDTH} is supported")));
         }

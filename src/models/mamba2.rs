@@ -62,7 +62,7 @@ impl Mamba2Config {
     /// Reads transformers' keys (`hidden_size`, `num_heads`, `head_dim`, `n_groups`, ...) or
     /// state-spaces' (`d_model`, `ssm_cfg.headdim`, `ssm_cfg.ngroups`, ...).
     pub fn from_model_dir(dir: &ModelDir) -> Result<Self> {
-        let cfg = if dir.config.get("hidden_size").is_some() {
+        let mut cfg = if dir.config.get("hidden_size").is_some() {
             let d_model = dir.usize_field(&["hidden_size"], None)?;
             let d_inner = dir.usize_field(&["expand"], Some(2))? * d_model;
             let head_dim = dir.usize_field(&["head_dim"], Some(64))?;
@@ -89,7 +89,7 @@ impl Mamba2Config {
                 proj_bias: dir.bool_field(&["use_bias"], false)?,
                 conv_bias: dir.bool_field(&["use_conv_bias"], true)?,
                 tie_embeddings: dir.bool_field(&["tie_word_embeddings"], true)?,
-                eos_token_id: dir.eos_token_id(),
+                eos_token_id: None, // below, checked against the vocabulary
             }
         } else {
             for (key, want) in [
@@ -134,9 +134,10 @@ impl Mamba2Config {
                 proj_bias: dir.bool_field(&["ssm_cfg.bias"], false)?,
                 conv_bias: dir.bool_field(&["ssm_cfg.conv_bias"], true)?,
                 tie_embeddings: dir.bool_field(&["tie_embeddings"], true)?,
-                eos_token_id: dir.eos_token_id(),
+                eos_token_id: None, // below, checked against the vocabulary
             }
         };
+        cfg.eos_token_id = dir.eos_token_id(cfg.vocab_size)?;
         let c = &cfg;
         if [
             c.d_model,

@@ -15,6 +15,13 @@ use crate::error::{Error, Result};
 use crate::loader::SafetensorsFile;
 use crate::runtime::{Context, RowShards, Tensor};
 
+/// Largest config.json read (configs are kilobytes; ImageNet's label list tens of them).
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// Largest integer a config size may be: kernels index with u32, and a product of two such
+/// sizes cannot wrap a u64 (a wrapped `expand * d_model` would fail as another tensor's shape).
+pub const MAX_CONFIG_INT: u64 = u32::MAX as u64;
+
 /// A model folder: its parsed `config.json` and its weights.
 pub struct ModelDir {
     pub config_path: PathBuf,
@@ -25,7 +32,11 @@ pub struct ModelDir {
 impl ModelDir {
     pub fn open(dir: &Path) -> Result<Self> {
         let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let bytes = crate::loader::read_regular_file(&config_path, MAX_CONFIG_BYTES)?;
+        let text = String::from_utf8(bytes).map_err(|e| Error::Config {
+            path: config_path.clone(),
+            message: e.to_string(),
+        })?;
         let config = parse_config(&config_path, &text)?;
         let weights = SafetensorsFile::open(dir.join("model.safetensors"))?;
         Ok(ModelDir {
@@ -60,20 +71,29 @@ impl ModelDir {
     pub fn usize_field(&self, keys: &[&str], default: Option<usize>) -> Result<usize> {
         for key in keys {
             if let Some(v) = lookup(&self.config, key) {
-                return v.as_u64().map(|v| v as usize).ok_or_else(|| {
-                    self.config_error(format!("`{key}` must be a non-negative integer, got {v}"))
-                });
+                return self.int(key, v);
             }
         }
         default.ok_or_else(|| self.config_error(format!("missing `{}`", keys.join("` or `"))))
     }
 
+    /// A float config field. Norm epsilons (keys ending in `eps` or `epsilon`) must be
+    /// positive: a negative one turns the norms' output into NaN.
     pub fn f64_field(&self, keys: &[&str], default: f64) -> Result<f64> {
         for key in keys {
             if let Some(v) = lookup(&self.config, key) {
-                return v.as_f64().ok_or_else(|| {
+                let x = v.as_f64().ok_or_else(|| {
                     self.config_error(format!("`{key}` must be a number, got {v}"))
-                });
+                })?;
+                let is_eps = key.ends_with("eps") || key.ends_with("epsilon");
+                // The smallest positive f32: what the kernels receive must not round to 0.
+                // (JSON numbers are never NaN, so a plain comparison is complete.)
+                if is_eps && x < f64::from(f32::from_bits(1)) {
+                    return Err(self.config_error(format!(
+                        "`{key}` is a norm epsilon and must be positive, got {v}"
+                    )));
+                }
+                return Ok(x);
             }
         }
         Ok(default)
@@ -98,30 +118,54 @@ impl ModelDir {
         }
     }
 
-    /// `eos_token_id` when it is one integer.
-    pub fn eos_token_id(&self) -> Option<u32> {
-        self.config
-            .get("eos_token_id")
-            .and_then(|v| v.as_u64())
-            .map(|v| v as u32)
+    /// `eos_token_id`: one integer below `vocab`, or absent / null / a list (none: a list of
+    /// stop ids is not supported, so generation runs to its token limit).
+    pub fn eos_token_id(&self, vocab: usize) -> Result<Option<u32>> {
+        match self.config.get("eos_token_id") {
+            None | Some(Value::Null) | Some(Value::Array(_)) => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(id) if id < vocab as u64 => Ok(Some(id as u32)),
+                _ => Err(self.config_error(format!(
+                    "`eos_token_id` must be a token id below the vocabulary size {vocab}, got {v}"
+                ))),
+            },
+        }
     }
 
-    /// An image size: an integer (square) or `[height, width]`.
+    /// `v`, the value of `key`, as a size in `0..=MAX_CONFIG_INT`.
+    fn int(&self, key: &str, v: &Value) -> Result<usize> {
+        v.as_u64()
+            .filter(|&n| n <= MAX_CONFIG_INT)
+            .map(|n| n as usize)
+            .ok_or_else(|| {
+                self.config_error(format!(
+                    "`{key}` must be an integer in 0..={MAX_CONFIG_INT}, got {v}"
+                ))
+            })
+    }
+
+    /// An image size: an integer (square) or `[height, width]`, each side in
+    /// `1..=preprocess::MAX_SIDE` (so that token counts and pixel counts cannot wrap).
     pub fn size_field(&self, key: &str, default: usize) -> Result<(usize, usize)> {
-        let bad = || self.config_error(format!("`{key}` must be an integer or [height, width]"));
+        let max = crate::preprocess::MAX_SIDE as u64;
+        let bad = || {
+            self.config_error(format!(
+                "`{key}` must be an integer in 1..={max} or [height, width] of them"
+            ))
+        };
+        let side = |v: &Value| {
+            v.as_u64()
+                .filter(|n| (1..=max).contains(n))
+                .map(|n| n as usize)
+                .ok_or_else(bad)
+        };
         match lookup(&self.config, key) {
             None => Ok((default, default)),
             Some(Value::Array(v)) => match v.as_slice() {
-                [h, w] => Ok((
-                    h.as_u64().ok_or_else(bad)? as usize,
-                    w.as_u64().ok_or_else(bad)? as usize,
-                )),
+                [h, w] => Ok((side(h)?, side(w)?)),
                 _ => Err(bad()),
             },
-            Some(v) => {
-                let n = v.as_u64().ok_or_else(bad)? as usize;
-                Ok((n, n))
-            }
+            Some(v) => side(v).map(|n| (n, n)),
         }
     }
 

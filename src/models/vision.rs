@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::{check_finite, Error, Result};
 use crate::models::plainmamba::PlainMamba;
 use crate::models::vim::Vim;
 use crate::models::{ModelDir, Trace};
@@ -78,7 +78,8 @@ impl Classifier {
         })
     }
 
-    /// Logits `[batch, classes]` for preprocessed images `[batch, C, H, W]` (flat).
+    /// Logits `[batch, classes]` for preprocessed images `[batch, C, H, W]` (flat). A batch
+    /// past the device's limits runs in chunks ([`in_chunks`]).
     pub async fn logits(&self, ctx: &Context, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
         let [c, h, w] = self.preprocess.output_shape();
         if batch == 0 || pixels.len() != batch * c * h * w {
@@ -87,13 +88,48 @@ impl Classifier {
                 pixels.len()
             )));
         }
-        let pixels = ctx.upload_f32("pixel_values", &[batch, c, h, w], pixels)?;
-        let mut rec = ctx.recorder();
-        let logits = self
-            .model
-            .forward(&mut rec, &pixels, self.pruning.as_ref(), None)?;
-        Ok(rec.submit_and_read(&[&logits]).await?.remove(0))
+        let per_image = c * h * w;
+        let mut out = in_chunks(batch, async |first, count| {
+            let chunk = &pixels[first * per_image..(first + count) * per_image];
+            let pixels = ctx.upload_f32("pixel_values", &[count, c, h, w], chunk)?;
+            let mut rec = ctx.recorder();
+            let logits = self
+                .model
+                .forward(&mut rec, &pixels, self.pruning.as_ref(), None)?;
+            rec.submit_and_read(&[&logits]).await
+        })
+        .await?;
+        let logits = out.remove(0);
+        check_finite(|| "the logits".into(), &logits)?;
+        Ok(logits)
     }
+}
+
+/// Run `pass(first, count)` over `batch` images in chunks and concatenate each of its outputs
+/// (image-major) across them. The whole batch goes first; while a tensor of the pass is over a
+/// device limit ([`Error::TooLarge`], raised while recording, before any GPU work) the chunk
+/// is halved, and the rest of the batch runs in chunks of the size that fit.
+pub async fn in_chunks(
+    batch: usize,
+    mut pass: impl AsyncFnMut(usize, usize) -> Result<Vec<Vec<f32>>>,
+) -> Result<Vec<Vec<f32>>> {
+    let mut outputs: Vec<Vec<f32>> = Vec::new();
+    let (mut first, mut chunk) = (0, batch);
+    while first < batch {
+        let count = chunk.min(batch - first);
+        match pass(first, count).await {
+            Err(Error::TooLarge { .. }) if count > 1 => chunk = count.div_ceil(2),
+            Err(e) => return Err(e),
+            Ok(chunk_outputs) => {
+                outputs.resize_with(chunk_outputs.len(), Vec::new);
+                for (all, part) in outputs.iter_mut().zip(chunk_outputs) {
+                    all.extend(part);
+                }
+                first += count;
+            }
+        }
+    }
+    Ok(outputs)
 }
 
 impl VisionModel {
