@@ -5,7 +5,7 @@ mod common;
 
 use common::{assert_close, contexts, ctx, flip_tokens, randn, rng};
 use rand::Rng;
-use ssmgpu::ops::argmax::{argmax, argmax_ref};
+use ssmgpu::ops::argmax::{argmax, argmax_ref, NO_INDEX};
 use ssmgpu::ops::conv1d::{conv1d_silu, conv1d_silu_both, conv1d_silu_ref, CONV_WIDTH};
 use ssmgpu::ops::embedding::{embedding, embedding_ref};
 use ssmgpu::ops::im2col::{conv2d_ref, im2col, ConvGeometry, Layout};
@@ -721,6 +721,22 @@ fn argmax_matches_reference_with_ties() {
             .collect();
         assert_eq!(got, argmax_ref(&x, cols), "argmax {rows}x{cols}");
     }
+    // A row with NaN, +inf or -inf has no index (a decoder must stop, not feed it back).
+    let cols = 300;
+    let mut x = randn(&mut r, 4 * cols, 1.0);
+    x[17] = f32::NAN;
+    x[cols + 250] = f32::INFINITY;
+    x[2 * cols + 3] = f32::NEG_INFINITY;
+    x[3 * cols + 123] = 9.0;
+    let xt = ctx.upload_f32("x", &[4, cols], &x).unwrap();
+    let mut rec = ctx.recorder();
+    let out = argmax(&mut rec, &xt).unwrap();
+    let got: Vec<u32> = rec.submit_and_read_blocking(&[&out]).unwrap()[0]
+        .iter()
+        .map(|v| v.to_bits())
+        .collect();
+    assert_eq!(got, [NO_INDEX, NO_INDEX, NO_INDEX, 123]);
+    assert_eq!(argmax_ref(&x, cols), got);
 }
 
 #[test]

@@ -363,16 +363,13 @@ pub trait CausalLm {
             )?;
             let logits = out.logits.expect("requested");
             let next = argmax(&mut rec, &logits)?;
-            // The GPU argmax skips NaN, so the row is checked here too (one vocabulary of
-            // floats per step, beside the id).
-            let read = rec.submit_and_read(&[&next, &logits]).await?;
-            check_finite(|| format!("the logits of new token {step}"), &read[1])?;
-            // Its answer when no logit is above -3e38 is u32::MAX: never the next input.
-            let id = read[0][0].to_bits();
+            // The GPU argmax checks the row's finiteness as it reduces it: NO_INDEX (never the
+            // next input) for a row with NaN or an infinity, or none above -3e38.
+            let id = rec.submit_and_read(&[&next]).await?[0][0].to_bits();
             if id as usize >= self.vocab_size() {
-                return Err(Error::InvalidInput(format!(
-                    "new token {step}: every logit is below -3e38, no id was chosen"
-                )));
+                return Err(Error::NonFinite {
+                    what: format!("the logits of new token {step}"),
+                });
             }
             on_token(id)?;
             if Some(id) == eos {

@@ -12,7 +12,11 @@ struct Params {
     _pad: [u32; 2],
 }
 
-/// `x` `[rows, cols]` -> u32 `[rows]`.
+/// `x` `[rows, cols]` -> u32 `[rows]`: the first maximum of each row, or [`NO_INDEX`] where
+/// the row holds NaN or an infinity (or no value above -3e38).
+pub const NO_INDEX: u32 = u32::MAX;
+
+/// See [`NO_INDEX`].
 pub fn argmax(rec: &mut Recorder, x: &Tensor) -> Result<Tensor> {
     let cols = *x.shape().last().unwrap_or(&1);
     let rows = x.numel() / cols.max(1);
@@ -31,9 +35,13 @@ pub fn argmax(rec: &mut Recorder, x: &Tensor) -> Result<Tensor> {
     Ok(out)
 }
 
+/// CPU reference.
 pub fn argmax_ref(x: &[f32], cols: usize) -> Vec<u32> {
     x.chunks(cols)
         .map(|row| {
+            if row.iter().any(|v| !v.is_finite()) {
+                return NO_INDEX;
+            }
             let mut best = 0;
             for (i, &v) in row.iter().enumerate() {
                 if v > row[best] {
