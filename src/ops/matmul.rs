@@ -34,6 +34,8 @@ struct Params {
 const HAS_BIAS: u32 = 1;
 const HAS_RESIDUAL: u32 = 2;
 const ACTIVATION_SHIFT: u32 = 2;
+/// Group offsets from the grid's z ([`matmul_grouped`]).
+const GROUPED: u32 = 16;
 
 /// Applied to each output, in this order: `+ bias`, the activation, `+ residual`.
 #[derive(Clone, Copy, Default)]
@@ -147,7 +149,8 @@ fn record(
     };
     let flags = if bias.is_some() { HAS_BIAS } else { 0 }
         | if residual.is_some() { HAS_RESIDUAL } else { 0 }
-        | activation.code() << ACTIVATION_SHIFT;
+        | activation.code() << ACTIVATION_SHIFT
+        | if groups > 1 { GROUPED } else { 0 };
     debug_assert!(residual.is_none_or(|r| r.numel() == m * n));
     let subgroups = vec4 && rec.context().uses_subgroups();
     let (kernel, groups) = if subgroups && m >= SUBGROUP_TILE_MIN_ROWS {
