@@ -334,10 +334,10 @@ pub trait CausalLm {
 
     /// Greedy decoding: one prefill over the prompt, then one recurrent step per new token (the
     /// prefix is never re-run). Each step feeds the GPU's argmax straight back as the next input
-    /// and reads back that id and its logits row (checked for NaN and infinity); the id goes to
-    /// `on_token` before the next step runs. Stops
-    /// early at `eos`, or at the first error of `on_token`. A reduction shortens the prefill;
-    /// the state it leaves is what decoding continues from. Holds no generated ids.
+    /// and reads back only that id (the argmax returns none for a row with NaN or an infinity,
+    /// an error here); the id goes to `on_token` before the next step runs. Stops early at
+    /// `eos`, or at the first error of `on_token`. A reduction shortens the prefill; the state
+    /// it leaves is what decoding continues from. Holds no generated ids.
     async fn generate_each(
         &self,
         ctx: &Context,
