@@ -5,45 +5,14 @@
 mod common;
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{ctx, golden_dir};
+use common::{ctx, model_dir, tiny, tiny_tensors, Tensors};
 use ssmgpu::loader::{write_f32, SafetensorsFile};
 use ssmgpu::models::lm::CausalLm;
 use ssmgpu::models::mamba::MambaLm;
 use ssmgpu::Error;
-
-type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
-
-fn tiny() -> PathBuf {
-    golden_dir().join("mamba1_tiny")
-}
-
-fn tiny_tensors() -> Tensors {
-    let f = SafetensorsFile::open(tiny().join("model.safetensors")).unwrap();
-    f.names()
-        .into_iter()
-        .map(|n| {
-            let (shape, data) = f.f32(&n, None).unwrap();
-            (n, shape, data)
-        })
-        .collect()
-}
-
-/// A model folder with the tiny Mamba's config (edited) and the given weights.
-fn model_dir(
-    tensors: &Tensors,
-    edit_config: impl FnOnce(&mut serde_json::Value),
-) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(tiny().join("config.json")).unwrap();
-    let mut config: serde_json::Value = serde_json::from_str(&text).unwrap();
-    edit_config(&mut config);
-    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
-    write_f32(&dir.path().join("model.safetensors"), tensors).unwrap();
-    dir
-}
 
 /// The tiny weights with one tensor's values replaced.
 fn with_tensor(name: &str, edit: impl Fn(&mut Vec<f32>)) -> Tensors {

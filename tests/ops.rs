@@ -705,6 +705,15 @@ fn scan_split_in_two_with_carried_state_equals_whole() {
 fn argmax_matches_reference_with_ties() {
     let ctx = ctx();
     let mut r = rng(7);
+    let gpu_argmax = |x: &[f32], rows: usize, cols: usize| -> Vec<u32> {
+        let xt = ctx.upload_f32("x", &[rows, cols], x).unwrap();
+        let mut rec = ctx.recorder();
+        let out = argmax(&mut rec, &xt).unwrap();
+        rec.submit_and_read_blocking(&[&out]).unwrap()[0]
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    };
     for (rows, cols) in [(1, 1), (3, 5), (2, 1000), (4, 50280)] {
         let mut x = randn(&mut r, rows * cols, 1.0);
         // A tie: the first maximum wins.
@@ -712,13 +721,7 @@ fn argmax_matches_reference_with_ties() {
             x[cols - 1] = 5.0;
             x[2] = 5.0;
         }
-        let xt = ctx.upload_f32("x", &[rows, cols], &x).unwrap();
-        let mut rec = ctx.recorder();
-        let out = argmax(&mut rec, &xt).unwrap();
-        let got: Vec<u32> = rec.submit_and_read_blocking(&[&out]).unwrap()[0]
-            .iter()
-            .map(|v| v.to_bits())
-            .collect();
+        let got = gpu_argmax(&x, rows, cols);
         assert_eq!(got, argmax_ref(&x, cols), "argmax {rows}x{cols}");
     }
     // A row with NaN, +inf or -inf has no index (a decoder must stop, not feed it back).
@@ -728,13 +731,7 @@ fn argmax_matches_reference_with_ties() {
     x[cols + 250] = f32::INFINITY;
     x[2 * cols + 3] = f32::NEG_INFINITY;
     x[3 * cols + 123] = 9.0;
-    let xt = ctx.upload_f32("x", &[4, cols], &x).unwrap();
-    let mut rec = ctx.recorder();
-    let out = argmax(&mut rec, &xt).unwrap();
-    let got: Vec<u32> = rec.submit_and_read_blocking(&[&out]).unwrap()[0]
-        .iter()
-        .map(|v| v.to_bits())
-        .collect();
+    let got = gpu_argmax(&x, 4, cols);
     assert_eq!(got, [NO_INDEX, NO_INDEX, NO_INDEX, 123]);
     assert_eq!(argmax_ref(&x, cols), got);
 }

@@ -166,21 +166,7 @@ impl Recorder {
     pub fn profile(&mut self) -> Result<()> {
         match &mut self.commands {
             Commands::Wgpu { profile, .. } => {
-                let w = wgpu_of(&self.ctx);
-                if !w
-                    .device
-                    .features()
-                    .contains(wgpu::Features::TIMESTAMP_QUERY)
-                {
-                    return Err(Error::Gpu(
-                        "profiling needs timestamp queries, which this device lacks".into(),
-                    ));
-                }
-                let queries = w.device.create_query_set(&wgpu::QuerySetDescriptor {
-                    label: Some("ssmgpu.profile"),
-                    ty: wgpu::QueryType::Timestamp,
-                    count: 2 * MAX_PROFILED as u32,
-                });
+                let queries = timestamps(&self.ctx, "ssmgpu.profile", 2 * MAX_PROFILED as u32)?;
                 *profile = Some(Profile {
                     queries,
                     kernels: Vec::new(),
@@ -202,24 +188,11 @@ impl Recorder {
     pub fn time_gpu(&mut self) -> Result<()> {
         match &mut self.commands {
             Commands::Wgpu { encoder, .. } => {
-                let w = wgpu_of(&self.ctx);
-                if !w
-                    .device
-                    .features()
-                    .contains(wgpu::Features::TIMESTAMP_QUERY)
-                {
-                    return Err(Error::Gpu(
-                        "timing needs timestamp queries, which this device lacks".into(),
-                    ));
-                }
+                let queries = timestamps(&self.ctx, "ssmgpu.timer", 2)?;
                 // Work already in the open pass would fall outside the span.
                 encoder.commands();
                 encoder.timer = Some(PassTimer {
-                    queries: w.device.create_query_set(&wgpu::QuerySetDescriptor {
-                        label: Some("ssmgpu.timer"),
-                        ty: wgpu::QueryType::Timestamp,
-                        count: 2,
-                    }),
+                    queries,
                     started: false,
                 });
                 Ok(())
@@ -457,6 +430,25 @@ impl Recorder {
     pub fn submit_and_read_blocking(self, tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
         pollster::block_on(self.submit_and_read(tensors))
     }
+}
+
+/// A set of `count` timestamp queries, where the device has them.
+fn timestamps(ctx: &Context, label: &str, count: u32) -> Result<wgpu::QuerySet> {
+    let w = wgpu_of(ctx);
+    if !w
+        .device
+        .features()
+        .contains(wgpu::Features::TIMESTAMP_QUERY)
+    {
+        return Err(Error::Gpu(
+            "timing needs timestamp queries, which this device lacks".into(),
+        ));
+    }
+    Ok(w.device.create_query_set(&wgpu::QuerySetDescriptor {
+        label: Some(label),
+        ty: wgpu::QueryType::Timestamp,
+        count,
+    }))
 }
 
 fn wgpu_of(ctx: &Context) -> &WgpuDevice {

@@ -349,3 +349,35 @@ pub fn check_lm_golden<M: ssmgpu::models::lm::CausalLm>(
         .collect();
     assert_eq!(got, expected, "{case}: greedy generation");
 }
+
+/// The tiny Mamba-1 golden model, edited by the bad-input tests.
+pub fn tiny() -> PathBuf {
+    golden_dir().join("mamba1_tiny")
+}
+
+pub type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+pub fn tiny_tensors() -> Tensors {
+    let f = ssmgpu::loader::SafetensorsFile::open(tiny().join("model.safetensors")).unwrap();
+    f.names()
+        .into_iter()
+        .map(|n| {
+            let (shape, data) = f.f32(&n, None).unwrap();
+            (n, shape, data)
+        })
+        .collect()
+}
+
+/// A model folder with the tiny model's config (edited) and the given weights.
+pub fn model_dir(
+    tensors: &Tensors,
+    edit_config: impl FnOnce(&mut serde_json::Value),
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(tiny().join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    edit_config(&mut config);
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    ssmgpu::loader::write_f32(&dir.path().join("model.safetensors"), tensors).unwrap();
+    dir
+}
