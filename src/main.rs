@@ -459,7 +459,10 @@ fn run(command: Command) -> Result<()> {
             json,
             prune,
             ..
-        } => bench_model(VisionSource::Random(&kind), &batch, reps, json, &prune),
+        } => {
+            let dir = ssmgpu::bench::random_vision(&kind)?;
+            bench_model(VisionSource::Random(dir, &kind), &batch, reps, json, &prune)
+        }
         Command::Bench { json, .. } => bench(json),
         Command::LmEval {
             model,
@@ -1046,10 +1049,11 @@ fn generate(
     Ok(())
 }
 
-/// Where `bench` gets a vision model: a folder, or a random one of a published shape.
+/// Where `bench` gets a vision model: a folder, or a random one of a published shape (built
+/// before a device is opened, so an unknown kind is refused first).
 enum VisionSource<'a> {
     Dir(&'a Path),
-    Random(&'a str),
+    Random(ssmgpu::models::ModelDir, &'a str),
 }
 
 fn bench_model(
@@ -1068,8 +1072,8 @@ fn bench_model(
     let ctx = gpu_context()?;
     let (classifier, name) = match source {
         VisionSource::Dir(dir) => (Classifier::load(&ctx, dir)?, dir.display().to_string()),
-        VisionSource::Random(kind) => (
-            Classifier::from_model_dir(&ctx, &ssmgpu::bench::random_vision(kind)?)?,
+        VisionSource::Random(dir, kind) => (
+            Classifier::from_model_dir(&ctx, &dir)?,
             format!("random {kind}"),
         ),
     };

@@ -275,6 +275,17 @@ fn bench_times_unpruned_and_pruned_in_one_run() {
     }
 }
 
+/// An unknown random-model kind is refused by name, before a device is opened.
+#[test]
+fn bench_refuses_an_unknown_random_vision_kind() {
+    let (ok, _, err) = cli(&["bench", "--random-vision", "vim-xl"]);
+    assert!(!ok);
+    assert!(
+        err.contains("vim-xl") && err.contains("vim-ti, vim-s, plainmamba-l1"),
+        "{err}"
+    );
+}
+
 #[test]
 fn prune_study_writes_a_table_and_a_plot() {
     let dir = tempfile::tempdir().unwrap();
