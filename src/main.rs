@@ -461,7 +461,13 @@ fn run(command: Command) -> Result<()> {
             ..
         } => {
             let dir = ssmgpu::bench::random_vision(&kind)?;
-            bench_model(VisionSource::Random(dir, &kind), &batch, reps, json, &prune)
+            bench_model(
+                VisionSource::Random(Box::new(dir), &kind),
+                &batch,
+                reps,
+                json,
+                &prune,
+            )
         }
         Command::Bench { json, .. } => bench(json),
         Command::LmEval {
@@ -1053,7 +1059,7 @@ fn generate(
 /// before a device is opened, so an unknown kind is refused first).
 enum VisionSource<'a> {
     Dir(&'a Path),
-    Random(ssmgpu::models::ModelDir, &'a str),
+    Random(Box<ssmgpu::models::ModelDir>, &'a str),
 }
 
 fn bench_model(
