@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{ctx, model_dir, tiny, tiny_tensors, Tensors};
@@ -439,19 +439,20 @@ fn run_refuses_an_output_that_is_its_input_or_unwritable_before_running() {
     );
 }
 
-#[test]
-fn non_finite_pixels_are_refused_naming_the_tensor() {
+/// `ssmgpu run` with vim-mnist on `pixel_values` of `images` MNIST-sized images: the folder
+/// holding input and output, the output's path, success and stderr.
+fn run_vim_on(images: usize, pixels: Vec<f32>) -> (tempfile::TempDir, PathBuf, bool, String) {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("px.safetensors");
-    let mut pixels = vec![0.5f32; 28 * 28];
-    pixels[100] = f32::NAN;
+    let (input, out) = (
+        dir.path().join("in.safetensors"),
+        dir.path().join("out.safetensors"),
+    );
     write_f32(
         &input,
-        &[("pixel_values".into(), vec![1, 1, 28, 28], pixels)],
+        &[("pixel_values".into(), vec![images, 1, 28, 28], pixels)],
     )
     .unwrap();
     let vim = ssmgpu::assets::path(ssmgpu::assets::VIM_MNIST);
-    let out = dir.path().join("out.safetensors");
     let (ok, _, stderr) = cli(&[
         "run",
         "--model",
@@ -461,6 +462,14 @@ fn non_finite_pixels_are_refused_naming_the_tensor() {
         "--out",
         s(&out),
     ]);
+    (dir, out, ok, stderr)
+}
+
+#[test]
+fn non_finite_pixels_are_refused_naming_the_tensor() {
+    let mut pixels = vec![0.5f32; 28 * 28];
+    pixels[100] = f32::NAN;
+    let (_dir, out, ok, stderr) = run_vim_on(1, pixels);
     assert!(
         !ok && stderr.contains("pixel_values") && stderr.contains("NaN"),
         "{stderr}"
@@ -510,25 +519,7 @@ fn cli_run_takes_1024_images() {
         .cycle()
         .take(1024 * 28 * 28)
         .collect();
-    let dir = tempfile::tempdir().unwrap();
-    let (input, out) = (
-        dir.path().join("in.safetensors"),
-        dir.path().join("out.safetensors"),
-    );
-    write_f32(
-        &input,
-        &[("pixel_values".into(), vec![1024, 1, 28, 28], many)],
-    )
-    .unwrap();
-    let (ok, _, stderr) = cli(&[
-        "run",
-        "--model",
-        s(&vim),
-        "--input",
-        s(&input),
-        "--out",
-        s(&out),
-    ]);
+    let (_dir, out, ok, stderr) = run_vim_on(1024, many);
     assert!(ok, "{stderr}");
     let (shape, got) = SafetensorsFile::open(&out)
         .unwrap()
